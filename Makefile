@@ -1,0 +1,113 @@
+# mercato — one C binary hosting the services' Lua.
+#
+#   make            build build/mercato (-O2, warnings are errors)
+#   make test       install what is missing, start the private stack, run every suite
+#   make run        start the stack and every service plus the gateway (Ctrl-C stops all)
+#   make bench      side-by-side benchmarks against nginx + Lua and Express
+#   make lint       cppcheck + clang-tidy on C, luacheck on Lua, shellcheck on scripts
+#   make asan       the test build under AddressSanitizer + UBSan (build/asan/mercato)
+#   make valgrind   start/serve/stop under valgrind, failing on a leak
+#   make coverage   C (gcov/lcov) and Lua line coverage reports under build/coverage
+#
+# Variables: CC, V=1 for full command lines, BUILD (default build).
+
+CC       ?= cc
+BUILD    ?= build
+PKGS     := luajit libmicrohttpd libpq hiredis librabbitmq libcurl libjwt openssl libargon2
+VERSION  := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+OPT      ?= -O2
+CFLAGS   := $(OPT) -g -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -fno-strict-aliasing \
+            -D_GNU_SOURCE -DMERCATO_VERSION='"$(VERSION)"' -I$(BUILD)/gen -Ihost $(PKG_CFLAGS) $(EXTRA_CFLAGS)
+LDFLAGS  := -pthread -Wl,--dynamic-list=host/ffi.syms $(EXTRA_LDFLAGS)
+LDLIBS   := $(PKG_LIBS) -lm
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+HOST_SRC    := $(filter-out host/main.c,$(wildcard host/*.c)) $(wildcard bindings/*.c)
+HOST_OBJ    := $(HOST_SRC:%.c=$(BUILD)/obj/%.o)
+MAIN_OBJ    := $(BUILD)/obj/host/main.o
+LIB         := $(BUILD)/libmercato.a
+TEST_SRC    := $(wildcard tests/test_*.c)
+TEST_BIN    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+GEN         := $(BUILD)/gen/prelude.h
+
+.PHONY: all test test-unit test-spec run bench lint asan valgrind coverage clean deps stack-up stack-down
+all: $(BUILD)/mercato $(TEST_BIN)
+
+$(BUILD)/gen/prelude.h: host/lua/prelude.lua
+	@mkdir -p $(@D)
+	@echo "  LUAJIT  $<"
+	$(Q)luajit -bg -n prelude -t h $< $@
+
+$(BUILD)/obj/%.o: %.c | $(GEN)
+	@mkdir -p $(@D)
+	@echo "  CC      $<"
+	$(Q)$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(LIB): $(HOST_OBJ)
+	@echo "  AR      $@"
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/mercato: $(MAIN_OBJ) $(LIB)
+	@echo "  LINK    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(MAIN_OBJ) $(LIB) $(LDLIBS)
+
+$(BUILD)/tests/%: tests/%.c tests/test.h $(LIB)
+	@mkdir -p $(@D)
+	@echo "  TEST    $@"
+	$(Q)$(CC) $(CFLAGS) -Itests -o $@ $< $(LIB) $(LDFLAGS) $(LDLIBS)
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# ---- tiers ------------------------------------------------------------------------------
+deps:
+	@scripts/dev/install-deps.sh
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/dev/test.sh
+
+test-unit: all
+	@scripts/dev/test.sh unit
+
+test-spec: all
+	@scripts/dev/test.sh spec
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/dev/run.sh
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@bash bench/run.sh
+
+stack-up:
+	@scripts/dev/stack.sh up
+
+stack-down:
+	@scripts/dev/stack.sh down
+
+asan:
+	@$(MAKE) --no-print-directory BUILD=build/asan OPT=-O1 \
+	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	  EXTRA_LDFLAGS="-fsanitize=address,undefined" all
+
+valgrind: all
+	@scripts/dev/valgrind.sh
+
+coverage:
+	@$(MAKE) --no-print-directory BUILD=build/cov OPT=-O0 EXTRA_CFLAGS=--coverage EXTRA_LDFLAGS=--coverage all
+
+lint:
+	@scripts/dev/lint.sh
+
+clean:
+	rm -rf $(BUILD)

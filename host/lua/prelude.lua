@@ -1,0 +1,97 @@
+-- host/lua/prelude.lua: the Lua half of the host, run first in every state. Returns what the
+-- C half needs: the request metatable, the message handler and the body encoder.
+local creq = require "mercato.request"   -- C: reads the request being served by this thread
+local cjson = require "cjson"
+
+local byte, char, gsub, lower, tonumber = string.byte, string.char, string.gsub, string.lower, tonumber
+
+cjson.encode_sparse_array(true)
+cjson.decode_max_depth(64)
+cjson.encode_max_depth(64)
+local json_null = cjson.null
+
+local function unescape(s)
+  s = gsub(s, "+", " ")
+  return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
+end
+
+-- Query strings: first value wins in `req.query`; `req:query_all(name)` lists every value.
+local function parse_query(qs)
+  local q = {}
+  if not qs or qs == "" then return q end
+  for pair in qs:gmatch("[^&]+") do
+    local k, v = pair:match("^([^=]*)=?(.*)$")
+    k = unescape(k)
+    if k ~= "" and q[k] == nil then q[k] = unescape(v) end
+  end
+  return q
+end
+
+local methods = {}
+
+-- req:header("Content-Type") → value or nil (case-insensitive name).
+function methods.header(_, name) return creq.header(name) end
+
+function methods.query_all(self, name)
+  local out, qs = {}, creq.query_string()
+  if not qs then return out end
+  for pair in qs:gmatch("[^&]+") do
+    local k, v = pair:match("^([^=]*)=?(.*)$")
+    if unescape(k) == name then out[#out + 1] = unescape(v) end
+  end
+  return out
+end
+
+-- req:json() → the decoded body, or nil and a message saying why it is not a JSON document.
+function methods.json(self)
+  local body = self.body
+  if body == "" then return nil, "request body is empty" end
+  local ok, v = pcall(cjson.decode, body)
+  if not ok then return nil, "request body is not valid JSON" end
+  return v
+end
+
+local lazy = {
+  query = function() return parse_query(creq.query_string()) end,
+  body = function() return creq.body() end,
+  headers = function() return creq.headers() end,
+  remote_addr = function() return creq.remote_addr() end,
+  claims = function() return creq.claims() or false end,
+}
+
+local request_mt = {
+  __index = function(self, k)
+    local m = methods[k]
+    if m then return m end
+    local f = lazy[k]
+    if not f then return nil end
+    local v = f()
+    rawset(self, k, v)
+    return v
+  end,
+}
+
+local function traceback(msg)
+  if type(msg) ~= "string" then
+    local mt = getmetatable(msg)
+    msg = (mt and mt.__tostring) and tostring(msg) or ("error object: " .. type(msg))
+  end
+  return debug.traceback(msg, 2)
+end
+
+-- Globals are fixed once the service is loaded: a stray assignment is a bug, not state.
+local function lock_globals()
+  setmetatable(_G, {
+    __newindex = function(_, k) error("assignment to undeclared global '" .. tostring(k) .. "'", 2) end,
+  })
+end
+
+return {
+  request_mt = request_mt,
+  traceback = traceback,
+  encode = cjson.encode,
+  lock_globals = lock_globals,
+  null = json_null,
+  lower = lower,
+  byte = byte,
+}

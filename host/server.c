@@ -1,0 +1,661 @@
+/* server: the HTTP front — N worker threads, each running its own libmicrohttpd daemon in
+ * external-epoll mode on one shared listening socket, each with its own Lua state.
+ *
+ * Owning the loop (rather than MHD's internal pool) pins every connection, request and Lua
+ * call to one thread we created, gives each thread an idle moment to flush its access log,
+ * and leaves room to park requests on I/O later. A connection is accepted by whichever idle
+ * thread wins the accept, so a thread busy in a handler does not collect new clients. */
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <lauxlib.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "auth.h"
+#include "bindings.h"
+#include "gateway.h"
+#include "log.h"
+#include "metrics.h"
+#include "worker.h"
+
+/* Route values besides router indexes and ROUTER_NOT_FOUND / ROUTER_METHOD_NOT_ALLOWED. */
+enum { BUILTIN_HEALTH = -10, BUILTIN_READY, BUILTIN_METRICS, BUILTIN_OPENAPI, ROUTER_GATEWAY = -20 };
+
+static int is_builtin(int route) { return route >= BUILTIN_HEALTH && route <= BUILTIN_OPENAPI; }
+
+typedef struct http_thread {
+    server_t *srv;
+    int index;
+    pthread_t thread;
+    worker_t *w;
+    struct MHD_Daemon *daemon;
+    int wake_fd;                 /* eventfd: wakes the loop to notice a stop */
+    long inflight;               /* requests begun and not completed (this thread only) */
+    int started;                 /* 1 ready, -1 failed */
+    char err[512];
+} http_thread_t;
+
+static _Atomic int g_stopping;   /* one server per process: read when building responses */
+static metric_cell_t *g_handler_errors;
+static int g_builtin_slot[4];   /* metrics slots of /health, /ready, /metrics, /openapi.json */
+
+struct server {
+    const config_t *cfg;
+    int listen_fd;
+    int nthreads;
+    http_thread_t *threads;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;         /* start-up: each thread reports ready or failed */
+};
+
+uint64_t request_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+size_t request_unescape(char *dst, const char *src, size_t len, int plus_space)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = src[i];
+        if (c == '%' && i + 2 < len) {
+            int hi = src[i + 1], lo = src[i + 2];
+            int h = (hi >= '0' && hi <= '9') ? hi - '0' : (hi | 32) >= 'a' && (hi | 32) <= 'f' ? (hi | 32) - 'a' + 10 : -1;
+            int l = (lo >= '0' && lo <= '9') ? lo - '0' : (lo | 32) >= 'a' && (lo | 32) <= 'f' ? (lo | 32) - 'a' + 10 : -1;
+            if (h >= 0 && l >= 0) {
+                dst[o++] = (char)(h * 16 + l);
+                i += 2;
+                continue;
+            }
+        }
+        dst[o++] = (plus_space && c == '+') ? ' ' : c;
+    }
+    dst[o] = 0;
+    return o;
+}
+
+/* ---- responses ------------------------------------------------------------------------- */
+
+int server_queue(request_t *r, int status, struct MHD_Response *resp, size_t len)
+{
+    MHD_add_response_header(resp, "X-Request-Id", r->id);
+    if (atomic_load_explicit(&g_stopping, memory_order_relaxed))
+        MHD_add_response_header(resp, "Connection", "close");
+    int rc = MHD_queue_response(r->conn, (unsigned)status, resp) == MHD_YES ? 0 : -1;
+    MHD_destroy_response(resp);
+    r->status = status;
+    r->resp_bytes = len;
+    return rc;
+}
+
+int server_respond(request_t *r, int status, const char *ctype, const char *body, size_t len)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)(body ? body : ""), MHD_RESPMEM_MUST_COPY);
+    if (!resp) return -1;
+    if (ctype) MHD_add_response_header(resp, "Content-Type", ctype);
+    return server_queue(r, status, resp, len);
+}
+
+int server_problem(request_t *r, int status, const char *title, const char *detail,
+                   const char *header, const char *value)
+{
+    char t[256], d[1024], body[1600];
+    log_json_escape(t, sizeof t, title, strlen(title));
+    log_json_escape(d, sizeof d, detail ? detail : "", detail ? strlen(detail) : 0);
+    int n = snprintf(body, sizeof body,
+                     "{\"type\":\"about:blank\",\"title\":\"%s\",\"status\":%d%s%s%s,\"request_id\":\"%s\"}",
+                     t, status, detail ? ",\"detail\":\"" : "", detail ? d : "", detail ? "\"" : "", r->id);
+    struct MHD_Response *resp = MHD_create_response_from_buffer((size_t)n, body, MHD_RESPMEM_MUST_COPY);
+    if (!resp) return -1;
+    MHD_add_response_header(resp, "Content-Type", "application/problem+json");
+    if (header) MHD_add_response_header(resp, header, value);
+    return server_queue(r, status, resp, (size_t)n);
+}
+
+/* ---- built-in endpoints ---------------------------------------------------------------- */
+
+static int builtin_route(const request_t *r)
+{
+    if (strcmp(r->method, "GET") != 0 && strcmp(r->method, "HEAD") != 0) return 0;
+    const char *p = r->uri;
+    size_t n = r->path_len;
+    if (n == 7 && memcmp(p, "/health", 7) == 0) return BUILTIN_HEALTH;
+    if (n == 6 && memcmp(p, "/ready", 6) == 0) return BUILTIN_READY;
+    if (n == 8 && memcmp(p, "/metrics", 8) == 0) return BUILTIN_METRICS;
+    if (n == 13 && memcmp(p, "/openapi.json", 13) == 0) return BUILTIN_OPENAPI;
+    return 0;
+}
+
+static void serve_builtin(request_t *r)
+{
+    worker_t *w = r->w;
+    switch (r->route) {
+    case BUILTIN_HEALTH:
+        server_respond(r, 200, "application/json", "{\"status\":\"ok\"}", 15);
+        break;
+    case BUILTIN_READY: {
+        buf_t b;
+        buf_init(&b);
+        buf_adds(&b, "{\"checks\":{");
+        int down = bindings_ready(w, &b);
+        if (atomic_load(&g_stopping)) { buf_adds(&b, ",\"server\":\"down: shutting down\""); down++; }
+        buf_addf(&b, "},\"status\":\"%s\"}", down ? "unavailable" : "ready");
+        server_respond(r, down ? 503 : 200, "application/json", b.data, b.len);
+        buf_free(&b);
+        break;
+    }
+    case BUILTIN_METRICS: {
+        buf_t b;
+        buf_init(&b);
+        metrics_render(&b);
+        server_respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
+        buf_free(&b);
+        break;
+    }
+    case BUILTIN_OPENAPI:
+        if (w->snap->openapi) server_respond(r, 200, "application/json", w->snap->openapi, w->snap->openapi_len);
+        else server_problem(r, 404, "Not Found", "This service publishes no OpenAPI document.", NULL, NULL);
+        break;
+    }
+}
+
+/* ---- Lua dispatch ---------------------------------------------------------------------- */
+
+static void handler_failed(request_t *r, const char *what, const char *msg)
+{
+    worker_t *w = r->w;
+    char fields[3000], esc[2048];
+    log_json_escape(esc, sizeof esc, msg ? msg : "?", msg ? strlen(msg) : 1);
+    snprintf(fields, sizeof fields, "\"request_id\":\"%s\",\"route\":\"%s\",\"error\":\"%s\"", r->id,
+             r->route >= 0 ? w->snap->routes[r->route].pattern : "", esc);
+    log_line(LOG_ERROR, fields, "%s", what);
+    metrics_cell_add(g_handler_errors, 1);
+    server_problem(r, 500, "Internal Server Error",
+                   "The server failed to handle this request; quote the request id when reporting it.", NULL, NULL);
+}
+
+/* Turn the handler's (status, body, headers) at stack index base..base+2 into a response. */
+static void send_lua_response(request_t *r, int base)
+{
+    lua_State *L = r->w->L;
+    int isnum = lua_type(L, base) == LUA_TNUMBER;
+    lua_Number st = lua_tonumber(L, base);
+    if (!isnum || st < 100 || st > 599 || st != (int)st) {
+        handler_failed(r, "handler returned an invalid status", lua_typename(L, lua_type(L, base)));
+        return;
+    }
+    int status = (int)st;
+    size_t len = 0;
+    const char *body = NULL;
+    int bt = lua_type(L, base + 1);
+    if (bt == LUA_TTABLE) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, r->w->encode_ref);
+        lua_pushvalue(L, base + 1);
+        if (worker_pcall(L, r->w->traceback_ref, 1, 1) != 0) {
+            handler_failed(r, "handler returned a body that cannot be encoded as JSON", lua_tostring(L, -1));
+            return;
+        }
+        lua_replace(L, base + 1);
+        bt = LUA_TSTRING;
+    }
+    if (bt == LUA_TSTRING) body = lua_tolstring(L, base + 1, &len);
+    else if (bt != LUA_TNIL) {
+        handler_failed(r, "handler returned a body that is neither a table, a string nor nil", lua_typename(L, bt));
+        return;
+    }
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)(body ? body : ""), MHD_RESPMEM_MUST_COPY);
+    if (!resp) { server_problem(r, 503, "Service Unavailable", "out of memory", NULL, NULL); return; }
+    int has_ctype = 0;
+    if (lua_type(L, base + 2) == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, base + 2) != 0) {
+            if (lua_type(L, -2) == LUA_TSTRING && (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER)) {
+                const char *k = lua_tostring(L, -2);
+                if (strcasecmp(k, "Content-Type") == 0) has_ctype = 1;
+                MHD_add_response_header(resp, k, lua_tostring(L, -1));
+            }
+            lua_pop(L, 1);
+        }
+    }
+    if (!has_ctype && body) MHD_add_response_header(resp, "Content-Type", "application/json");
+    server_queue(r, status, resp, len);
+}
+
+static void push_request(lua_State *L, request_t *r)
+{
+    lua_createtable(L, 0, 6);
+    lua_pushstring(L, r->method);
+    lua_setfield(L, -2, "method");
+    lua_pushlstring(L, r->uri, r->path_len);
+    lua_setfield(L, -2, "path");
+    lua_pushstring(L, r->id);
+    lua_setfield(L, -2, "id");
+    lua_createtable(L, 0, r->match.nparams);
+    for (int i = 0; i < r->match.nparams; i++) {
+        const router_param_t *p = &r->match.params[i];
+        char small[256];
+        char *dst = p->value_len < sizeof small ? small : malloc(p->value_len + 1);
+        if (!dst) continue;
+        size_t n = request_unescape(dst, p->value, p->value_len, 0);
+        lua_pushlstring(L, p->name, p->name_len);
+        lua_pushlstring(L, dst, n);
+        lua_rawset(L, -3);
+        if (dst != small) free(dst);
+    }
+    lua_setfield(L, -2, "params");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->w->request_mt_ref);
+    lua_setmetatable(L, -2);
+}
+
+static void dispatch_lua(request_t *r)
+{
+    worker_t *w = r->w;
+    lua_State *L = w->L;
+    lua_settop(L, 0);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, w->handlers_ref);
+    lua_rawgeti(L, -1, r->route + 1);
+    lua_remove(L, -2);
+    push_request(L, r);
+    w->cur = r;
+    if (worker_pcall(L, w->traceback_ref, 1, 3) != 0) handler_failed(r, "handler raised an error", lua_tostring(L, -1));
+    else send_lua_response(r, 1);
+    w->cur = NULL;
+    if (r->claims_ref != LUA_NOREF) {
+        luaL_unref(L, LUA_REGISTRYINDEX, r->claims_ref);
+        r->claims_ref = LUA_NOREF;
+    }
+    lua_settop(L, 0);
+}
+
+/* ---- MHD callbacks --------------------------------------------------------------------- */
+
+static int valid_request_id(const char *v)
+{
+    size_t n = 0;
+    for (; v[n]; n++) {
+        char c = v[n];
+        if (n >= 64 || !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                         c == '-' || c == '_' || c == '.' || c == ':'))
+            return 0;
+    }
+    return n > 0;
+}
+
+/* Called with the raw request target before anything else: its return value becomes the
+ * connection's per-request pointer, so this is where the request is born. */
+static void *uri_cb(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    http_thread_t *t = cls;
+    (void)conn;
+    request_t *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->uri = strdup(uri ? uri : "/");
+    if (!r->uri) { free(r); return NULL; }
+    char *q = strchr(r->uri, '?');
+    if (q) { *q = 0; r->query = q + 1; }
+    r->path_len = strlen(r->uri);
+    r->w = t->w;
+    r->start_ns = request_now_ns();
+    r->claims_ref = LUA_NOREF;
+    t->inflight++;
+    metrics_shard_add_inflight(t->w->metrics, 1);
+    return r;
+}
+
+static void match_route(request_t *r, char *allow, size_t allow_len)
+{
+    worker_t *w = r->w;
+    r->generation = w->generation;
+    r->slot = 0;
+    if (!w->snap->router) { r->route = ROUTER_NOT_FOUND; return; }
+    r->route = router_match(w->snap->router, r->method, r->uri, r->path_len, &r->match, allow, allow_len);
+    if (r->route >= 0) r->slot = w->snap->routes[r->route].metrics_slot;
+}
+
+static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                                 const char *version, const char *upload_data, size_t *upload_data_size,
+                                 void **con_cls)
+{
+    http_thread_t *t = cls;
+    worker_t *w = t->w;
+    request_t *r = *con_cls;
+    (void)url; (void)version;
+    if (!r) return MHD_NO;   /* out of memory in uri_cb: drop the connection */
+
+    if (!r->started) {
+        /* First call: headers are in. Answer nothing yet unless refusing the body: a response
+         * queued here would make MHD close the connection. */
+        r->started = 1;
+        r->conn = conn;
+        snprintf(r->method, sizeof r->method, "%s", method);
+        const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+        if (rid && valid_request_id(rid)) snprintf(r->id, sizeof r->id, "%s", rid);
+        else worker_request_id(w, r->id);
+        int builtin = builtin_route(r);
+        if (builtin) {
+            r->route = builtin;
+            r->slot = g_builtin_slot[builtin - BUILTIN_HEALTH];
+        } else if (w->cfg->service && strcmp(w->cfg->service, "gateway") == 0) {
+            r->route = ROUTER_GATEWAY;
+        } else {
+            match_route(r, NULL, 0);
+        }
+        r->max_body = w->cfg->max_body;
+        if (r->route >= 0 && w->snap->routes[r->route].max_body) r->max_body = w->snap->routes[r->route].max_body;
+        if (r->route == ROUTER_GATEWAY) r->max_body = gateway_max_body(w->cfg);
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > r->max_body) {
+            r->body_too_large = 1;
+            server_problem(r, 413, "Content Too Large", "The request body is larger than this endpoint accepts.", NULL, NULL);
+        }
+        return MHD_YES;
+    }
+
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (r->body_too_large) return MHD_YES;
+        if (r->body_len + n > r->max_body) {
+            r->body_too_large = 1;
+            free(r->body);
+            r->body = NULL;
+            r->body_len = 0;
+            server_problem(r, 413, "Content Too Large", "The request body is larger than this endpoint accepts.", NULL, NULL);
+            return MHD_YES;
+        }
+        if (r->body_len + n + 1 > r->body_cap) {
+            size_t cap = r->body_cap ? r->body_cap : 4096;
+            while (cap < r->body_len + n + 1) cap *= 2;
+            char *b = realloc(r->body, cap);
+            if (!b) return MHD_NO;
+            r->body = b;
+            r->body_cap = cap;
+        }
+        memcpy(r->body + r->body_len, upload_data, n);
+        r->body_len += n;
+        r->body[r->body_len] = 0;
+        return MHD_YES;
+    }
+
+    /* Final call: the whole request is here. */
+    if (r->status) return MHD_YES;   /* already answered (413) */
+    worker_maybe_reload(w);
+    if (r->generation != w->generation &&
+        (r->route >= 0 || r->route == ROUTER_NOT_FOUND || r->route == ROUTER_METHOD_NOT_ALLOWED))
+        match_route(r, NULL, 0);   /* a reload happened while the body arrived */
+
+    if (is_builtin(r->route)) { serve_builtin(r); return MHD_YES; }
+    if (r->route == ROUTER_GATEWAY) { gateway_handle(r); return MHD_YES; }
+    if (r->route == ROUTER_NOT_FOUND) {
+        server_problem(r, 404, "Not Found", "No resource lives at this path.", NULL, NULL);
+        return MHD_YES;
+    }
+    if (r->route == ROUTER_METHOD_NOT_ALLOWED) {
+        char allow[128];
+        match_route(r, allow, sizeof allow);
+        server_problem(r, 405, "Method Not Allowed", "This resource does not answer this method.", "Allow", allow);
+        return MHD_YES;
+    }
+    if (auth_check(r, &w->snap->routes[r->route]) != 0) return MHD_YES;   /* answered 401/403 */
+    dispatch_lua(r);
+    if (!r->status) server_problem(r, 500, "Internal Server Error", "No response was produced.", NULL, NULL);
+    return MHD_YES;
+}
+
+/* Per-thread cache of the second-resolution timestamp prefix for access lines. */
+static __thread time_t tls_ts_sec;
+static __thread char tls_ts[32];
+
+static void access_log(http_thread_t *t, request_t *r, int status, double ms)
+{
+    worker_t *w = t->w;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME_COARSE, &now);
+    if (now.tv_sec != tls_ts_sec) {
+        struct tm tm;
+        gmtime_r(&now.tv_sec, &tm);
+        strftime(tls_ts, sizeof tls_ts, "%Y-%m-%dT%H:%M:%S", &tm);
+        tls_ts_sec = now.tv_sec;
+    }
+    char path[600];
+    log_json_escape(path, sizeof path, r->uri, r->path_len > 256 ? 256 : r->path_len);
+    const char *route = r->route >= 0 ? w->snap->routes[r->route].pattern
+                      : r->route == ROUTER_GATEWAY ? "gateway" : is_builtin(r->route) ? "builtin" : "unmatched";
+    char *p = logbuf_reserve(&w->access, 1200);
+    if (!p) return;
+    int n = snprintf(p, 1200,
+                     "{\"ts\":\"%s.%03ldZ\",\"level\":\"info\",\"service\":\"%s\",\"type\":\"access\",\"method\":\"%s\","
+                     "\"path\":\"%s\",\"route\":\"%s\",\"status\":%d,\"duration_ms\":%.3f,\"bytes\":%zu,\"request_id\":\"%s\"}\n",
+                     tls_ts, now.tv_nsec / 1000000, w->cfg->service ? w->cfg->service : "", r->method, path, route,
+                     status, ms, r->resp_bytes, r->id);
+    if (n > 0 && n < 1200) logbuf_commit(&w->access, (size_t)n);
+}
+
+static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+    http_thread_t *t = cls;
+    request_t *r = *con_cls;
+    (void)conn; (void)toe;
+    if (!r) return;
+    *con_cls = NULL;
+    uint64_t ns = request_now_ns() - r->start_ns;
+    int status = r->status ? r->status : 499;   /* the client went away before an answer */
+    if (r->started) {
+        /* Slots are process-wide, so a slot matched in an older generation is still right. */
+        metrics_observe_request(t->w->metrics, r->slot, status, ns);
+        if (t->w->cfg->access_log) access_log(t, r, status, (double)ns / 1e6);
+    }
+    metrics_shard_add_inflight(t->w->metrics, -1);
+    t->inflight--;
+    free(r->body);
+    free(r->uri);
+    free(r);
+}
+
+static void mhd_logger(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char msg[1024];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = 0;
+    log_line(LOG_DEBUG, NULL, "libmicrohttpd: %s", msg);
+}
+
+/* ---- threads --------------------------------------------------------------------------- */
+
+static void report_started(http_thread_t *t, int started)
+{
+    pthread_mutex_lock(&t->srv->lock);
+    t->started = started;
+    pthread_cond_broadcast(&t->srv->cond);
+    pthread_mutex_unlock(&t->srv->lock);
+}
+
+static void *http_thread_main(void *arg)
+{
+    http_thread_t *t = arg;
+    server_t *s = t->srv;
+    t->w = worker_new(t->index, "http", s->cfg, NULL, t->err, sizeof t->err);
+    if (!t->w) { report_started(t, -1); return NULL; }
+    t->daemon = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_TURBO | MHD_USE_ERROR_LOG, 0, NULL, NULL, access_cb, t,
+                                 MHD_OPTION_LISTEN_SOCKET, s->listen_fd,
+                                 MHD_OPTION_URI_LOG_CALLBACK, uri_cb, t,
+                                 MHD_OPTION_NOTIFY_COMPLETED, completed_cb, t,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)75,
+                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
+                                 MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
+                                 MHD_OPTION_END);
+    const union MHD_DaemonInfo *di = t->daemon ? MHD_get_daemon_info(t->daemon, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (!t->daemon || !di || ep < 0) {
+        snprintf(t->err, sizeof t->err, "cannot start the HTTP daemon on worker %d", t->index);
+        if (ep >= 0) close(ep);
+        if (t->daemon) MHD_stop_daemon(t->daemon);
+        worker_free(t->w);
+        t->w = NULL;
+        report_started(t, -1);
+        return NULL;
+    }
+    struct epoll_event ev = { .events = EPOLLIN, .data.fd = di->epoll_fd };
+    epoll_ctl(ep, EPOLL_CTL_ADD, di->epoll_fd, &ev);
+    ev.data.fd = t->wake_fd;
+    epoll_ctl(ep, EPOLL_CTL_ADD, t->wake_fd, &ev);
+    report_started(t, 1);
+
+    int quiesced = 0;
+    uint64_t deadline = 0, last_flush = request_now_ns();
+    for (;;) {
+        MHD_UNSIGNED_LONG_LONG mhd_to;
+        int timeout = 1000;
+        if (MHD_get_timeout(t->daemon, &mhd_to) == MHD_YES && mhd_to < (MHD_UNSIGNED_LONG_LONG)timeout) timeout = (int)mhd_to;
+        if (quiesced && timeout > 50) timeout = 50;
+        struct epoll_event evs[4];
+        int n = epoll_wait(ep, evs, 4, timeout);
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.fd == t->wake_fd) {
+                uint64_t v;
+                if (read(t->wake_fd, &v, sizeof v) < 0) { /* nothing to do: the flag is what counts */ }
+            }
+        }
+        MHD_run(t->daemon);
+        uint64_t now = request_now_ns();
+        /* Access lines go out when the buffer fills, when the loop idles, or once a second. */
+        if (t->w->access.len && (n == 0 || now - last_flush > 1000000000ull)) {
+            logbuf_flush(&t->w->access);
+            last_flush = now;
+        }
+        if (atomic_load(&g_stopping)) {
+            if (!quiesced) {
+                MHD_quiesce_daemon(t->daemon);
+                quiesced = 1;
+                deadline = now + (uint64_t)s->cfg->shutdown_timeout_ms * 1000000ull;
+            }
+            if (t->inflight == 0 || now >= deadline) break;
+        }
+    }
+    if (t->inflight) log_warn("worker %d: stopping with %ld requests still in flight", t->index, t->inflight);
+    MHD_stop_daemon(t->daemon);
+    t->daemon = NULL;
+    close(ep);
+    worker_free(t->w);
+    t->w = NULL;
+    return NULL;
+}
+
+static int open_listener(const config_t *cfg, char *err, size_t errlen)
+{
+    struct sockaddr_in6 a6;
+    struct sockaddr_in a4;
+    struct sockaddr *sa;
+    socklen_t salen;
+    int family;
+    memset(&a4, 0, sizeof a4);
+    memset(&a6, 0, sizeof a6);
+    if (inet_pton(AF_INET, cfg->listen_addr, &a4.sin_addr) == 1) {
+        a4.sin_family = AF_INET;
+        a4.sin_port = htons((uint16_t)cfg->port);
+        sa = (struct sockaddr *)&a4; salen = sizeof a4; family = AF_INET;
+    } else if (inet_pton(AF_INET6, cfg->listen_addr, &a6.sin6_addr) == 1) {
+        a6.sin6_family = AF_INET6;
+        a6.sin6_port = htons((uint16_t)cfg->port);
+        sa = (struct sockaddr *)&a6; salen = sizeof a6; family = AF_INET6;
+    } else {
+        snprintf(err, errlen, "LISTEN_ADDR: '%s' is not an IPv4 or IPv6 address", cfg->listen_addr);
+        return -1;
+    }
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) { snprintf(err, errlen, "socket: %s", strerror(errno)); return -1; }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, sa, salen) < 0 || listen(fd, 1024) < 0) {
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->listen_addr, cfg->port, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+server_t *server_start(const config_t *cfg, char *err, size_t errlen)
+{
+    server_t *s = calloc(1, sizeof *s);
+    if (!s) { snprintf(err, errlen, "out of memory"); return NULL; }
+    s->cfg = cfg;
+    g_handler_errors = metrics_counter0("lua_handler_errors_total", "Handlers that raised an error or returned an invalid response.");
+    static const char *const builtin_paths[] = { "/health", "/ready", "/metrics", "/openapi.json" };
+    for (int i = 0; i < 4; i++) g_builtin_slot[i] = metrics_route_slot("GET", builtin_paths[i]);
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    atomic_store(&g_stopping, 0);
+    s->listen_fd = open_listener(cfg, err, errlen);
+    if (s->listen_fd < 0) { free(s); return NULL; }
+    s->nthreads = cfg->workers;
+    s->threads = calloc((size_t)s->nthreads, sizeof *s->threads);
+    if (!s->threads) { close(s->listen_fd); free(s); snprintf(err, errlen, "out of memory"); return NULL; }
+    int failed = 0, launched = 0;
+    for (int i = 0; i < s->nthreads; i++) {
+        http_thread_t *t = &s->threads[i];
+        t->srv = s;
+        t->index = i;
+        t->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (t->wake_fd < 0 || pthread_create(&t->thread, NULL, http_thread_main, t) != 0) {
+            snprintf(err, errlen, "cannot start worker thread %d", i);
+            if (t->wake_fd >= 0) close(t->wake_fd);
+            t->wake_fd = -1;
+            failed = 1;
+            break;
+        }
+        launched++;
+    }
+    /* Wait until every launched thread has its state and daemon, or says why not. */
+    pthread_mutex_lock(&s->lock);
+    for (int i = 0; i < launched; i++)
+        while (s->threads[i].started == 0) pthread_cond_wait(&s->cond, &s->lock);
+    pthread_mutex_unlock(&s->lock);
+    for (int i = 0; i < launched; i++) {
+        if (s->threads[i].started < 0 && !failed) {
+            snprintf(err, errlen, "%s", s->threads[i].err);
+            failed = 1;
+        }
+    }
+    if (failed) {
+        s->nthreads = launched;
+        server_stop(s);
+        return NULL;
+    }
+    return s;
+}
+
+void server_stop(server_t *s)
+{
+    if (!s) return;
+    atomic_store(&g_stopping, 1);
+    for (int i = 0; i < s->nthreads; i++) {
+        uint64_t one = 1;
+        if (s->threads[i].wake_fd >= 0 && write(s->threads[i].wake_fd, &one, sizeof one) < 0) { /* loop wakes within 1 s anyway */ }
+    }
+    for (int i = 0; i < s->nthreads; i++) {
+        pthread_join(s->threads[i].thread, NULL);
+        if (s->threads[i].wake_fd >= 0) close(s->threads[i].wake_fd);
+    }
+    close(s->listen_fd);
+    free(s->threads);
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->cond);
+    free(s);
+}

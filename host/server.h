@@ -1,0 +1,32 @@
+/* server: the HTTP front — N worker threads, each running its own libmicrohttpd daemon in
+ * external-epoll mode on one shared listening socket, each with its own Lua state. */
+#ifndef MERCATO_SERVER_H
+#define MERCATO_SERVER_H
+
+#include <stddef.h>
+
+#include "config.h"
+#include "request.h"
+
+typedef struct server server_t;
+
+/* Bind the port, start cfg->workers threads and wait until each has built its Lua state.
+ * Returns NULL with err on failure (nothing left running). */
+server_t *server_start(const config_t *cfg, char *err, size_t errlen);
+
+/* Stop accepting, let in-flight requests finish (up to cfg->shutdown_timeout_ms), join the
+ * threads and free everything. */
+void server_stop(server_t *s);
+
+/* Queue resp for r with the host's own headers (X-Request-Id, Connection: close while
+ * draining), then drop the caller's reference to resp. Records status and length. */
+int server_queue(request_t *r, int status, struct MHD_Response *resp, size_t len);
+
+/* Queue a response for r: body copied; ctype may be NULL when there is no body. */
+int server_respond(request_t *r, int status, const char *ctype, const char *body, size_t len);
+
+/* Queue an RFC 9457 problem; `header`/`value` add one header (Allow, WWW-Authenticate, ...). */
+int server_problem(request_t *r, int status, const char *title, const char *detail,
+                   const char *header, const char *value);
+
+#endif

@@ -1,0 +1,411 @@
+/* worker: one thread's world — its Lua state, connections, metrics shard and log buffer. */
+#include "worker.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <arpa/inet.h>
+
+#include "bindings.h"
+#include "prelude.h"   /* generated: luaJIT_BC_prelude, the compiled host/lua/prelude.lua */
+#include "request.h"
+
+#define REG_WORKER "mercato.worker"
+
+static int panic(lua_State *L)
+{
+    log_error("Lua panic (an unprotected call, a host bug): %s", lua_tostring(L, -1));
+    abort();
+}
+
+worker_t *worker_from_lua(lua_State *L)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, REG_WORKER);
+    worker_t *w = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return w;
+}
+
+int worker_pcall(lua_State *L, int traceback_ref, int nargs, int nresults)
+{
+    int base = lua_gettop(L) - nargs;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, traceback_ref);
+    lua_insert(L, base);
+    int rc = lua_pcall(L, nargs, nresults, base);
+    lua_remove(L, base);
+    return rc == 0 ? 0 : -1;
+}
+
+/* ---- the snapshot's module loader (package.loaders[2]) ---------------------------------- */
+
+static int load_from_snapshot(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    const snapshot_t *s = lua_touserdata(L, lua_upvalueindex(1));
+    const snapshot_module_t *m = snapshot_module(s, name);
+    if (!m) {
+        lua_pushfstring(L, "\n\tno module '%s' in the service's scripts", name);
+        return 1;
+    }
+    char chunkname[1024];
+    snprintf(chunkname, sizeof chunkname, "@%s", m->path);
+    if (luaL_loadbuffer(L, m->code, m->len, chunkname) != 0)
+        return luaL_error(L, "error loading module '%s': %s", name, lua_tostring(L, -1));
+    return 1;
+}
+
+static void install_loader(lua_State *L, snapshot_t *s)
+{
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "loaders");
+    int n = (int)lua_objlen(L, -1);
+    for (int i = n; i >= 2; i--) {   /* shift loaders[2..n] up by one */
+        lua_rawgeti(L, -1, i);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_pushlightuserdata(L, s);
+    lua_pushcclosure(L, load_from_snapshot, 1);
+    lua_rawseti(L, -2, 2);
+    lua_pop(L, 2);
+}
+
+/* ---- mercato.request: the running request, read lazily from C ------------------------- */
+
+static request_t *current(lua_State *L)
+{
+    worker_t *w = lua_touserdata(L, lua_upvalueindex(1));
+    if (!w || !w->cur) luaL_error(L, "no request is being served (request objects live only during their handler)");
+    return w->cur;
+}
+
+static int l_req_header(lua_State *L)
+{
+    request_t *r = current(L);
+    const char *name = luaL_checkstring(L, 1);
+    const char *v = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+    if (v) lua_pushstring(L, v); else lua_pushnil(L);
+    return 1;
+}
+
+static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    (void)kind;
+    lua_State *L = cls;
+    char lower[256];
+    size_t n = strlen(key);
+    if (n >= sizeof lower) return MHD_YES;
+    for (size_t i = 0; i <= n; i++) lower[i] = (char)((key[i] >= 'A' && key[i] <= 'Z') ? key[i] + 32 : key[i]);
+    lua_pushstring(L, value ? value : "");
+    lua_setfield(L, -2, lower);
+    return MHD_YES;
+}
+
+static int l_req_headers(lua_State *L)
+{
+    request_t *r = current(L);
+    lua_newtable(L);
+    MHD_get_connection_values(r->conn, MHD_HEADER_KIND, collect_header, L);
+    return 1;
+}
+
+static int l_req_query_string(lua_State *L)
+{
+    request_t *r = current(L);
+    if (r->query) lua_pushstring(L, r->query); else lua_pushnil(L);
+    return 1;
+}
+
+static int l_req_body(lua_State *L)
+{
+    request_t *r = current(L);
+    lua_pushlstring(L, r->body ? r->body : "", r->body_len);
+    return 1;
+}
+
+static int l_req_remote_addr(lua_State *L)
+{
+    request_t *r = current(L);
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    char addr[INET6_ADDRSTRLEN] = "";
+    if (ci && ci->client_addr) {
+        const struct sockaddr *sa = ci->client_addr;
+        if (sa->sa_family == AF_INET) inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, addr, sizeof addr);
+        else if (sa->sa_family == AF_INET6) inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, addr, sizeof addr);
+    }
+    lua_pushstring(L, addr);
+    return 1;
+}
+
+static int l_req_claims(lua_State *L)
+{
+    request_t *r = current(L);
+    if (r->claims_ref == LUA_NOREF || r->claims_ref == 0) lua_pushnil(L);
+    else lua_rawgeti(L, LUA_REGISTRYINDEX, r->claims_ref);
+    return 1;
+}
+
+static int open_request(lua_State *L)
+{
+    static const luaL_Reg fns[] = {
+        { "header", l_req_header }, { "headers", l_req_headers }, { "query_string", l_req_query_string },
+        { "body", l_req_body }, { "remote_addr", l_req_remote_addr }, { "claims", l_req_claims },
+        { NULL, NULL },
+    };
+    lua_newtable(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, REG_WORKER);
+    luaL_setfuncs(L, fns, 1);
+    return 1;
+}
+
+/* ---- routes ---------------------------------------------------------------------------- */
+
+/* Read one route record at the top of the stack into ri (check mode). 0 or -1 with err. */
+static int read_route(lua_State *L, int i, route_info_t *ri, const char *file, char *err, size_t errlen)
+{
+    memset(ri, 0, sizeof *ri);
+    if (!lua_istable(L, -1)) { snprintf(err, errlen, "%s: route %d: expecting a table", file, i); return -1; }
+    lua_rawgeti(L, -1, 1);
+    lua_rawgeti(L, -2, 2);
+    lua_rawgeti(L, -3, 3);
+    if (lua_type(L, -3) != LUA_TSTRING || lua_type(L, -2) != LUA_TSTRING || !lua_isfunction(L, -1)) {
+        snprintf(err, errlen, "%s: route %d: expecting { method, path, handler function }", file, i);
+        lua_pop(L, 3);
+        return -1;
+    }
+    snprintf(ri->method, sizeof ri->method, "%s", lua_tostring(L, -3));
+    ri->pattern = strdup(lua_tostring(L, -2));
+    lua_pop(L, 3);
+    if (!router_method_valid(ri->method)) {
+        snprintf(err, errlen, "%s: route %d: unknown method '%s'", file, i, ri->method);
+        return -1;
+    }
+
+    lua_getfield(L, -1, "auth");
+    if (lua_isstring(L, -1)) {
+        const char *a = lua_tostring(L, -1);
+        if (strcmp(a, "required") == 0) ri->auth = AUTH_REQUIRED;
+        else if (strcmp(a, "optional") == 0) ri->auth = AUTH_OPTIONAL;
+        else { snprintf(err, errlen, "%s: route %d: auth must be \"required\" or \"optional\"", file, i); lua_pop(L, 1); return -1; }
+    } else if (lua_isboolean(L, -1)) {
+        ri->auth = lua_toboolean(L, -1) ? AUTH_REQUIRED : AUTH_NONE;
+    } else if (!lua_isnil(L, -1)) {
+        snprintf(err, errlen, "%s: route %d: auth must be a string or boolean", file, i); lua_pop(L, 1); return -1;
+    }
+    lua_pop(L, 1);
+
+    lua_getfield(L, -1, "roles");
+    if (lua_istable(L, -1)) {
+        int n = (int)lua_objlen(L, -1);
+        if (n < 1 || n > ROUTE_MAX_ROLES) { snprintf(err, errlen, "%s: route %d: roles must list 1 to %d names", file, i, ROUTE_MAX_ROLES); lua_pop(L, 1); return -1; }
+        for (int k = 1; k <= n; k++) {
+            lua_rawgeti(L, -1, k);
+            if (lua_type(L, -1) != LUA_TSTRING) { snprintf(err, errlen, "%s: route %d: roles must be strings", file, i); lua_pop(L, 2); return -1; }
+            ri->roles[ri->nroles++] = strdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+        ri->auth = AUTH_REQUIRED;
+    } else if (!lua_isnil(L, -1)) {
+        snprintf(err, errlen, "%s: route %d: roles must be a list", file, i); lua_pop(L, 1); return -1;
+    }
+    lua_pop(L, 1);
+
+    lua_getfield(L, -1, "scope");
+    if (lua_type(L, -1) == LUA_TSTRING) { ri->scope = strdup(lua_tostring(L, -1)); ri->auth = AUTH_REQUIRED; }
+    else if (!lua_isnil(L, -1)) { snprintf(err, errlen, "%s: route %d: scope must be a string", file, i); lua_pop(L, 1); return -1; }
+    lua_pop(L, 1);
+
+    lua_getfield(L, -1, "max_body");
+    if (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) >= 0 && lua_tonumber(L, -1) <= (1 << 30)) ri->max_body = (size_t)lua_tonumber(L, -1);
+    else if (!lua_isnil(L, -1)) { snprintf(err, errlen, "%s: route %d: max_body must be a byte count", file, i); lua_pop(L, 1); return -1; }
+    lua_pop(L, 1);
+    return 0;
+}
+
+/* With the routes table on top: check it and fill snap's route table (check mode), or store
+ * the handlers for serving (w mode). Pops nothing. */
+static int take_routes(lua_State *L, worker_t *w, snapshot_t *snap, int check, char *err, size_t errlen)
+{
+    char file[512];
+    snprintf(file, sizeof file, "%s/services/%s/routes.lua", snap->cfg->scripts_dir, snap->cfg->service);
+    if (!lua_istable(L, -1)) { snprintf(err, errlen, "%s: must return a list of routes", file); return -1; }
+    int n = (int)lua_objlen(L, -1);
+    if (check) {
+        snap->routes = calloc((size_t)(n ? n : 1), sizeof *snap->routes);
+        if (!snap->routes) { snprintf(err, errlen, "out of memory"); return -1; }
+        for (int i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, i);
+            int rc = read_route(L, i, &snap->routes[i - 1], file, err, errlen);
+            lua_pop(L, 1);
+            snap->nroutes = i;   /* counts the partly filled one too, so it is freed */
+            if (rc < 0) return -1;
+        }
+        return 0;
+    }
+    if (n != snap->nroutes) { snprintf(err, errlen, "%s: returned %d routes, expected %d", file, n, snap->nroutes); return -1; }
+    lua_createtable(L, n, 0);
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, -2, i);
+        lua_rawgeti(L, -1, 3);
+        if (!lua_isfunction(L, -1)) { snprintf(err, errlen, "%s: route %d has no handler", file, i); lua_pop(L, 3); return -1; }
+        lua_rawseti(L, -3, i);
+        lua_pop(L, 1);
+    }
+    w->handlers_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+lua_State *worker_state_new(worker_t *w, snapshot_t *snap, int check, char *err, size_t errlen)
+{
+    lua_State *L = luaL_newstate();
+    if (!L) { snprintf(err, errlen, "cannot create a Lua state (out of memory)"); return NULL; }
+    lua_atpanic(L, panic);
+    luaL_openlibs(L);
+    lua_pushlightuserdata(L, w);
+    lua_setfield(L, LUA_REGISTRYINDEX, REG_WORKER);
+    lua_pushlightuserdata(L, snap);
+    lua_setfield(L, LUA_REGISTRYINDEX, "mercato.snapshot");
+    bindings_preload(L);
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, open_request);
+    lua_setfield(L, -2, "mercato.request");
+    lua_pop(L, 2);
+    install_loader(L, snap);
+
+    if (luaL_loadbuffer(L, (const char *)luaJIT_BC_prelude, luaJIT_BC_prelude_SIZE, "=prelude") != 0 ||
+        lua_pcall(L, 0, 1, 0) != 0) {
+        snprintf(err, errlen, "host prelude: %s", lua_tostring(L, -1));
+        lua_close(L);
+        return NULL;
+    }
+    /* The prelude's table: keep what C calls on every request. */
+    int tb, enc, mt;
+    lua_getfield(L, -1, "traceback");
+    tb = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "encode");
+    enc = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "request_mt");
+    mt = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "lock_globals");
+    lua_insert(L, -2);
+    lua_pop(L, 1);   /* leaves lock_globals on the stack */
+
+    /* Check mode runs only for services that have a routes module; serving states load it
+     * when the checked snapshot has a router (the gateway and `mercato lua` have none). */
+    if (snap->cfg->service && (check || snap->router)) {
+        char routes[300];
+        snprintf(routes, sizeof routes, "services.%s.routes", snap->cfg->service);
+        lua_getglobal(L, "require");
+        lua_pushstring(L, routes);
+        if (worker_pcall(L, tb, 1, 1) != 0) {
+            snprintf(err, errlen, "%s", lua_tostring(L, -1));
+            lua_close(L);
+            return NULL;
+        }
+        int rc = take_routes(L, w, snap, check, err, errlen);
+        lua_pop(L, 1);
+        if (rc < 0) { lua_close(L); return NULL; }
+    }
+    lua_call(L, 0, 0);   /* lock_globals */
+    if (w) {
+        w->traceback_ref = tb;
+        w->encode_ref = enc;
+        w->request_mt_ref = mt;
+    }
+    return L;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+worker_t *worker_new(int id, const char *kind, const config_t *cfg, snapshot_t *snap, char *err, size_t errlen)
+{
+    worker_t *w = calloc(1, sizeof *w);
+    if (!w) { snprintf(err, errlen, "out of memory"); return NULL; }
+    w->id = id;
+    w->kind = kind;
+    w->cfg = cfg;
+    w->handlers_ref = LUA_NOREF;
+    if (getrandom(w->rng, sizeof w->rng, 0) != sizeof w->rng) { w->rng[0] = (uint64_t)(uintptr_t)w ^ 0x9e3779b97f4a7c15ull; w->rng[1] = (uint64_t)id + 1; }
+    if (!w->rng[0] && !w->rng[1]) w->rng[1] = 1;
+    w->metrics = metrics_shard_new();
+    if (!w->metrics || logbuf_init(&w->access, 64 * 1024) < 0) {
+        snprintf(err, errlen, "out of memory");
+        free(w);
+        return NULL;
+    }
+    if (snap) snapshot_ref(snap);
+    else snap = snapshot_current();
+    if (!snap) { snprintf(err, errlen, "no scripts are loaded"); logbuf_free(&w->access); free(w); return NULL; }
+    w->snap = snap;
+    w->generation = snap->generation;
+    w->L = worker_state_new(w, snap, 0, err, errlen);
+    if (!w->L) {
+        snapshot_unref(snap);
+        logbuf_free(&w->access);
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+void worker_free(worker_t *w)
+{
+    if (!w) return;
+    if (w->L) lua_close(w->L);
+    bindings_worker_free(w);
+    snapshot_unref(w->snap);
+    logbuf_free(&w->access);   /* flushes; the metrics shard stays registered until exit */
+    free(w);
+}
+
+void worker_maybe_reload(worker_t *w)
+{
+    if (snapshot_generation() == w->generation) return;
+    snapshot_t *snap = snapshot_current();
+    if (!snap) return;
+    if (snap->generation == w->generation) { snapshot_unref(snap); return; }
+    char err[1024];
+    int old_handlers = w->handlers_ref, old_tb = w->traceback_ref, old_enc = w->encode_ref, old_mt = w->request_mt_ref;
+    lua_State *L = worker_state_new(w, snap, 0, err, sizeof err);
+    if (!L) {
+        /* The snapshot passed its check, so this is rare (memory): keep serving the old code,
+         * and do not retry on every request. */
+        log_error("worker %d: cannot build generation %llu, keeping %llu: %s", w->id,
+                  (unsigned long long)snap->generation, (unsigned long long)w->generation, err);
+        w->handlers_ref = old_handlers; w->traceback_ref = old_tb; w->encode_ref = old_enc; w->request_mt_ref = old_mt;
+        w->generation = snap->generation;
+        snapshot_unref(snap);
+        return;
+    }
+    lua_close(w->L);
+    w->L = L;
+    snapshot_unref(w->snap);
+    w->snap = snap;
+    w->generation = snap->generation;
+    log_debug("worker %d: now serving generation %llu", w->id, (unsigned long long)w->generation);
+}
+
+static uint64_t xorshift128p(uint64_t s[2])
+{
+    uint64_t a = s[0];
+    const uint64_t b = s[1];
+    s[0] = b;
+    a ^= a << 23;
+    s[1] = a ^ b ^ (a >> 17) ^ (b >> 26);
+    return s[1] + b;
+}
+
+void worker_request_id(worker_t *w, char *buf)
+{
+    static const char hex[] = "0123456789abcdef";
+    uint64_t a = xorshift128p(w->rng), b = xorshift128p(w->rng);
+    for (int i = 0; i < 16; i++) {
+        buf[i] = hex[(a >> (i * 4)) & 15];
+        buf[16 + i] = hex[(b >> (i * 4)) & 15];
+    }
+    buf[32] = 0;
+}
