@@ -1,5 +1,7 @@
 /* host: what a script may ask of the host — its service, its assets, the clock. */
 #include <lauxlib.h>
+
+#include "../host/bindings.h"
 #include <stdlib.h>
 #include <time.h>
 
@@ -63,3 +65,5 @@ int luaopen_host(lua_State *L)
     lua_setfield(L, -2, "worker_id");
     return 1;
 }
+
+const binding_t binding_host = { .name = "host", .open = luaopen_host };

@@ -1,5 +1,7 @@
 /* log: JSON log lines from Lua — log.info("message", { key = value, ... }). */
 #include <lauxlib.h>
+
+#include "../host/bindings.h"
 #include <stdio.h>
 #include <string.h>
 
@@ -67,3 +69,5 @@ int luaopen_log(lua_State *L)
     luaL_setfuncs(L, fns, 1);
     return 1;
 }
+
+const binding_t binding_log = { .name = "log", .open = luaopen_log };

@@ -3,6 +3,8 @@
  *   orders:inc(1, "usd")
  * Declaring again (a hot reload) returns the same family; values live in C and survive. */
 #include <lauxlib.h>
+
+#include "../host/bindings.h"
 #include <string.h>
 
 #include "../host/metrics.h"
@@ -135,3 +137,5 @@ int luaopen_metrics(lua_State *L)
     luaL_setfuncs(L, fns, 0);
     return 1;
 }
+
+const binding_t binding_metrics = { .name = "metrics", .open = luaopen_metrics };

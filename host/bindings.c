@@ -1,53 +1,81 @@
-/* bindings: the C modules every Lua state can require, and their per-worker resources.
- * Adding a binding: its luaopen_* in the table below, its per-worker free and ready probe. */
+/* bindings: the list of C modules every Lua state can require. A new binding adds its
+ * `extern const binding_t binding_<name>;` and one line in `all` — nothing else here. */
 #include "bindings.h"
 
 #include <lauxlib.h>
 #include <stdio.h>
-#include <stdlib.h>
+#include <string.h>
 
+#include "log.h"
 #include "worker.h"
 
-int luaopen_log(lua_State *L);
-int luaopen_metrics(lua_State *L);
-int luaopen_host(lua_State *L);
+extern const binding_t binding_log;
+extern const binding_t binding_metrics;
+extern const binding_t binding_host;
 
-static const luaL_Reg modules[] = {
-    { "log", luaopen_log },
-    { "metrics", luaopen_metrics },
-    { "host", luaopen_host },
-    { NULL, NULL },
+static const binding_t *const all[] = {
+    &binding_log,
+    &binding_metrics,
+    &binding_host,
 };
+
+#define NBINDINGS ((int)(sizeof all / sizeof all[0]))
 
 void bindings_preload(lua_State *L)
 {
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "preload");
-    for (const luaL_Reg *m = modules; m->name; m++) {
-        lua_pushcfunction(L, m->func);
-        lua_setfield(L, -2, m->name);
+    for (int i = 0; i < NBINDINGS; i++) {
+        lua_pushcfunction(L, all[i]->open);
+        lua_setfield(L, -2, all[i]->name);
     }
     lua_pop(L, 2);
 }
 
 void bindings_worker_free(worker_t *w)
 {
-    for (int i = 0; i < BIND_MAX; i++) w->binding[i] = NULL;
+    for (int i = 0; i < NBINDINGS; i++)
+        if (all[i]->worker_free) all[i]->worker_free(w);
 }
 
 int bindings_ready(worker_t *w, buf_t *out)
 {
-    (void)w;
+    int down = 0;
     buf_adds(out, "\"scripts\":\"up\"");
+    for (int i = 0; i < NBINDINGS; i++) {
+        if (!all[i]->ready) continue;
+        char why[256] = "";
+        int st = all[i]->ready(w, why, sizeof why);
+        if (st < 0) continue;
+        char esc[600];
+        log_json_escape(esc, sizeof esc, why, strlen(why));
+        if (st) buf_addf(out, ",\"%s\":\"up\"", all[i]->name);
+        else buf_addf(out, ",\"%s\":\"down: %s\"", all[i]->name, esc);
+        down += !st;
+    }
+    return down;
+}
+
+int bindings_global_init(void)
+{
+    for (int i = 0; i < NBINDINGS; i++)
+        if (all[i]->global_init && all[i]->global_init() != 0) {
+            fprintf(stderr, "mercato: the %s binding failed to initialise\n", all[i]->name);
+            return -1;
+        }
     return 0;
 }
 
-int bindings_global_init(void) { return 0; }
-void bindings_global_cleanup(void) {}
+void bindings_global_cleanup(void)
+{
+    for (int i = NBINDINGS - 1; i >= 0; i--)
+        if (all[i]->global_cleanup) all[i]->global_cleanup();
+}
 
-int bindings_migrate(const config_t *cfg)
+/* Until the db binding lands, there is nothing to migrate with. */
+__attribute__((weak)) int bindings_migrate(const struct config *cfg)
 {
     (void)cfg;
-    fprintf(stderr, "mercato migrate: the db binding is not built yet\n");
+    fprintf(stderr, "mercato migrate: no database binding is built in\n");
     return 1;
 }

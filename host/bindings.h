@@ -1,12 +1,29 @@
-/* bindings: the C modules every Lua state can require, and their per-worker resources. */
+/* bindings: the C modules every Lua state can require, and their per-worker resources.
+ *
+ * Each bindings/<name>.c defines one `const binding_t binding_<name>` and is listed in
+ * host/bindings.c. A binding keeps its per-thread connections in w->binding[BIND_*] (created
+ * on first use, never at require time), so a hot reload that closes a Lua state closes none. */
 #ifndef MERCATO_BINDINGS_H
 #define MERCATO_BINDINGS_H
 
 #include <lua.h>
+#include <stddef.h>
 
 #include "buf.h"
 
 struct worker;
+struct config;
+
+typedef struct binding {
+    const char *name;                                 /* the Lua module name */
+    lua_CFunction open;                               /* luaopen_<name> */
+    int (*global_init)(void);                         /* once per process, or NULL; 0 = ok */
+    void (*global_cleanup)(void);                     /* or NULL */
+    void (*worker_free)(struct worker *w);            /* free w->binding[...], or NULL */
+    /* Probe the dependency from this worker: 1 up, 0 down (why filled), -1 not configured
+     * (left out of /ready). NULL: nothing to probe. */
+    int (*ready)(struct worker *w, char *why, size_t whylen);
+} binding_t;
 
 /* Register every C module in package.preload (opened on first require). */
 void bindings_preload(lua_State *L);
@@ -14,12 +31,11 @@ void bindings_preload(lua_State *L);
 /* Free the worker's per-binding resources (connections); the Lua state is already closed. */
 void bindings_worker_free(struct worker *w);
 
-/* Probe each configured dependency from this worker; append {"name":"up"|"down: why",...}
+/* Probe each configured dependency from this worker; append "name":"up"|"down: why" JSON
  * members to out. Returns the number that are down. */
 int bindings_ready(struct worker *w, buf_t *out);
 
-/* `mercato migrate`: apply the service's migrations; exit status. */
-struct config;
+/* `mercato migrate`: apply the service's migrations; the exit status. */
 int bindings_migrate(const struct config *cfg);
 
 /* Process-wide set-up and tear-down of the libraries (curl_global_init, ...). */
