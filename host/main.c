@@ -110,6 +110,8 @@ static int cmd_serve(const config_t *cfg)
     pthread_sigmask(SIG_BLOCK, &set, NULL);   /* threads inherit it; main waits below */
 
     if (load_scripts(cfg) < 0) return 1;
+    /* A service with a database brings its schema up to date before it takes traffic. */
+    if (cfg->database_url && bindings_migrate(cfg) != 0) return 1;
     char err[1024];
     reloader_t *rl = NULL;
     if (cfg->hot_reload && !(rl = reload_start(cfg, err, sizeof err))) {
