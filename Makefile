@@ -87,7 +87,7 @@ run: deps
 
 bench: deps
 	@$(MAKE) --no-print-directory all
-	@bash bench/run.sh
+	@MERCATO=$(BUILD)/mercato BENCH_REQUIRE_MERCATO=1 bash bench/run.sh
 
 stack-up:
 	@scripts/dev/stack.sh up

@@ -1,0 +1,141 @@
+'use strict';
+// Node/Express peer for `make bench`: GET /bench/json, same payload as mercato and nginx+Lua.
+//
+// Env:
+//   PORT             listen port (127.0.0.1)               default 58082
+//   EXPRESS_WORKERS  node:cluster workers (2 = mercato WORKERS=2, nginx worker_processes 2)
+//                    1 runs a single process without cluster              default 2
+//   ACCESS_LOG       access log file ('' disables)          default access.log
+//   PID_FILE         pid file of the primary (optional)
+//
+// Fairness (see bench/README.md): X-Request-Id echoed or generated, a request counter and a
+// duration sum per route (like mercato's metrics), one JSON access log line per request written
+// through a 64 KiB / 1 s buffer (like nginx `access_log ... buffer=64k flush=1s`), no ETag.
+
+const cluster = require('node:cluster');
+const crypto = require('node:crypto');
+const fs = require('node:fs');
+
+const PORT = parseInt(process.env.PORT || '58082', 10);
+const WORKERS = Math.max(1, parseInt(process.env.EXPRESS_WORKERS || '2', 10));
+const ACCESS_LOG = process.env.ACCESS_LOG === undefined ? 'access.log' : process.env.ACCESS_LOG;
+
+if (WORKERS > 1 && cluster.isPrimary) {
+  if (process.env.PID_FILE) fs.writeFileSync(process.env.PID_FILE, `${process.pid}\n`);
+  let stopping = false;
+  for (let i = 0; i < WORKERS; i++) cluster.fork();
+  cluster.on('exit', (worker, code, signal) => {
+    if (!stopping) {
+      console.error(`express: worker ${worker.process.pid} died (${signal || code}), stopping`);
+      stop();
+    } else if (Object.keys(cluster.workers).length === 0) {
+      process.exit(0);
+    }
+  });
+  const stop = () => {
+    if (stopping) return;
+    stopping = true;
+    for (const w of Object.values(cluster.workers)) w.process.kill('SIGTERM');
+    if (Object.keys(cluster.workers).length === 0) process.exit(0);
+    setTimeout(() => process.exit(0), 3000).unref();
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+} else {
+  if (WORKERS === 1 && process.env.PID_FILE) {
+    fs.writeFileSync(process.env.PID_FILE, `${process.pid}\n`);
+  }
+  runWorker();
+}
+
+function runWorker() {
+  const express = require('express');
+
+  // ---- buffered access log: flush at 64 KiB or every 1 s -------------------------------
+  const LOG_BUFFER = 64 * 1024;
+  let logStream = null;
+  let logChunks = [];
+  let logBytes = 0;
+  if (ACCESS_LOG) {
+    logStream = fs.createWriteStream(ACCESS_LOG, { flags: 'a' });
+    setInterval(flushLog, 1000).unref();
+  }
+  function flushLog() {
+    if (logBytes === 0) return;
+    logStream.write(logChunks.join(''));
+    logChunks = [];
+    logBytes = 0;
+  }
+  function accessLog(line) {
+    logChunks.push(line);
+    logBytes += line.length;
+    if (logBytes >= LOG_BUFFER) flushLog();
+  }
+
+  // ---- metrics (per process, like a per-worker registry) -------------------------------
+  const metrics = { requests: new Map(), durationSum: new Map() };
+  function observe(method, route, status, seconds) {
+    const k = `${method}|${route}|${status}`;
+    metrics.requests.set(k, (metrics.requests.get(k) || 0) + 1);
+    const d = `${method}|${route}`;
+    metrics.durationSum.set(d, (metrics.durationSum.get(d) || 0) + seconds);
+  }
+
+  const RID_OK = /^[A-Za-z0-9\-_.:]{1,128}$/;
+
+  const app = express();
+  app.disable('x-powered-by');
+  app.disable('etag'); // mercato and nginx do not hash the body for an ETag
+
+  // request id + access log + metrics, as middleware (the Express way)
+  app.use((req, res, next) => {
+    const start = process.hrtime.bigint();
+    const incoming = req.headers['x-request-id'];
+    const rid = incoming && RID_OK.test(incoming) ? incoming : crypto.randomUUID();
+    res.setHeader('X-Request-Id', rid);
+    res.on('finish', () => {
+      const secs = Number(process.hrtime.bigint() - start) / 1e9;
+      observe(req.method, req.route ? req.route.path : 'unmatched', res.statusCode, secs);
+      if (logStream) {
+        accessLog(JSON.stringify({
+          ts: new Date().toISOString(),
+          method: req.method,
+          path: req.path,
+          status: res.statusCode,
+          bytes: Number(res.getHeader('content-length') || 0),
+          duration_s: secs,
+          request_id: rid,
+          remote: req.socket.remoteAddress,
+        }) + '\n');
+      }
+    });
+    next();
+  });
+
+  app.get('/bench/json', (req, res) => {
+    // Same payload as mercato and nginx+Lua, built per request.
+    res.status(200).json({
+      id: '7f1c2a9e-0d7b-4e8a-9b7c-2f1e5a6b8c9d',
+      name: 'Wireless Headphones',
+      price_cents: 12999,
+      currency: 'usd',
+      tags: ['audio', 'wireless'],
+      stock: 42,
+    });
+  });
+
+  const server = app.listen(PORT, '127.0.0.1');
+  server.keepAliveTimeout = 65000; // same as nginx keepalive_timeout
+
+  const stop = () => {
+    if (logStream) {
+      flushLog();
+      logStream.end(() => process.exit(0));
+      setTimeout(() => process.exit(0), 1000).unref();
+    } else {
+      process.exit(0);
+    }
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+}
