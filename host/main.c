@@ -91,7 +91,8 @@ static int cmd_lua(const config_t *cfg, int argc, char **argv)
     } else {
         for (int i = 1; i < argc; i++) lua_pushstring(L, argv[i]);
         if (worker_pcall(L, w->traceback_ref, argc - 1, 1) != 0) {
-            fprintf(stderr, "mercato lua: %s\n", lua_tostring(L, -1));
+            /* error() without a message is how busted exits non-zero under Lua 5.1 */
+            if (!strstr(lua_tostring(L, -1), "error object: nil")) fprintf(stderr, "mercato lua: %s\n", lua_tostring(L, -1));
             rc = 1;
         } else if (lua_type(L, -1) == LUA_TNUMBER) {
             rc = (int)lua_tointeger(L, -1);

@@ -98,8 +98,10 @@ int server_queue(request_t *r, int status, struct MHD_Response *resp, size_t len
         MHD_add_response_header(resp, "Connection", "close");
     int rc = MHD_queue_response(r->conn, (unsigned)status, resp) == MHD_YES ? 0 : -1;
     MHD_destroy_response(resp);
-    r->status = status;
-    r->resp_bytes = len;
+    if (rc == 0) {
+        r->status = status;
+        r->resp_bytes = len;
+    }
     return rc;
 }
 
@@ -371,11 +373,12 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
         *upload_data_size = 0;
         if (r->body_too_large) return MHD_YES;
         if (r->body_len + n > r->max_body) {
+            /* MHD 0.9.75 cannot queue a response mid-upload: drop what came, discard the
+             * rest as it arrives, answer 413 at the end (the connection timeout bounds it). */
             r->body_too_large = 1;
             free(r->body);
             r->body = NULL;
-            r->body_len = 0;
-            server_problem(r, 413, "Content Too Large", "The request body is larger than this endpoint accepts.", NULL, NULL);
+            r->body_len = r->body_cap = 0;
             return MHD_YES;
         }
         if (r->body_len + n + 1 > r->body_cap) {
@@ -393,7 +396,11 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
     }
 
     /* Final call: the whole request is here. */
-    if (r->status) return MHD_YES;   /* already answered (413) */
+    if (r->status) return MHD_YES;   /* already answered (413 by Content-Length) */
+    if (r->body_too_large) {
+        server_problem(r, 413, "Content Too Large", "The request body is larger than this endpoint accepts.", NULL, NULL);
+        return MHD_YES;
+    }
     worker_maybe_reload(w);
     if (r->generation != w->generation &&
         (r->route >= 0 || r->route == ROUTER_NOT_FOUND || r->route == ROUTER_METHOD_NOT_ALLOWED))
@@ -403,6 +410,10 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
     if (r->route == ROUTER_GATEWAY) { gateway_handle(r); return MHD_YES; }
     if (r->route == ROUTER_NOT_FOUND) {
         server_problem(r, 404, "Not Found", "No resource lives at this path.", NULL, NULL);
+        return MHD_YES;
+    }
+    if (r->route == ROUTER_METHOD_NOT_ALLOWED && !router_method_valid(r->method)) {
+        server_problem(r, 501, "Not Implemented", "This server does not implement this method.", NULL, NULL);
         return MHD_YES;
     }
     if (r->route == ROUTER_METHOD_NOT_ALLOWED) {
@@ -494,12 +505,13 @@ static void *http_thread_main(void *arg)
     t->w = worker_new(t->index, "http", s->cfg, NULL, t->err, sizeof t->err);
     if (!t->w) { report_started(t, -1); return NULL; }
     t->daemon = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_TURBO | MHD_USE_ERROR_LOG, 0, NULL, NULL, access_cb, t,
+                                 MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
                                  MHD_OPTION_LISTEN_SOCKET, s->listen_fd,
+                                 MHD_OPTION_STRICT_FOR_CLIENT, (int)1,   /* HTTP/1.1 without Host → 400 */
                                  MHD_OPTION_URI_LOG_CALLBACK, uri_cb, t,
                                  MHD_OPTION_NOTIFY_COMPLETED, completed_cb, t,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)75,
                                  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
-                                 MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
                                  MHD_OPTION_END);
     const union MHD_DaemonInfo *di = t->daemon ? MHD_get_daemon_info(t->daemon, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
     int ep = epoll_create1(EPOLL_CLOEXEC);
