@@ -229,8 +229,8 @@ snapshot_t *snapshot_build(const config_t *cfg, char *err, size_t errlen)
     if (rc == 0 && cfg->service) rc = walk(&b, cfg->scripts_dir, svc);
     lua_close(b.C);
     if (rc != 0) { snapshot_free(s); return NULL; }
-    qsort(s->modules, (size_t)s->nmodules, sizeof *s->modules, cmp_module);
-    qsort(s->assets, (size_t)s->nassets, sizeof *s->assets, cmp_asset);
+    if (s->nmodules) qsort(s->modules, (size_t)s->nmodules, sizeof *s->modules, cmp_module);
+    if (s->nassets) qsort(s->assets, (size_t)s->nassets, sizeof *s->assets, cmp_asset);
 
     char oa[300];
     snprintf(oa, sizeof oa, "%s/openapi.json", svc);
@@ -303,11 +303,13 @@ void snapshot_clear(void)
 const snapshot_module_t *snapshot_module(const snapshot_t *s, const char *name)
 {
     snapshot_module_t key = { .name = (char *)name };
+    if (!s->nmodules) return NULL;
     return bsearch(&key, s->modules, (size_t)s->nmodules, sizeof key, cmp_module);
 }
 
 const snapshot_asset_t *snapshot_asset(const snapshot_t *s, const char *name)
 {
     snapshot_asset_t key = { .name = (char *)name };
+    if (!s->nassets) return NULL;
     return bsearch(&key, s->assets, (size_t)s->nassets, sizeof key, cmp_asset);
 }

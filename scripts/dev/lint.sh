@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# scripts/dev/lint.sh: every linter the machine has — luacheck (Lua, failing on a leftover
+# #only focus tag), cppcheck and clang-tidy (C), shellcheck (scripts). Exit non-zero on any finding.
+set -uo pipefail
+cd "$(dirname "$0")/../.." || exit 1
+rc=0
+step() { echo "== $*"; "$@" || rc=1; }
+
+step luacheck --codes scripts spec bench/scripts
+if grep -rn '#only' spec --include='*_spec.lua'; then echo "a #only focus tag is left in the specs"; rc=1; fi
+cflags=$(pkg-config --cflags luajit libmicrohttpd libpq hiredis librabbitmq libcurl libjwt openssl libargon2)
+# shellcheck disable=SC2086
+step cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability --inline-suppr \
+    --suppress=missingIncludeSystem -D_GNU_SOURCE -Ihost -Ibuild/gen host bindings
+if command -v clang-tidy >/dev/null; then
+    # shellcheck disable=SC2086
+    step clang-tidy --quiet --warnings-as-errors='*' \
+        --checks='-*,bugprone-*,-bugprone-easily-swappable-parameters,-bugprone-reserved-identifier,-bugprone-narrowing-conversions,-bugprone-assignment-in-if-condition,clang-analyzer-*,-clang-analyzer-security.insecureAPI.*' \
+        host/*.c bindings/*.c -- -std=gnu11 -D_GNU_SOURCE -Ihost -Ibuild/gen $cflags
+fi
+step shellcheck scripts/dev/*.sh bench/run.sh .ci/run
+exit $rc

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# scripts/dev/test.sh [all|unit|spec]: run every suite (TAP), print one line per suite and a
+# closing "N passed, N failed"; exit 0 only if nothing failed. Called by `make test`, which has
+# already installed the dependencies and built build/mercato and the C tests.
+#
+# Tiers:
+#   unit  C unit tests (build/tests/*), the same under ASan/UBSan, Lua unit specs, luacheck
+#   spec  the private stack (PostgreSQL, Redis, RabbitMQ, SMTP, S3) with fresh databases, then
+#         every spec/integration/*_spec.lua against the real build/mercato, the host specs again
+#         under ASan, and a valgrind start/serve/stop leak check
+set -uo pipefail
+cd "$(dirname "$0")/../.." || exit 1
+
+mode=${1:-all}
+out=.run/test
+mkdir -p "$out"
+passed=0
+failed=0
+started=$(date +%s)
+
+# suite NAME CMD...: run CMD with its output in .run/test/NAME.tap and count the TAP lines.
+# A command that exits non-zero without a failing test line, or prints no test line at all,
+# counts as one failure: a crash must never look green.
+suite() {
+    local name=$1
+    shift
+    local log="$out/$name.tap" t0 rc p f
+    mkdir -p "$(dirname "$log")"
+    t0=$(date +%s.%N)
+    "$@" >"$log" 2>&1
+    rc=$?
+    p=$(grep -c '^ok ' "$log")
+    f=$(grep -c '^not ok ' "$log")
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+        f=1
+        echo "not ok - $name exited with status $rc" >>"$log"
+    elif [ "$p" -eq 0 ] && [ "$f" -eq 0 ]; then
+        f=1
+        echo "not ok - $name ran no test" >>"$log"
+    fi
+    passed=$((passed + p))
+    failed=$((failed + f))
+    printf '%-44s %4d passed %3d failed  %5.1fs\n' "$name" "$p" "$f" "$(echo "$(date +%s.%N) - $t0" | bc)"
+    if [ "$f" -gt 0 ]; then
+        grep -A8 '^not ok' "$log" | head -60 | sed 's/^/    | /'
+        echo "    (full output: $log)"
+    fi
+}
+
+busted_spec() {   # busted_spec FILE: one spec file inside a mercato Lua state
+    "${MERCATO_BIN:-build/mercato}" lua spec/support/busted.lua -o TAP "$1"
+}
+
+luacheck_tap() {  # luacheck as TAP: one line per file
+    luacheck --codes --formatter TAP scripts spec bench/scripts
+}
+
+unit_tier() {
+    for t in build/tests/test_*; do
+        [ -x "$t" ] && suite "c/$(basename "$t")" "$t"
+    done
+    if make --no-print-directory asan >"$out/asan-build.log" 2>&1; then
+        for t in build/asan/tests/test_*; do
+            [ -x "$t" ] && suite "asan/$(basename "$t")" env ASAN_OPTIONS=detect_leaks=1 "$t"
+        done
+    else
+        suite "asan/build" sh -c "cat $out/asan-build.log; exit 1"
+    fi
+    for f in spec/unit/*_spec.lua spec/unit/*/*_spec.lua; do
+        [ -f "$f" ] && suite "lua/${f#spec/}" busted_spec "$f"
+    done
+    suite "luacheck" luacheck_tap
+}
+
+spec_tier() {
+    if ! scripts/dev/stack.sh up >"$out/stack.log" 2>&1 || ! scripts/dev/stack.sh reset-db >>"$out/stack.log" 2>&1; then
+        suite "stack" sh -c "cat $out/stack.log; exit 1"
+        return
+    fi
+    set -a
+    # shellcheck disable=SC1090
+    . <(scripts/dev/stack.sh env)
+    set +a
+    export DATABASE_URL=${DATABASE_URL_PRODUCT:-}
+    for f in spec/integration/*_spec.lua; do
+        [ -f "$f" ] && suite "spec/${f#spec/integration/}" busted_spec "$f"
+    done
+    if [ -x build/asan/mercato ]; then
+        for f in spec/integration/host_spec.lua spec/integration/host_lifecycle_spec.lua; do
+            suite "asan/${f#spec/integration/}" env MERCATO_BIN=build/asan/mercato ASAN_OPTIONS=detect_leaks=1 \
+                build/asan/mercato lua spec/support/busted.lua -o TAP "$f"
+        done
+    fi
+    suite "valgrind/start-serve-stop" scripts/dev/valgrind.sh
+}
+
+case "$mode" in
+unit) unit_tier ;;
+spec) spec_tier ;;
+all)
+    unit_tier
+    spec_tier
+    ;;
+*)
+    echo "usage: $0 [all|unit|spec]" >&2
+    exit 2
+    ;;
+esac
+
+echo "---- $(($(date +%s) - started)) s"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
