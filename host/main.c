@@ -13,6 +13,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "reload.h"
+#include "runner.h"
 #include "server.h"
 #include "snapshot.h"
 #include "worker.h"
@@ -125,12 +126,20 @@ static int cmd_serve(const config_t *cfg)
         reload_stop(rl);
         return 1;
     }
+    runners_t *runners = runners_start(cfg, err, sizeof err);
+    if (!runners) {
+        fprintf(stderr, "mercato: %s\n", err);
+        server_stop(srv);
+        reload_stop(rl);
+        return 1;
+    }
     log_info("%s listening on %s:%d with %d workers (version %s)", cfg->service, cfg->listen_addr, cfg->port,
              cfg->workers, MERCATO_VERSION);
     int sig = 0;
     sigwait(&set, &sig);
     log_info("%s received, draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     server_stop(srv);
+    runners_stop(runners);
     reload_stop(rl);
     log_info("stopped");
     return 0;

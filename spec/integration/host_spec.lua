@@ -146,6 +146,16 @@ describe("the host", function()
     assert.matches('lua_handler_errors_total %d+', m.body)
   end)
 
+  it("runs the service's jobs and consumers in background threads, counting failures", function()
+    local socket = require "socket"
+    socket.sleep(0.7)
+    local m = get("/metrics").body
+    assert.is_true(tonumber(m:match("fixture_job_ticks_total (%d+)")) >= 3)
+    assert.is_true(tonumber(m:match("fixture_consumer_polls_total (%d+)")) >= 5)
+    assert.is_true(tonumber(m:match('runner_errors_total{runner="fail"} (%d+)')) >= 1)
+    assert.truthy(srv:log():find("the fixture job fails on purpose", 1, true))
+  end)
+
   it("writes one JSON access line per request", function()
     get("/hello", { ["X-Request-Id"] = "access-line-1" })
     local deadline = os.time() + 3
