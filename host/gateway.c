@@ -1,7 +1,164 @@
-/* gateway: SERVICE=gateway — path-prefix routing to the upstream services (CONTRACT §5). */
+/* gateway: SERVICE=gateway — path-prefix routing to the upstream services (CONTRACT §5).
+ *
+ * The gateway holds no business logic: it picks the upstream by the first path segment,
+ * refuses /internal paths, and forwards method, raw target, headers and body byte for byte
+ * through the worker's libcurl handle (keep-alive to every upstream). Both directions are
+ * buffered: the request body is already in r->body (capped by gateway_max_body), and the
+ * upstream's answer is collected (capped by GATEWAY_MAX_RESPONSE_BYTES, default 16 MiB) before
+ * it is queued. Buffering keeps one thread's MHD loop simple and is fine at these sizes;
+ * streaming is the change to make if bodies grow. */
 #include "gateway.h"
 
+#include <arpa/inet.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "log.h"
+#include "metrics.h"
 #include "server.h"
+#include "worker.h"
+
+/* ---- routing --------------------------------------------------------------------------- */
+
+static const struct {
+    const char *segment;
+    int upstream;
+} prefixes[] = {
+    { "auth", GW_USER }, { "oauth", GW_USER }, { "users", GW_USER }, { ".well-known", GW_USER },
+    { "products", GW_PRODUCT }, { "categories", GW_PRODUCT }, { "tags", GW_PRODUCT }, { "images", GW_PRODUCT },
+    { "cart", GW_ORDER }, { "orders", GW_ORDER },
+    { "payments", GW_PAYMENT }, { "webhooks", GW_PAYMENT },
+    { "notifications", GW_NOTIFICATION },
+};
+
+static const char *const names[GW_NUPSTREAMS] = { "user", "product", "order", "payment", "notification" };
+static const char *const envs[GW_NUPSTREAMS] = {
+    "USER_SERVICE_URL", "PRODUCT_SERVICE_URL", "ORDER_SERVICE_URL", "PAYMENT_SERVICE_URL", "NOTIFICATION_SERVICE_URL",
+};
+/* CONTRACT §2 default ports: an unset *_SERVICE_URL means the service runs beside the gateway. */
+static const char *const defaults[GW_NUPSTREAMS] = {
+    "http://127.0.0.1:8081", "http://127.0.0.1:8082", "http://127.0.0.1:8083", "http://127.0.0.1:8084", "http://127.0.0.1:8085",
+};
+
+const char *gateway_upstream_name(int upstream)
+{
+    return upstream >= 0 && upstream < GW_NUPSTREAMS ? names[upstream] : NULL;
+}
+
+const char *gateway_upstream_env(int upstream)
+{
+    return upstream >= 0 && upstream < GW_NUPSTREAMS ? envs[upstream] : NULL;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    c = (char)(c | 32);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Call fn on each segment of the percent-decoded path (a decoded '/' splits too, so that
+ * "%2Finternal" cannot hide a segment from an upstream that decodes before routing).
+ * Returns the first non-zero fn result. */
+static int each_decoded_segment(const char *path, size_t len, int (*fn)(const char *seg, size_t n))
+{
+    char seg[256];
+    size_t n = 0;
+    int overflow = 0;
+    for (size_t i = 0; i <= len; i++) {
+        char c;
+        if (i == len) c = '/';
+        else if (path[i] == '%' && i + 2 < len && hexval(path[i + 1]) >= 0 && hexval(path[i + 2]) >= 0) {
+            c = (char)(hexval(path[i + 1]) * 16 + hexval(path[i + 2]));
+            i += 2;
+        } else c = path[i];
+        if (c == '/') {
+            if (!overflow && n) { int rc = fn(seg, n); if (rc) return rc; }
+            n = 0;
+            overflow = 0;
+        } else if (n < sizeof seg) {
+            seg[n++] = c;
+        } else {
+            overflow = 1;   /* a segment this long is neither "internal" nor a dot segment */
+        }
+    }
+    return 0;
+}
+
+static int seg_internal(const char *seg, size_t n) { return n == 8 && strncasecmp(seg, "internal", 8) == 0; }
+
+static int seg_forbidden(const char *seg, size_t n)
+{
+    return seg_internal(seg, n) || (n == 1 && seg[0] == '.') || (n == 2 && seg[0] == '.' && seg[1] == '.');
+}
+
+int gateway_path_is_internal(const char *path, size_t len)
+{
+    return each_decoded_segment(path, len, seg_internal);
+}
+
+int gateway_route(const char *path, size_t len)
+{
+    if (len == 0 || path[0] != '/') return GW_UNKNOWN;
+    if (each_decoded_segment(path, len, seg_forbidden)) return GW_FORBIDDEN;
+    const char *seg = path + 1;
+    const char *slash = memchr(seg, '/', len - 1);
+    size_t n = slash ? (size_t)(slash - seg) : len - 1;
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++)
+        if (strlen(prefixes[i].segment) == n && memcmp(prefixes[i].segment, seg, n) == 0) return prefixes[i].upstream;
+    return GW_UNKNOWN;
+}
+
+int gateway_hop_by_hop(const char *name)
+{
+    static const char *const hop[] = { "Connection", "Keep-Alive", "TE", "Trailer", "Transfer-Encoding", "Upgrade" };
+    for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++)
+        if (strcasecmp(name, hop[i]) == 0) return 1;
+    return strncasecmp(name, "Proxy-", 6) == 0;
+}
+
+/* ---- configuration, read once ---------------------------------------------------------- */
+
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static const char *g_base[GW_NUPSTREAMS];   /* base URLs (environment or defaults) */
+static size_t g_base_len[GW_NUPSTREAMS];
+static long g_timeout_ms = 15000;          /* GATEWAY_TIMEOUT_MS */
+static long g_connect_ms = 1000;           /* GATEWAY_CONNECT_TIMEOUT_MS */
+static size_t g_max_response = 16u << 20;  /* GATEWAY_MAX_RESPONSE_BYTES */
+static metric_family_t *g_upstream_errors;
+
+static long env_number(const char *name, long dflt, int size)
+{
+    const char *v = getenv(name);
+    if (!v || !*v) return dflt;
+    long n = config_parse_number(v, size);
+    if (n < 1) {
+        log_warn("%s: expecting a positive number, got '%s'; using %ld", name, v, dflt);
+        return dflt;
+    }
+    return n;
+}
+
+static void load_config(void)
+{
+    for (int i = 0; i < GW_NUPSTREAMS; i++) {
+        const char *v = getenv(envs[i]);
+        g_base[i] = v && *v ? v : defaults[i];
+        g_base_len[i] = strlen(g_base[i]);
+        while (g_base_len[i] > 0 && g_base[i][g_base_len[i] - 1] == '/') g_base_len[i]--;
+    }
+    g_timeout_ms = env_number("GATEWAY_TIMEOUT_MS", 15000, 0);
+    g_connect_ms = env_number("GATEWAY_CONNECT_TIMEOUT_MS", 1000, 0);
+    if (g_connect_ms > g_timeout_ms) g_connect_ms = g_timeout_ms;
+    g_max_response = (size_t)env_number("GATEWAY_MAX_RESPONSE_BYTES", 16l << 20, 1);
+    static const char *const labels[] = { "upstream", "kind" };
+    char err[256];
+    g_upstream_errors = metrics_family("gateway_upstream_errors_total", "Upstream calls the gateway answered with 502 or 504.",
+                                       METRIC_COUNTER, 2, labels, 0, NULL, err, sizeof err);
+}
 
 size_t gateway_max_body(const config_t *cfg)
 {
@@ -9,7 +166,215 @@ size_t gateway_max_body(const config_t *cfg)
     return cfg->max_body > images ? cfg->max_body : images;
 }
 
+/* ---- forwarding ------------------------------------------------------------------------ */
+
+typedef struct {
+    struct curl_slist *list;
+    int oom;
+    int has_ctype, has_accept, has_xfp;
+    const char *xff;             /* the incoming X-Forwarded-For, if any */
+    const char *host;            /* the incoming Host */
+    const char *connection;      /* the incoming Connection: names more hop-by-hop headers */
+} fwd_headers_t;
+
+static void add_line(fwd_headers_t *h, const char *name, const char *value)
+{
+    size_t nn = strlen(name), vn = strlen(value);
+    char small[1024];
+    char *line = nn + vn + 3 <= sizeof small ? small : malloc(nn + vn + 3);
+    if (!line) { h->oom = 1; return; }
+    memcpy(line, name, nn);
+    if (vn) { line[nn] = ':'; line[nn + 1] = ' '; memcpy(line + nn + 2, value, vn + 1); }
+    else { line[nn] = ';'; line[nn + 1] = 0; }   /* libcurl's way to send an empty value */
+    struct curl_slist *l = curl_slist_append(h->list, line);
+    if (line != small) free(line);
+    if (l) h->list = l; else h->oom = 1;
+}
+
+/* A literal line: "Name:" removes a header libcurl would otherwise add. */
+static void add_raw(fwd_headers_t *h, const char *line)
+{
+    struct curl_slist *l = curl_slist_append(h->list, line);
+    if (l) h->list = l; else h->oom = 1;
+}
+
+/* Is name listed in the Connection header's value (RFC 9110 §7.6.1)? */
+static int named_in_connection(const char *connection, const char *name)
+{
+    if (!connection) return 0;
+    size_t n = strlen(name);
+    const char *p = connection;
+    while (*p) {
+        while (*p == ' ' || *p == '\t' || *p == ',') p++;
+        const char *s = p;
+        while (*p && *p != ',' && *p != ' ' && *p != '\t') p++;
+        if ((size_t)(p - s) == n && strncasecmp(s, name, n) == 0) return 1;
+    }
+    return 0;
+}
+
+static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    fwd_headers_t *h = cls;
+    (void)kind;
+    if (!key || !value) return MHD_YES;
+    if (gateway_hop_by_hop(key) || named_in_connection(h->connection, key)) return MHD_YES;
+    /* Set below by the gateway itself, or computed by libcurl from the body. */
+    if (strcasecmp(key, "Host") == 0 || strcasecmp(key, "Content-Length") == 0 || strcasecmp(key, "Expect") == 0 ||
+        strcasecmp(key, "X-Request-Id") == 0 || strcasecmp(key, "X-Forwarded-For") == 0 ||
+        strcasecmp(key, "X-Forwarded-Host") == 0 || strcasecmp(key, "traceparent") == 0)
+        return MHD_YES;
+    if (strcasecmp(key, "Content-Type") == 0) h->has_ctype = 1;
+    else if (strcasecmp(key, "Accept") == 0) h->has_accept = 1;
+    else if (strcasecmp(key, "X-Forwarded-Proto") == 0) h->has_xfp = 1;   /* set by a TLS terminator in front */
+    add_line(h, key, value);
+    return MHD_YES;
+}
+
+static void client_addr(request_t *r, char *out, size_t outlen)
+{
+    out[0] = 0;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (!ci || !ci->client_addr) return;
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET) inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)outlen);
+    else if (sa->sa_family == AF_INET6) inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)outlen);
+}
+
+static struct curl_slist *build_headers(request_t *r, int *oom)
+{
+    fwd_headers_t h = { 0 };
+    h.xff = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Forwarded-For");
+    h.host = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Host");
+    h.connection = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Connection");
+    MHD_get_connection_values(r->conn, MHD_HEADER_KIND, collect_header, &h);
+
+    add_line(&h, "X-Request-Id", r->id);
+    char tp[HTTP_TRACEPARENT_SIZE];
+    http_traceparent(r->w, r, tp);
+    add_line(&h, "traceparent", tp);
+    char addr[64], xff[1024];
+    client_addr(r, addr, sizeof addr);
+    if (h.xff && *h.xff) snprintf(xff, sizeof xff, "%s, %s", h.xff, addr);
+    else snprintf(xff, sizeof xff, "%s", addr);
+    if (addr[0]) add_line(&h, "X-Forwarded-For", xff);
+    if (!h.has_xfp) add_line(&h, "X-Forwarded-Proto", "http");
+    if (h.host) add_line(&h, "X-Forwarded-Host", h.host);
+    /* libcurl adds these on its own; forward only what the client sent. */
+    if (!h.has_ctype) add_raw(&h, "Content-Type:");
+    if (!h.has_accept) add_raw(&h, "Accept:");
+    add_raw(&h, "Expect:");
+    *oom = h.oom;
+    return h.list;
+}
+
+static void set_method(CURL *h, request_t *r)
+{
+    const char *m = r->method;
+    if (strcmp(m, "GET") == 0 && !r->body_len) { curl_easy_setopt(h, CURLOPT_HTTPGET, 1L); return; }
+    if (strcmp(m, "HEAD") == 0) { curl_easy_setopt(h, CURLOPT_NOBODY, 1L); return; }
+    if (r->body_len || strcmp(m, "POST") == 0 || strcmp(m, "PUT") == 0 || strcmp(m, "PATCH") == 0) {
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_len);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, r->body ? r->body : "");
+    }
+    if (strcmp(m, "POST") != 0) curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, m);
+}
+
+/* Headers of the upstream's answer that the gateway sets itself or that end at this hop. */
+static int drop_response_header(const char *name)
+{
+    return gateway_hop_by_hop(name) || strcasecmp(name, "Content-Length") == 0 || strcasecmp(name, "Date") == 0 ||
+           strcasecmp(name, "X-Request-Id") == 0;
+}
+
+static void upstream_failed(request_t *r, int upstream, int status, const char *kind, const char *why)
+{
+    char fields[1200], esc[800];
+    log_json_escape(esc, sizeof esc, why, strlen(why));
+    snprintf(fields, sizeof fields, "\"request_id\":\"%s\",\"upstream\":\"%s\",\"error\":\"%s\"", r->id, names[upstream], esc);
+    log_line(LOG_WARN, fields, "gateway: upstream call failed");
+    if (g_upstream_errors) {
+        const char *labels[] = { names[upstream], kind };
+        metric_cell_t *c = metrics_cell(g_upstream_errors, labels);
+        if (c) metrics_cell_add(c, 1);
+    }
+    char detail[256];
+    if (status == 504)
+        snprintf(detail, sizeof detail, "The %s service did not answer within %ld ms.", names[upstream], g_timeout_ms);
+    else
+        snprintf(detail, sizeof detail, "The %s service is unavailable.", names[upstream]);
+    server_problem(r, status, status == 504 ? "Gateway Timeout" : "Bad Gateway", detail, NULL, NULL);
+}
+
 void gateway_handle(request_t *r)
 {
-    server_problem(r, 502, "Bad Gateway", "The gateway is not implemented yet.", NULL, NULL);
+    pthread_once(&g_once, load_config);
+    int up = gateway_route(r->uri, r->path_len);
+    if (up < 0) {
+        server_problem(r, 404, "Not Found", "No resource lives at this path.", NULL, NULL);
+        return;
+    }
+    /* Hook: the global rate limit (CONTRACT §5) is applied here, before any upstream work —
+     * a later issue; answer 429 with Retry-After and RateLimit-* headers and return. */
+
+    CURL *h = http_easy(r->w);
+    if (!h) { server_problem(r, 503, "Service Unavailable", "out of memory", NULL, NULL); return; }
+    buf_t url;
+    buf_init(&url);
+    buf_add(&url, g_base[up], g_base_len[up]);
+    buf_add(&url, r->uri, r->path_len);
+    if (r->query) { buf_add(&url, "?", 1); buf_adds(&url, r->query); }   /* raw, as the client sent it */
+    buf_add(&url, "", 1);
+    int oom = url.failed;
+    struct curl_slist *hdrs = build_headers(r, &oom);
+    http_resp_t resp;
+    memset(&resp, 0, sizeof resp);
+    buf_init(&resp.head);
+    buf_init(&resp.body);
+    resp.max_body = g_max_response;
+    char errbuf[CURL_ERROR_SIZE] = "";
+    CURLcode rc = CURLE_OUT_OF_MEMORY;
+    if (!oom) {
+        curl_easy_setopt(h, CURLOPT_URL, url.data);
+        curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L);   /* the path goes out exactly as it came in */
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, g_timeout_ms);
+        curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, g_connect_ms);
+        curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+        set_method(h, r);
+        rc = http_perform(h, &resp);
+        curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
+    }
+    curl_slist_free_all(hdrs);
+    buf_free(&url);
+
+    if (resp.too_large) upstream_failed(r, up, 502, "too_large", "the upstream response is larger than GATEWAY_MAX_RESPONSE_BYTES");
+    else if (rc == CURLE_OPERATION_TIMEDOUT) upstream_failed(r, up, 504, "timeout", errbuf[0] ? errbuf : curl_easy_strerror(rc));
+    else if (rc != CURLE_OK || resp.head.failed || resp.body.failed || resp.status < 100 || resp.status > 599)
+        upstream_failed(r, up, 502, "unavailable", errbuf[0] ? errbuf : curl_easy_strerror(rc));
+    else {
+        size_t len = resp.body.len;
+        char *body = len ? buf_take(&resp.body, NULL) : NULL;
+        /* MHD frees the body with free() once sent: no copy of a large answer. */
+        struct MHD_Response *mr = body ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE)
+                                       : MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+        if (!mr) {
+            free(body);
+            server_problem(r, 503, "Service Unavailable", "out of memory", NULL, NULL);
+        } else {
+            const char *p = resp.head.data, *end = p ? p + resp.head.len : NULL;
+            const char *name, *value;
+            size_t nlen, vlen;
+            while (p && http_head_next(&p, end, &name, &nlen, &value, &vlen)) {
+                char k[256], v[8192];
+                if (nlen >= sizeof k || vlen >= sizeof v) continue;
+                memcpy(k, name, nlen); k[nlen] = 0;
+                memcpy(v, value, vlen); v[vlen] = 0;
+                if (!drop_response_header(k)) MHD_add_response_header(mr, k, v);
+            }
+            server_queue(r, (int)resp.status, mr, len);
+        }
+    }
+    buf_free(&resp.head);
+    buf_free(&resp.body);
 }

@@ -43,6 +43,7 @@ typedef struct http_thread {
     worker_t *w;
     struct MHD_Daemon *daemon;
     int wake_fd;                 /* eventfd: wakes the loop to notice a stop */
+    int listen_fd;               /* this thread's SO_REUSEPORT socket, or the shared one */
     long inflight;               /* requests begun and not completed (this thread only) */
     int started;                 /* 1 ready, -1 failed */
     char err[512];
@@ -506,12 +507,12 @@ static void *http_thread_main(void *arg)
     if (!t->w) { report_started(t, -1); return NULL; }
     t->daemon = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_TURBO | MHD_USE_ERROR_LOG, 0, NULL, NULL, access_cb, t,
                                  MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
-                                 MHD_OPTION_LISTEN_SOCKET, s->listen_fd,
+                                 MHD_OPTION_LISTEN_SOCKET, t->listen_fd,
                                  MHD_OPTION_STRICT_FOR_CLIENT, (int)1,   /* HTTP/1.1 without Host → 400 */
                                  MHD_OPTION_URI_LOG_CALLBACK, uri_cb, t,
                                  MHD_OPTION_NOTIFY_COMPLETED, completed_cb, t,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)75,
-                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
+                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(16 * 1024),   /* MHD zeroes it per request */
                                  MHD_OPTION_END);
     const union MHD_DaemonInfo *di = t->daemon ? MHD_get_daemon_info(t->daemon, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
     int ep = epoll_create1(EPOLL_CLOEXEC);
@@ -570,7 +571,7 @@ static void *http_thread_main(void *arg)
     return NULL;
 }
 
-static int open_listener(const config_t *cfg, char *err, size_t errlen)
+static int open_listener(const config_t *cfg, int reuseport, char *err, size_t errlen)
 {
     struct sockaddr_in6 a6;
     struct sockaddr_in a4;
@@ -595,6 +596,7 @@ static int open_listener(const config_t *cfg, char *err, size_t errlen)
     if (fd < 0) { snprintf(err, errlen, "socket: %s", strerror(errno)); return -1; }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (reuseport) setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     if (bind(fd, sa, salen) < 0 || listen(fd, 1024) < 0) {
         snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->listen_addr, cfg->port, strerror(errno));
         close(fd);
@@ -614,8 +616,10 @@ server_t *server_start(const config_t *cfg, char *err, size_t errlen)
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     atomic_store(&g_stopping, 0);
-    s->listen_fd = open_listener(cfg, err, errlen);
-    if (s->listen_fd < 0) { free(s); return NULL; }
+    const char *mode = getenv("LISTEN_MODE");
+    int reuseport = mode && strcmp(mode, "reuseport") == 0;
+    s->listen_fd = reuseport ? -1 : open_listener(cfg, 0, err, errlen);
+    if (!reuseport && s->listen_fd < 0) { free(s); return NULL; }
     s->nthreads = cfg->workers;
     s->threads = calloc((size_t)s->nthreads, sizeof *s->threads);
     if (!s->threads) { close(s->listen_fd); free(s); snprintf(err, errlen, "out of memory"); return NULL; }
@@ -625,6 +629,8 @@ server_t *server_start(const config_t *cfg, char *err, size_t errlen)
         t->srv = s;
         t->index = i;
         t->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        t->listen_fd = reuseport ? open_listener(cfg, 1, err, errlen) : s->listen_fd;
+        if (t->listen_fd < 0) { if (t->wake_fd >= 0) close(t->wake_fd); t->wake_fd = -1; failed = 1; break; }
         if (t->wake_fd < 0 || pthread_create(&t->thread, NULL, http_thread_main, t) != 0) {
             snprintf(err, errlen, "cannot start worker thread %d", i);
             if (t->wake_fd >= 0) close(t->wake_fd);
@@ -664,8 +670,9 @@ void server_stop(server_t *s)
     for (int i = 0; i < s->nthreads; i++) {
         pthread_join(s->threads[i].thread, NULL);
         if (s->threads[i].wake_fd >= 0) close(s->threads[i].wake_fd);
+        if (s->threads[i].listen_fd >= 0 && s->threads[i].listen_fd != s->listen_fd) close(s->threads[i].listen_fd);
     }
-    close(s->listen_fd);
+    if (s->listen_fd >= 0) close(s->listen_fd);
     free(s->threads);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);

@@ -1,0 +1,634 @@
+/* http: the libcurl client for service-to-service calls (`require "http"`).
+ *   local res, err, code = http.request{ method = "POST", url = u, headers = h, body = s }
+ *   -- res = { status = 200, headers = { ["content-type"] = ... }, body = "..." }
+ *   -- or nil, "Failed to connect to ...", "unavailable" | "timeout"
+ * One easy handle per worker thread (w->binding[BIND_HTTP]) keeps upstream connections alive
+ * across calls and across Lua state swaps. Misuse raises; transport failures return nil, err,
+ * code. Any HTTP status is a response, not an error. */
+#include <curl/curl.h>
+#include <lauxlib.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "../host/bindings.h"
+#include "../host/config.h"
+#include "../host/gateway.h"
+#include "../host/worker.h"
+
+#define HTTP_DEFAULT_TIMEOUT_MS 10000
+#define HTTP_DEFAULT_CONNECT_MS 1000
+#define HTTP_MAX_HEADERS_BYTES (64 * 1024)
+
+static size_t g_max_response = 8u << 20;   /* HTTP_MAX_RESPONSE_BYTES, read once at start-up */
+
+/* ---- C API (shared with host/gateway.c) ------------------------------------------------ */
+
+CURL *http_easy(worker_t *w)
+{
+    CURL *h = w->binding[BIND_HTTP];
+    if (!h) {
+        h = curl_easy_init();
+        if (!h) return NULL;
+        w->binding[BIND_HTTP] = h;
+    } else {
+        curl_easy_reset(h);   /* keeps the connection, DNS and TLS session caches */
+    }
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(h, CURLOPT_MAXCONNECTS, 16L);      /* five upstreams and some */
+    curl_easy_setopt(h, CURLOPT_MAXAGE_CONN, 60L);      /* under the services' 75 s idle close */
+    curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
+    return h;
+}
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud)
+{
+    http_resp_t *r = ud;
+    size_t len = size * n;
+    if (r->max_body && r->body.len + len > r->max_body) {
+        r->too_large = 1;
+        return 0;   /* aborts the transfer with CURLE_WRITE_ERROR */
+    }
+    buf_add(&r->body, p, len);
+    return r->body.failed ? 0 : len;
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud)
+{
+    http_resp_t *r = ud;
+    size_t len = size * n;
+    if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) { r->head.len = 0; return len; }   /* a new (final or interim) response */
+    if (len <= 2 || p[0] == ' ' || p[0] == '\t') return len;   /* the blank line; obsolete line folding */
+    if (r->head.len + len > HTTP_MAX_HEADERS_BYTES) return 0;
+    buf_add(&r->head, p, len);
+    return r->head.failed ? 0 : len;
+}
+
+CURLcode http_perform(CURL *h, http_resp_t *resp)
+{
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, resp);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, resp);
+    CURLcode rc = curl_easy_perform(h);
+    resp->status = 0;
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
+    return rc;
+}
+
+const char *http_error_code(CURLcode rc)
+{
+    return rc == CURLE_OPERATION_TIMEDOUT ? "timeout" : "unavailable";
+}
+
+int http_head_next(const char **p, const char *end, const char **name, size_t *nlen,
+                   const char **value, size_t *vlen)
+{
+    while (*p < end) {
+        const char *line = *p;
+        const char *eol = memchr(line, '\n', (size_t)(end - line));
+        if (!eol) eol = end;
+        *p = eol < end ? eol + 1 : end;
+        const char *stop = eol;
+        while (stop > line && (stop[-1] == '\r' || stop[-1] == ' ' || stop[-1] == '\t')) stop--;
+        const char *colon = memchr(line, ':', (size_t)(stop - line));
+        if (!colon || colon == line) continue;
+        const char *v = colon + 1;
+        while (v < stop && (*v == ' ' || *v == '\t')) v++;
+        *name = line;
+        *nlen = (size_t)(colon - line);
+        *value = v;
+        *vlen = (size_t)(stop - v);
+        return 1;
+    }
+    return 0;
+}
+
+static int is_hex(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
+    return 1;
+}
+
+static int all_zero(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] != '0') return 0;
+    return 1;
+}
+
+/* A valid version-00 traceparent: 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>. */
+static int traceparent_valid(const char *v)
+{
+    return v && strlen(v) >= 55 && (v[55] == 0 || v[55] == '-') && memcmp(v, "00-", 3) == 0 && v[35] == '-' &&
+           v[52] == '-' && is_hex(v + 3, 32) && !all_zero(v + 3, 32) && is_hex(v + 36, 16) &&
+           !all_zero(v + 36, 16) && is_hex(v + 53, 2);
+}
+
+static uint64_t fnv1a(const char *s, uint64_t h)
+{
+    for (; *s; s++) { h ^= (unsigned char)*s; h *= 0x100000001b3ull; }
+    return h;
+}
+
+/* "00-<trace>-<span>-<flags>" from a 32-, a 16- and a 2-digit hex string. */
+static void compose_traceparent(char *out, const char *trace, const char *span, const char *flags)
+{
+    memcpy(out, "00-", 3);
+    memcpy(out + 3, trace, 32);
+    out[35] = '-';
+    memcpy(out + 36, span, 16);
+    out[52] = '-';
+    memcpy(out + 53, flags, 2);
+    out[55] = 0;
+}
+
+void http_traceparent(worker_t *w, const request_t *r, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    char span[33];
+    do worker_request_id(w, span); while (all_zero(span, 16));
+    span[16] = 0;
+    const char *in = r->conn ? MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "traceparent") : NULL;
+    if (traceparent_valid(in)) {
+        compose_traceparent(out, in + 3, span, in + 53);
+        return;
+    }
+    char trace[33];
+    if (strlen(r->id) == 32 && is_hex(r->id, 32) && !all_zero(r->id, 32)) {
+        memcpy(trace, r->id, 33);
+    } else {   /* a client-chosen request id: hash it, so the trace is still one per request */
+        uint64_t a = fnv1a(r->id, 0xcbf29ce484222325ull), b = fnv1a(r->id, a ^ 0x9e3779b97f4a7c15ull) | 1;
+        for (int i = 0; i < 16; i++) {
+            trace[i] = hex[(a >> (60 - i * 4)) & 15];
+            trace[16 + i] = hex[(b >> (60 - i * 4)) & 15];
+        }
+        trace[32] = 0;
+    }
+    compose_traceparent(out, trace, span, "01");
+}
+
+/* ---- Lua bindings ---------------------------------------------------------------------- */
+
+static worker_t *bound_worker(lua_State *L, const char *fn)
+{
+    worker_t *w = lua_touserdata(L, lua_upvalueindex(1));
+    if (!w) luaL_error(L, "http.%s: no worker owns this Lua state (HTTP calls are made from handlers and jobs, not while modules load)", fn);
+    return w;
+}
+
+static long opt_ms(lua_State *L, int t, const char *field, long dflt)
+{
+    lua_getfield(L, t, field);
+    long v = dflt;
+    if (!lua_isnil(L, -1)) {
+        if (lua_type(L, -1) != LUA_TNUMBER || lua_tonumber(L, -1) < 1 || lua_tonumber(L, -1) > 3600000)
+            luaL_error(L, "http.request: %s must be a number of milliseconds (1 to 3600000), got %s", field, luaL_typename(L, -1));
+        v = (long)lua_tonumber(L, -1);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+static int has_crlf(const char *s, size_t n)
+{
+    return memchr(s, '\r', n) || memchr(s, '\n', n) || memchr(s, 0, n);
+}
+
+static int valid_method(const char *m)
+{
+    size_t n = strlen(m);
+    if (n == 0 || n > 16) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (m[i] < 'A' || m[i] > 'Z') return 0;
+    return 1;
+}
+
+/* What the Lua arguments asked for, checked before anything is acquired. */
+typedef struct {
+    const char *method, *url, *body;
+    size_t body_len;
+    long timeout_ms, connect_ms;
+    size_t max_response;
+    int headers_idx;                 /* stack index of the headers table, or 0 */
+    int has_rid, has_trace, has_ctype, has_accept;
+} call_t;
+
+static void check_call(lua_State *L, int t, call_t *c)
+{
+    memset(c, 0, sizeof *c);
+    luaL_checktype(L, t, LUA_TTABLE);
+    lua_getfield(L, t, "url");
+    if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "http.request: expecting url string, got %s", luaL_typename(L, -1));
+    c->url = lua_tostring(L, -1);    /* kept alive by the options table */
+    lua_pop(L, 1);
+    lua_getfield(L, t, "method");
+    if (lua_isnil(L, -1)) c->method = "GET";
+    else if (lua_type(L, -1) != LUA_TSTRING || !valid_method(lua_tostring(L, -1)))
+        luaL_error(L, "http.request: method must be an upper-case HTTP method such as \"POST\"");
+    else c->method = lua_tostring(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, t, "body");
+    if (lua_type(L, -1) == LUA_TSTRING) c->body = lua_tolstring(L, -1, &c->body_len);
+    else if (!lua_isnil(L, -1)) luaL_error(L, "http.request: body must be a string, got %s (http.post_json encodes tables)", luaL_typename(L, -1));
+    lua_pop(L, 1);
+    c->timeout_ms = opt_ms(L, t, "timeout_ms", HTTP_DEFAULT_TIMEOUT_MS);
+    c->connect_ms = opt_ms(L, t, "connect_timeout_ms", HTTP_DEFAULT_CONNECT_MS);
+    lua_getfield(L, t, "max_response_bytes");
+    c->max_response = g_max_response;
+    if (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) >= 1) c->max_response = (size_t)lua_tonumber(L, -1);
+    else if (!lua_isnil(L, -1)) luaL_error(L, "http.request: max_response_bytes must be a positive number");
+    lua_pop(L, 1);
+    lua_getfield(L, t, "headers");
+    if (lua_isnil(L, -1)) { lua_pop(L, 1); return; }
+    if (!lua_istable(L, -1)) luaL_error(L, "http.request: headers must be a table, got %s", luaL_typename(L, -1));
+    c->headers_idx = lua_gettop(L);   /* left on the stack for the transfer */
+    lua_pushnil(L);
+    while (lua_next(L, c->headers_idx) != 0) {
+        size_t kn, vn;
+        if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "http.request: header names must be strings");
+        if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
+            luaL_error(L, "http.request: header %s must be a string, got %s", lua_tostring(L, -2), luaL_typename(L, -1));
+        const char *k = lua_tolstring(L, -2, &kn);
+        lua_pushvalue(L, -1);                  /* convert a copy: the original stays a number */
+        const char *v = lua_tolstring(L, -1, &vn);
+        if (kn == 0 || memchr(k, ':', kn) || memchr(k, ' ', kn) || has_crlf(k, kn) || has_crlf(v, vn))
+            luaL_error(L, "http.request: header %s has a forbidden character (CR, LF, NUL, ':' or space in the name)", k);
+        lua_pop(L, 2);
+        if (strcasecmp(k, "X-Request-Id") == 0) c->has_rid = 1;
+        else if (strcasecmp(k, "traceparent") == 0) c->has_trace = 1;
+        else if (strcasecmp(k, "Content-Type") == 0) c->has_ctype = 1;
+        else if (strcasecmp(k, "Accept") == 0) c->has_accept = 1;
+    }
+}
+
+static struct curl_slist *add_header(struct curl_slist *l, int *oom, const char *k, size_t kn, const char *v, size_t vn)
+{
+    char small[1024];
+    size_t n = kn + vn + 3;
+    char *line = n <= sizeof small ? small : malloc(n);
+    if (!line) { *oom = 1; return l; }
+    memcpy(line, k, kn);
+    if (vn) { line[kn] = ':'; line[kn + 1] = ' '; memcpy(line + kn + 2, v, vn); line[kn + 2 + vn] = 0; }
+    else { line[kn] = ';'; line[kn + 1] = 0; }   /* "Name;" sends an empty value in libcurl */
+    struct curl_slist *nl = curl_slist_append(l, line);
+    if (line != small) free(line);
+    if (!nl) { *oom = 1; return l; }
+    return nl;
+}
+
+/* Append a literal line; "Name:" removes a header libcurl would add on its own. */
+static struct curl_slist *add_raw(struct curl_slist *l, int *oom, const char *line)
+{
+    struct curl_slist *nl = curl_slist_append(l, line);
+    if (!nl) *oom = 1;
+    return nl ? nl : l;
+}
+
+/* Build the header list (no raising: everything was checked). Caller frees. */
+static struct curl_slist *build_headers(lua_State *L, worker_t *w, const call_t *c, int *oom)
+{
+    struct curl_slist *l = NULL;
+    if (c->headers_idx) {
+        lua_pushnil(L);
+        while (lua_next(L, c->headers_idx) != 0) {
+            size_t kn, vn;
+            const char *k = lua_tolstring(L, -2, &kn);
+            lua_pushvalue(L, -1);
+            const char *v = lua_tolstring(L, -1, &vn);
+            l = add_header(l, oom, k, kn, v, vn);
+            lua_pop(L, 2);
+        }
+    }
+    if (w->cur) {
+        if (!c->has_rid) l = add_header(l, oom, "X-Request-Id", 12, w->cur->id, strlen(w->cur->id));
+        if (!c->has_trace) {
+            char tp[HTTP_TRACEPARENT_SIZE];
+            http_traceparent(w, w->cur, tp);
+            l = add_header(l, oom, "traceparent", 11, tp, strlen(tp));
+        }
+    }
+    /* libcurl would add "Content-Type: application/x-www-form-urlencoded" to any body and
+     * "Expect: 100-continue" (a round trip) to large ones: send only what the caller set. */
+    if (!c->has_ctype) l = add_raw(l, oom, "Content-Type:");
+    if (!c->has_accept) l = add_raw(l, oom, "Accept:");
+    return add_raw(l, oom, "Expect:");
+}
+
+/* Set the method and body on h: GET and HEAD as such, anything with a body (or POST, PUT,
+ * PATCH, which expect a Content-Length) through POSTFIELDS, other verbs as a custom request. */
+static void set_method(CURL *h, const char *method, const char *body, size_t len)
+{
+    if (strcmp(method, "GET") == 0 && !len) { curl_easy_setopt(h, CURLOPT_HTTPGET, 1L); return; }
+    if (strcmp(method, "HEAD") == 0) { curl_easy_setopt(h, CURLOPT_NOBODY, 1L); return; }
+    if (len || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 || strcmp(method, "PATCH") == 0) {
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body ? body : "");
+    }
+    if (strcmp(method, "POST") != 0) curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+}
+
+static void push_headers(lua_State *L, const buf_t *head)
+{
+    lua_newtable(L);
+    const char *p = head->data, *end = head->data ? head->data + head->len : NULL;
+    const char *name, *value;
+    size_t nlen, vlen;
+    while (p && http_head_next(&p, end, &name, &nlen, &value, &vlen)) {
+        char lower[256];
+        if (nlen >= sizeof lower) continue;
+        for (size_t i = 0; i < nlen; i++) lower[i] = (char)((name[i] >= 'A' && name[i] <= 'Z') ? name[i] + 32 : name[i]);
+        lua_pushlstring(L, lower, nlen);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, -3);
+        if (lua_isnil(L, -1)) {   /* first of its name */
+            lua_pop(L, 1);
+            lua_pushlstring(L, value, vlen);
+        } else {                  /* repeated: joined with ", " (RFC 9110 §5.3) */
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, value, vlen);
+            lua_concat(L, 3);
+        }
+        lua_rawset(L, -3);
+    }
+}
+
+/* The one implementation behind every request function: opts table at index t. */
+static int do_request(lua_State *L, worker_t *w, int t)
+{
+    call_t c;
+    check_call(L, t, &c);   /* raises on misuse; nothing acquired yet */
+
+    char errbuf[CURL_ERROR_SIZE] = "";
+    const char *err = NULL, *code = NULL;
+    http_resp_t resp;
+    memset(&resp, 0, sizeof resp);
+    buf_init(&resp.head);
+    buf_init(&resp.body);
+    resp.max_body = c.max_response;
+    int oom = 0;
+    CURL *h = http_easy(w);
+    struct curl_slist *hdrs = h ? build_headers(L, w, &c, &oom) : NULL;
+    if (!h || oom) {
+        err = "out of memory";
+        code = "unavailable";
+    } else {
+        curl_easy_setopt(h, CURLOPT_URL, c.url);
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+        curl_easy_setopt(h, CURLOPT_USERAGENT, "mercato/" MERCATO_VERSION);
+        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, c.timeout_ms);
+        curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, c.connect_ms);
+        curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+        set_method(h, c.method, c.body, c.body_len);
+        CURLcode rc = http_perform(h, &resp);
+        curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);   /* errbuf dies with this frame */
+        if (resp.too_large) {
+            err = "response too large";
+            code = "unavailable";
+        } else if (rc != CURLE_OK || resp.head.failed || resp.body.failed) {
+            err = errbuf[0] ? errbuf : curl_easy_strerror(rc);
+            code = rc == CURLE_OK ? "unavailable" : http_error_code(rc);
+        }
+    }
+    curl_slist_free_all(hdrs);
+    if (err) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        lua_pushstring(L, code);
+        buf_free(&resp.head);
+        buf_free(&resp.body);
+        return 3;
+    }
+    lua_createtable(L, 0, 3);
+    lua_pushinteger(L, (lua_Integer)resp.status);
+    lua_setfield(L, -2, "status");
+    push_headers(L, &resp.head);
+    lua_setfield(L, -2, "headers");
+    lua_pushlstring(L, resp.body.data ? resp.body.data : "", resp.body.len);
+    lua_setfield(L, -2, "body");
+    buf_free(&resp.head);
+    buf_free(&resp.body);
+    return 1;
+}
+
+/* http.request{ method =, url =, headers =, body =, timeout_ms =, connect_timeout_ms = } */
+static int l_request(lua_State *L)
+{
+    worker_t *w = bound_worker(L, "request");
+    luaL_checktype(L, 1, LUA_TTABLE);
+    return do_request(L, w, 1);
+}
+
+/* A fresh options table: a shallow copy of opts at index `opts` (may be none/nil). */
+static int copy_opts(lua_State *L, int opts)
+{
+    lua_newtable(L);
+    int t = lua_gettop(L);
+    if (lua_isnoneornil(L, opts)) return t;
+    luaL_checktype(L, opts, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, opts) != 0) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, t);
+    }
+    return t;
+}
+
+/* Copy of opts with a header set unless present (any case). */
+static void default_header(lua_State *L, int t, const char *name, const char *value)
+{
+    lua_getfield(L, t, "headers");
+    int src = lua_gettop(L);
+    lua_newtable(L);
+    int dst = lua_gettop(L);
+    int found = 0;
+    if (lua_istable(L, src)) {
+        lua_pushnil(L);
+        while (lua_next(L, src) != 0) {
+            if (lua_type(L, -2) == LUA_TSTRING && strcasecmp(lua_tostring(L, -2), name) == 0) found = 1;
+            lua_pushvalue(L, -2);
+            lua_insert(L, -2);
+            lua_rawset(L, dst);
+        }
+    } else if (!lua_isnil(L, src)) {
+        luaL_error(L, "http.request: headers must be a table, got %s", luaL_typename(L, src));
+    }
+    if (!found) { lua_pushstring(L, value); lua_setfield(L, dst, name); }
+    lua_setfield(L, t, "headers");
+    lua_pop(L, 1);
+}
+
+/* http.get(url, opts) */
+static int l_get(lua_State *L)
+{
+    worker_t *w = bound_worker(L, "get");
+    luaL_checkstring(L, 1);
+    int t = copy_opts(L, 2);
+    lua_pushvalue(L, 1);
+    lua_setfield(L, t, "url");
+    lua_pushliteral(L, "GET");
+    lua_setfield(L, t, "method");
+    return do_request(L, w, t);
+}
+
+/* http.post_json(url, value, opts): the value encoded with cjson. */
+static int l_post_json(lua_State *L)
+{
+    worker_t *w = bound_worker(L, "post_json");
+    luaL_checkstring(L, 1);
+    if (lua_isnone(L, 2)) luaL_argerror(L, 2, "expecting a value to encode as JSON");
+    int t = copy_opts(L, 3);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "cjson");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "encode");
+    lua_pushvalue(L, 2);
+    lua_call(L, 1, 1);            /* raises on an unencodable value: misuse */
+    lua_setfield(L, t, "body");
+    lua_pop(L, 1);
+    lua_pushvalue(L, 1);
+    lua_setfield(L, t, "url");
+    lua_getfield(L, t, "method");
+    if (lua_isnil(L, -1)) { lua_pushliteral(L, "POST"); lua_setfield(L, t, "method"); }
+    lua_pop(L, 1);
+    default_header(L, t, "Content-Type", "application/json");
+    default_header(L, t, "Accept", "application/json");
+    return do_request(L, w, t);
+}
+
+/* Percent-encode s (RFC 3986: unreserved characters stay) into b. */
+static void urlencode_into(luaL_Buffer *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if ((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' ||
+            ch == '.' || ch == '_' || ch == '~') {
+            luaL_addchar(b, (char)ch);
+        } else {
+            luaL_addchar(b, '%');
+            luaL_addchar(b, hex[ch >> 4]);
+            luaL_addchar(b, hex[ch & 15]);
+        }
+    }
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
+/* Push the form encoding (k=v&..., keys sorted) of the table at t. Raises on a value that is
+ * not a string, number or boolean. */
+static void push_form(lua_State *L, int t, const char *fn)
+{
+    int n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, t) != 0) {
+        if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "http.%s: form field names must be strings", fn);
+        int vt = lua_type(L, -1);
+        if (vt != LUA_TSTRING && vt != LUA_TNUMBER && vt != LUA_TBOOLEAN)
+            luaL_error(L, "http.%s: form field %s must be a string, number or boolean, got %s", fn, lua_tostring(L, -2), lua_typename(L, vt));
+        n++;
+        lua_pop(L, 1);
+    }
+    const char **keys = lua_newuserdata(L, (size_t)(n ? n : 1) * sizeof *keys);   /* freed by the GC */
+    int i = 0;
+    lua_pushnil(L);
+    while (lua_next(L, t) != 0) { keys[i++] = lua_tostring(L, -2); lua_pop(L, 1); }
+    qsort(keys, (size_t)n, sizeof *keys, cmp_str);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (i = 0; i < n; i++) {
+        if (i) luaL_addchar(&b, '&');
+        urlencode_into(&b, keys[i], strlen(keys[i]));
+        luaL_addchar(&b, '=');
+        lua_getfield(L, t, keys[i]);
+        size_t vn;
+        const char *v = lua_type(L, -1) == LUA_TBOOLEAN ? (lua_toboolean(L, -1) ? "true" : "false") : lua_tolstring(L, -1, &vn);
+        if (lua_type(L, -1) == LUA_TBOOLEAN) vn = strlen(v);
+        urlencode_into(&b, v, vn);
+        lua_pop(L, 1);
+    }
+    luaL_pushresult(&b);
+    lua_remove(L, -2);   /* the keys userdata */
+}
+
+/* http.urlencode("a b&c") → "a%20b%26c"; http.urlencode{ a = 1, b = "x y" } → "a=1&b=x%20y". */
+static int l_urlencode(lua_State *L)
+{
+    if (lua_istable(L, 1)) { push_form(L, 1, "urlencode"); return 1; }
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    urlencode_into(&b, s, n);
+    luaL_pushresult(&b);
+    return 1;
+}
+
+/* http.post_form(url, fields, opts): application/x-www-form-urlencoded. */
+static int l_post_form(lua_State *L)
+{
+    worker_t *w = bound_worker(L, "post_form");
+    luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    int t = copy_opts(L, 3);
+    push_form(L, 2, "post_form");
+    lua_setfield(L, t, "body");
+    lua_pushvalue(L, 1);
+    lua_setfield(L, t, "url");
+    lua_getfield(L, t, "method");
+    if (lua_isnil(L, -1)) { lua_pushliteral(L, "POST"); lua_setfield(L, t, "method"); }
+    lua_pop(L, 1);
+    default_header(L, t, "Content-Type", "application/x-www-form-urlencoded");
+    return do_request(L, w, t);
+}
+
+/* ---- module ---------------------------------------------------------------------------- */
+
+static int http_global_init(void)
+{
+    const char *v = getenv("HTTP_MAX_RESPONSE_BYTES");
+    if (v && *v) {
+        long n = config_parse_number(v, 1);
+        if (n < 1) {
+            fprintf(stderr, "mercato: HTTP_MAX_RESPONSE_BYTES: expecting a byte count such as 8m, got '%s'\n", v);
+            return -1;
+        }
+        g_max_response = (size_t)n;
+    }
+    return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
+}
+
+static void http_global_cleanup(void) { curl_global_cleanup(); }
+
+static void http_worker_free(worker_t *w)
+{
+    if (w->binding[BIND_HTTP]) curl_easy_cleanup(w->binding[BIND_HTTP]);
+    w->binding[BIND_HTTP] = NULL;
+}
+
+int luaopen_http(lua_State *L)
+{
+    static const luaL_Reg fns[] = {
+        { "request", l_request }, { "get", l_get }, { "post_json", l_post_json }, { "post_form", l_post_form },
+        { NULL, NULL },
+    };
+    lua_newtable(L);
+    lua_pushlightuserdata(L, worker_from_lua(L));   /* NULL in the scratch check state: calls raise */
+    luaL_setfuncs(L, fns, 1);
+    lua_pushcfunction(L, l_urlencode);
+    lua_setfield(L, -2, "urlencode");
+    return 1;
+}
+
+const binding_t binding_http = {
+    .name = "http",
+    .open = luaopen_http,
+    .global_init = http_global_init,
+    .global_cleanup = http_global_cleanup,
+    .worker_free = http_worker_free,
+};

@@ -1,0 +1,153 @@
+-- spec/integration/gateway_spec.lua: SERVICE=gateway in front of fixture upstreams
+-- (spec/fixtures/gateway/scripts), CONTRACT.md §5.
+--   build/mercato lua spec/support/busted.lua -o TAP spec/integration/gateway_spec.lua
+local http = require "http"
+local cjson = require "cjson"
+local host = require "host"
+local h = require "support.http_helpers"
+
+describe("the gateway", function()
+  local dir, user, product, gateway
+
+  local function get(path, opts) return http.get(gateway.url .. path, opts) end
+  local function problem(res)
+    assert.equal("application/problem+json", res.headers["content-type"])
+    return cjson.decode(res.body)
+  end
+
+  setup(function()
+    dir = h.tmpdir()
+    local down = "http://127.0.0.1:" .. h.closed_port()
+    user = h.start({ SERVICE = "user", SCRIPTS_DIR = h.fixtures, WORKERS = 1 }, dir)
+    product = h.start({ SERVICE = "product", SCRIPTS_DIR = h.fixtures, WORKERS = 2, FIXTURE_STATE_DIR = dir }, dir)
+    gateway = h.start({ SERVICE = "gateway", WORKERS = 2, GATEWAY_TIMEOUT_MS = 400,
+                        USER_SERVICE_URL = user.url, PRODUCT_SERVICE_URL = product.url .. "/",
+                        PAYMENT_SERVICE_URL = product.url,   -- the product fixture also echoes /webhooks
+                        ORDER_SERVICE_URL = down, NOTIFICATION_SERVICE_URL = down }, dir)
+  end)
+
+  teardown(function()
+    local logs = h.stop(gateway) .. h.stop(product) .. h.stop(user)
+    os.execute("rm -rf " .. dir)
+    assert.is_nil(h.sanitizer_report(logs))
+  end)
+
+  it("routes by the first path segment", function()
+    for path, service in pairs { ["/products"] = "product", ["/products/1/images"] = "product",
+                                 ["/categories/x"] = "product", ["/auth/login"] = "user",
+                                 ["/users/me"] = "user", ["/.well-known/jwks.json"] = "user",
+                                 ["/webhooks/stripe"] = "product" } do
+      local res = get(path)
+      assert.equal(200, res.status, path)
+      local echo = cjson.decode(res.body)
+      assert.equal(service, echo.service, path)
+      assert.equal(path, echo.path)
+    end
+  end)
+
+  it("answers 404 for unknown prefixes and partial segments", function()
+    for _, path in ipairs { "/nope", "/productsx", "/product", "/" } do
+      local res = get(path)
+      assert.equal(404, res.status, path)
+      assert.equal(404, problem(res).status)
+    end
+  end)
+
+  it("never forwards an /internal path, under any prefix", function()
+    -- the upstream would answer it directly
+    assert.equal(200, http.post_json(product.url .. "/internal/reservations", {}).status)
+    for _, path in ipairs { "/internal/reservations", "/products/internal/x", "/products/%69nternal/x",
+                            "/orders/1/INTERNAL" } do
+      local res = http.post_json(gateway.url .. path, {})
+      assert.equal(404, res.status, path)
+      assert.equal("Not Found", problem(res).title)
+    end
+  end)
+
+  it("passes the raw path and query string unchanged", function()
+    local echo = cjson.decode(get("/products/a%20b/c%2Fd?b=%2F+x&a=1&a=2&empty=").body)
+    assert.equal("/products/a%20b/c%2Fd", echo.path)
+    assert.equal("b=%2F+x&a=1&a=2&empty=", echo.query)
+  end)
+
+  it("passes a binary body and a signature header byte for byte", function()
+    local bytes = {}
+    for i = 0, 255 do bytes[#bytes + 1] = string.char(i) end
+    local body = "t=1\0" .. table.concat(bytes) .. "\r\n\0end"
+    local sig = "t=1700000000,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd,v0=abc"
+    local res = http.request { method = "POST", url = gateway.url .. "/webhooks/stripe", body = body,
+                               headers = { ["Stripe-Signature"] = sig,
+                                           ["Content-Type"] = "application/json; charset=utf-8" } }
+    assert.equal(200, res.status)
+    local echo = cjson.decode(res.body)
+    local hex = body:gsub(".", function(c) return string.format("%02x", c:byte()) end)
+    assert.equal(#body, echo.body_len)
+    assert.equal(hex, echo.body_hex)
+    assert.equal(sig, echo.headers["stripe-signature"])
+    assert.equal("application/json; charset=utf-8", echo.headers["content-type"])
+    -- and the answer's bytes come back as the upstream sent them
+    local raw = http.request { method = "POST", url = gateway.url .. "/products/raw", body = body }
+    assert.equal(body, raw.body)
+    assert.equal("application/octet-stream", raw.headers["content-type"])
+  end)
+
+  it("returns the upstream's status and headers", function()
+    local res = get("/products/status/418")
+    assert.equal(418, res.status)
+    assert.equal("status", res.headers["x-fixture"])
+    assert.equal(418, cjson.decode(res.body).status)
+    local echo = get("/products/1")
+    assert.equal("fixture=1; Path=/", echo.headers["set-cookie"])
+    assert.equal("product", echo.headers["x-upstream"])
+  end)
+
+  it("forwards a client's X-Request-Id and echoes it", function()
+    local res = get("/products/1", { headers = { ["X-Request-Id"] = "client-rid-42" } })
+    assert.equal("client-rid-42", res.headers["x-request-id"])
+    assert.equal("client-rid-42", cjson.decode(res.body).headers["x-request-id"])
+  end)
+
+  it("adds an X-Request-Id when the client sent none, the same one upstream and back", function()
+    local res = get("/products/1")
+    local rid = res.headers["x-request-id"]
+    assert.matches("^%x+$", rid)
+    assert.equal(rid, cjson.decode(res.body).headers["x-request-id"])
+  end)
+
+  it("drops hop-by-hop headers and adds X-Forwarded-*", function()
+    local res = get("/products/1", { headers = {
+      Connection = "keep-alive, X-Hop", ["X-Hop"] = "1", ["Keep-Alive"] = "timeout=5",
+      ["Proxy-Authorization"] = "Basic x", ["X-End"] = "2", ["X-Forwarded-For"] = "203.0.113.7",
+    } })
+    local seen = cjson.decode(res.body).headers
+    assert.is_nil(seen["x-hop"])
+    assert.is_nil(seen["keep-alive"])
+    assert.is_nil(seen["proxy-authorization"])
+    assert.equal("2", seen["x-end"])
+    assert.equal("203.0.113.7, 127.0.0.1", seen["x-forwarded-for"])
+    assert.equal("http", seen["x-forwarded-proto"])
+    assert.matches("^00%-%x+%-%x+%-%x%x$", seen.traceparent)
+  end)
+
+  it("answers 502 as a problem when the upstream is down", function()
+    local res = get("/orders")
+    assert.equal(502, res.status)
+    local p = problem(res)
+    assert.equal("Bad Gateway", p.title)
+    assert.equal(res.headers["x-request-id"], p.request_id)
+    assert.equal(502, get("/notifications/me").status)
+  end)
+
+  it("answers 504 as a problem when the upstream is too slow", function()
+    local t0 = host.now()
+    local res = get("/products/slow?s=1.5")
+    local took = host.now() - t0
+    assert.equal(504, res.status)
+    assert.equal("Gateway Timeout", problem(res).title)
+    assert.is_true(took < 1.2, "took " .. took)
+  end)
+
+  it("serves its own /health", function()
+    assert.equal(200, get("/health").status)
+  end)
+end)
