@@ -13,12 +13,16 @@ extern const binding_t binding_log;
 extern const binding_t binding_metrics;
 extern const binding_t binding_host;
 extern const binding_t binding_http;
+extern const binding_t binding_cache;
+extern const binding_t binding_queue;
 
 static const binding_t *const all[] = {
     &binding_log,
     &binding_metrics,
     &binding_host,
     &binding_http,
+    &binding_cache,
+    &binding_queue,
 };
 
 #define NBINDINGS ((int)(sizeof all / sizeof all[0]))
