@@ -12,6 +12,7 @@
 extern const binding_t binding_log;
 extern const binding_t binding_metrics;
 extern const binding_t binding_host;
+extern const binding_t binding_json;
 extern const binding_t binding_http;
 extern const binding_t binding_cache;
 extern const binding_t binding_queue;
@@ -20,6 +21,7 @@ static const binding_t *const all[] = {
     &binding_log,
     &binding_metrics,
     &binding_host,
+    &binding_json,
     &binding_http,
     &binding_cache,
     &binding_queue,

@@ -1,14 +1,9 @@
 -- host/lua/prelude.lua: the Lua half of the host, run first in every state. Returns what the
 -- C half needs: the request metatable, the message handler and the body encoder.
 local creq = require "mercato.request"   -- C: reads the request being served by this thread
-local cjson = require "cjson"
+local json = require "json"
 
-local byte, char, gsub, lower, tonumber = string.byte, string.char, string.gsub, string.lower, tonumber
-
-cjson.encode_sparse_array(true)
-cjson.decode_max_depth(64)
-cjson.encode_max_depth(64)
-local json_null = cjson.null
+local char, gsub, tonumber = string.char, string.gsub, tonumber
 
 local function unescape(s)
   s = gsub(s, "+", " ")
@@ -46,8 +41,8 @@ end
 function methods.json(self)
   local body = self.body
   if body == "" then return nil, "request body is empty" end
-  local ok, v = pcall(cjson.decode, body)
-  if not ok then return nil, "request body is not valid JSON" end
+  local v, err = json.decode(body)
+  if err then return nil, "request body is not valid JSON (" .. err:gsub("^invalid JSON ", "") .. ")" end
   return v
 end
 
@@ -89,9 +84,6 @@ end
 return {
   request_mt = request_mt,
   traceback = traceback,
-  encode = cjson.encode,
+  encode = json.encode,
   lock_globals = lock_globals,
-  null = json_null,
-  lower = lower,
-  byte = byte,
 }
