@@ -42,6 +42,16 @@ static int l_now(lua_State *L)
     return 1;
 }
 
+/* host.sleep(seconds): block this thread (runners pacing themselves; never in a handler). */
+static int l_sleep(lua_State *L)
+{
+    lua_Number s = luaL_checknumber(L, 1);
+    if (s < 0 || s > 3600) return luaL_argerror(L, 1, "expecting 0 to 3600 seconds");
+    struct timespec ts = { .tv_sec = (time_t)s, .tv_nsec = (long)((s - (lua_Number)(time_t)s) * 1e9) };
+    while (nanosleep(&ts, &ts) != 0) {}
+    return 0;
+}
+
 /* host.env("NAME") → value or nil; the process environment as read at start-up. */
 static int l_env(lua_State *L)
 {
@@ -53,7 +63,7 @@ static int l_env(lua_State *L)
 int luaopen_host(lua_State *L)
 {
     static const luaL_Reg fns[] = {
-        { "asset", l_asset }, { "generation", l_generation }, { "now", l_now }, { "env", l_env }, { NULL, NULL },
+        { "asset", l_asset }, { "generation", l_generation }, { "now", l_now }, { "env", l_env }, { "sleep", l_sleep }, { NULL, NULL },
     };
     lua_newtable(L);
     luaL_setfuncs(L, fns, 0);
