@@ -13,6 +13,8 @@ extern const binding_t binding_log;
 extern const binding_t binding_metrics;
 extern const binding_t binding_host;
 extern const binding_t binding_json;
+extern const binding_t binding_crypto;
+extern const binding_t binding_jwt;
 extern const binding_t binding_http;
 extern const binding_t binding_cache;
 extern const binding_t binding_queue;
@@ -22,6 +24,8 @@ static const binding_t *const all[] = {
     &binding_metrics,
     &binding_host,
     &binding_json,
+    &binding_crypto,
+    &binding_jwt,
     &binding_http,
     &binding_cache,
     &binding_queue,
