@@ -73,6 +73,8 @@ unit_tier() {
 }
 
 spec_tier() {
+    # A stack this run starts is stopped at the end; one that was already up is left up.
+    if ! scripts/dev/stack.sh status >/dev/null 2>&1; then trap 'scripts/dev/stack.sh down >/dev/null 2>&1' EXIT; fi
     if ! scripts/dev/stack.sh up >"$out/stack.log" 2>&1 || ! scripts/dev/stack.sh reset-db >>"$out/stack.log" 2>&1; then
         suite "stack" sh -c "cat $out/stack.log; exit 1"
         return
