@@ -41,6 +41,9 @@ BENCH_THREADS=${BENCH_THREADS:-2}
 BENCH_WARMUP=${BENCH_WARMUP:-2s}
 BENCH_PAUSE=${BENCH_PAUSE:-1}
 BENCH_WORKERS=${BENCH_WORKERS:-2}
+# Express runs as one process, as the Node/Express services this design replaces were deployed
+# (one process per container); set BENCH_EXPRESS_WORKERS=2 for a node:cluster comparison.
+BENCH_EXPRESS_WORKERS=${BENCH_EXPRESS_WORKERS:-1}
 BENCH_PORT_MERCATO=${BENCH_PORT_MERCATO:-58180}
 BENCH_PORT_NGINX=${BENCH_PORT_NGINX:-58181}
 BENCH_PORT_EXPRESS=${BENCH_PORT_EXPRESS:-58182}
@@ -181,7 +184,7 @@ start_express() {
     log "npm ci in bench/express"
     (cd bench/express && npm ci --no-audit --no-fund --loglevel=error) >&2 || die "npm ci failed"
   fi
-  PORT=$BENCH_PORT_EXPRESS EXPRESS_WORKERS=$BENCH_WORKERS NODE_ENV=production \
+  PORT=$BENCH_PORT_EXPRESS EXPRESS_WORKERS=$BENCH_EXPRESS_WORKERS NODE_ENV=production \
     ACCESS_LOG="$BENCH_DIR/express/access.log" \
     node bench/express/server.js >"$BENCH_DIR/express.out" 2>&1 &
   SERVER_PID[express]=$!
