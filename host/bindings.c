@@ -15,6 +15,7 @@ extern const binding_t binding_host;
 extern const binding_t binding_json;
 extern const binding_t binding_crypto;
 extern const binding_t binding_jwt;
+extern const binding_t binding_db;
 extern const binding_t binding_http;
 extern const binding_t binding_cache;
 extern const binding_t binding_queue;
@@ -26,6 +27,7 @@ static const binding_t *const all[] = {
     &binding_json,
     &binding_crypto,
     &binding_jwt,
+    &binding_db,
     &binding_http,
     &binding_cache,
     &binding_queue,

@@ -22,6 +22,15 @@ static int panic(lua_State *L)
     abort();
 }
 
+void worker_state_close(lua_State *L)
+{
+    if (!L) return;
+    lua_getfield(L, LUA_REGISTRYINDEX, "mercato.at_close");
+    if (lua_isfunction(L, -1) && lua_pcall(L, 0, 0, 0) != 0) log_warn("closing a Lua state: %s", lua_tostring(L, -1));
+    lua_settop(L, 0);
+    lua_close(L);
+}
+
 worker_t *worker_from_lua(lua_State *L)
 {
     lua_getfield(L, LUA_REGISTRYINDEX, REG_WORKER);
@@ -290,6 +299,8 @@ lua_State *worker_state_new(worker_t *w, snapshot_t *snap, int check, char *err,
     enc = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "request_mt");
     mt = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "at_close");
+    lua_setfield(L, LUA_REGISTRYINDEX, "mercato.at_close");
     lua_getfield(L, -1, "lock_globals");
     lua_insert(L, -2);
     lua_pop(L, 1);   /* leaves lock_globals on the stack */
@@ -355,7 +366,7 @@ worker_t *worker_new(int id, const char *kind, const config_t *cfg, snapshot_t *
 void worker_free(worker_t *w)
 {
     if (!w) return;
-    if (w->L) lua_close(w->L);
+    worker_state_close(w->L);
     bindings_worker_free(w);
     snapshot_unref(w->snap);
     logbuf_free(&w->access);   /* flushes; the metrics shard stays registered until exit */
@@ -381,7 +392,7 @@ void worker_maybe_reload(worker_t *w)
         snapshot_unref(snap);
         return;
     }
-    lua_close(w->L);
+    worker_state_close(w->L);
     w->L = L;
     snapshot_unref(w->snap);
     w->snap = snap;

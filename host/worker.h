@@ -55,6 +55,9 @@ void worker_request_id(worker_t *w, char *buf);
  * NULL with err on failure. The state's worker pointer is w (may be NULL for scratch states). */
 lua_State *worker_state_new(worker_t *w, snapshot_t *snap, int check, char *err, size_t errlen);
 
+/* Close a state built by worker_state_new, running its at-close hook first (coverage). */
+void worker_state_close(lua_State *L);
+
 /* Call the function on top of the stack with nargs under the traceback handler. Returns 0, or
  * -1 with the message + traceback left on the stack. */
 int worker_pcall(lua_State *L, int traceback_ref, int nargs, int nresults);

@@ -81,7 +81,34 @@ local function lock_globals()
   })
 end
 
+-- LUA_COVERAGE=<dir>: count executed lines (a line hook: slow, for coverage runs only) and
+-- write them out when the state closes; scripts/dev/coverage.lua merges them into lcov.
+local at_close = function() end
+local coverage_dir = os.getenv("LUA_COVERAGE")
+if coverage_dir and coverage_dir ~= "" then
+  local counts, getinfo = {}, debug.getinfo
+  debug.sethook(function(_, line)
+    local src = getinfo(2, "S").source
+    local t = counts[src]
+    if not t then t = {}; counts[src] = t end
+    t[line] = (t[line] or 0) + 1
+  end, "l")
+  at_close = function()
+    debug.sethook()
+    local name = string.format("%s/cov.%s.txt", coverage_dir, require("crypto").uuid4())
+    local f = io.open(name, "w")
+    if not f then return end
+    for src, lines in pairs(counts) do
+      if src:sub(1, 1) == "@" then
+        for line, n in pairs(lines) do f:write(src:sub(2), "\t", line, "\t", n, "\n") end
+      end
+    end
+    f:close()
+  end
+end
+
 return {
+  at_close = at_close,
   request_mt = request_mt,
   traceback = traceback,
   encode = json.encode,

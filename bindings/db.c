@@ -1,0 +1,383 @@
+/* db: PostgreSQL for Lua, on the worker thread's own connection (libpq).
+ *
+ *   local rows, err, code = db.query("SELECT id, price FROM products WHERE seller = $1", seller)
+ *   local row, err, code = db.query_one("SELECT * FROM products WHERE id = $1", id)  -- nil: none
+ *   local n, err, code = db.exec("UPDATE products SET stock = stock - $1 WHERE id = $2", qty, id)
+ *   local order, err, code = db.tx(function() ... return order end)
+ *
+ * Parameters ($1 only): nil and db.null → NULL, booleans, numbers (integers as integers),
+ * strings, tables → JSON text. Columns by type: int2/int4/oid/float → number; int8 → number,
+ * or a string beyond ±2^53; numeric → number when it is an integer within ±2^53, else the
+ * exact decimal string ("19.99": money stays exact); bool → boolean; json/jsonb → decoded
+ * table (JSON null is db.null); timestamptz → RFC 3339 UTC ("2024-05-01T10:00:00.5Z");
+ * timestamp → "2024-05-01T10:00:00"; SQL NULL → db.null (== cjson.null, encodes as null);
+ * everything else (text, uuid, date, bytea hex, arrays) → the server's text.
+ *
+ * Misuse raises (bad arguments, SQL the server cannot parse, wrong parameter count, SQL run
+ * where no worker exists). Runtime failures return nil, message, code, sqlstate with code
+ * one of unavailable, timeout, conflict, invalid; the message never holds the SQL text (it is
+ * logged at debug level). */
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../host/bindings.h"
+#include "../host/log.h"
+#include "../host/metrics.h"
+#include "../host/worker.h"
+#include "db.h"
+
+enum { MODE_ROWS, MODE_ONE, MODE_EXEC };
+
+/* Upvalues of every function: the worker (NULL in the scratch state that checks scripts),
+ * cjson.encode, cjson.decode. */
+#define UV_WORKER lua_upvalueindex(1)
+#define UV_ENCODE lua_upvalueindex(2)
+#define UV_DECODE lua_upvalueindex(3)
+
+static const char *const outcomes[] = { "ok", "conflict", "invalid", "timeout", "unavailable", "error" };
+#define NOUTCOMES ((int)(sizeof outcomes / sizeof outcomes[0]))
+static metric_cell_t *g_queries[NOUTCOMES];
+
+static void count(const char *outcome)
+{
+    for (int i = 0; i < NOUTCOMES; i++)
+        if (!strcmp(outcomes[i], outcome)) { metrics_cell_add(g_queries[i], 1); return; }
+}
+
+/* ---- C-level helpers (no raising) ------------------------------------------------------- */
+
+/* Push one column value of the current row. Raises only through cjson (run under pcall). */
+static void push_value(lua_State *L, const PGresult *res, int row, int col, int decode)
+{
+    if (PQgetisnull(res, row, col)) { lua_pushlightuserdata(L, NULL); return; }
+    const char *v = PQgetvalue(res, row, col);
+    size_t len = (size_t)PQgetlength(res, row, col);
+    double d;
+    char buf[64];
+    switch (db_type_of_oid(PQftype(res, col))) {
+    case DB_T_INT: lua_pushnumber(L, (lua_Number)strtoll(v, NULL, 10)); return;
+    case DB_T_INT8:
+    case DB_T_NUMERIC:
+        if (db_parse_exact_integer(v, &d)) lua_pushnumber(L, d);
+        else lua_pushlstring(L, v, len);
+        return;
+    case DB_T_FLOAT: lua_pushnumber(L, strtod(v, NULL)); return;
+    case DB_T_BOOL: lua_pushboolean(L, v[0] == 't'); return;
+    case DB_T_JSON:
+        lua_pushvalue(L, decode);
+        lua_pushlstring(L, v, len);
+        lua_call(L, 1, 1);
+        return;
+    case DB_T_TIMESTAMPTZ:
+        if (db_timestamptz_rfc3339(v, buf, sizeof buf) == 0) lua_pushstring(L, buf);
+        else lua_pushlstring(L, v, len);   /* infinity, BC */
+        return;
+    case DB_T_TIMESTAMP:
+        if (len < sizeof buf && len > 10 && v[10] == ' ') {
+            memcpy(buf, v, len);
+            buf[10] = 'T';
+            lua_pushlstring(L, buf, len);
+        } else {
+            lua_pushlstring(L, v, len);
+        }
+        return;
+    case DB_T_TEXT: break;
+    }
+    lua_pushlstring(L, v, len);
+}
+
+/* lua_CFunction run under lua_pcall so that the PGresult is freed whatever happens:
+ * (result, mode, decode) → rows array, or the first row (nil when none). */
+static int push_result(lua_State *L)
+{
+    const PGresult *res = lua_touserdata(L, 1);
+    int mode = (int)lua_tointeger(L, 2);
+    int nrows = PQntuples(res), ncols = PQnfields(res);
+    if (mode == MODE_ONE) {
+        if (nrows == 0) { lua_pushnil(L); return 1; }
+        nrows = 1;
+    }
+    luaL_checkstack(L, ncols + 8, "too many columns");
+    int names = lua_gettop(L) + 1;
+    for (int j = 0; j < ncols; j++) lua_pushstring(L, PQfname(res, j));   /* interned once */
+    if (mode == MODE_ROWS) lua_createtable(L, nrows, 0);
+    for (int i = 0; i < nrows; i++) {
+        lua_createtable(L, 0, ncols);
+        for (int j = 0; j < ncols; j++) {
+            lua_pushvalue(L, names + j);
+            push_value(L, res, i, j, 3);
+            lua_rawset(L, -3);
+        }
+        if (mode == MODE_ROWS) lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+/* ---- Lua bindings ------------------------------------------------------------------------ */
+
+static worker_t *worker_of(lua_State *L, const char *fn)
+{
+    worker_t *w = lua_touserdata(L, UV_WORKER);
+    if (!w) luaL_error(L, "%s: no database here (scripts are being checked, not served); query from handlers", fn);
+    return w;
+}
+
+static db_conn_t *conn_of(lua_State *L, const char *fn)
+{
+    db_conn_t *c = db_conn_of(worker_of(L, fn));
+    if (!c) luaL_error(L, "%s: out of memory", fn);
+    return c;
+}
+
+static int push_error(lua_State *L, const db_error_t *err)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, err->msg);
+    lua_pushstring(L, err->code);
+    if (err->sqlstate[0]) lua_pushstring(L, err->sqlstate); else lua_pushnil(L);
+    return 4;
+}
+
+/* The arguments first..first+n-1 as text parameters into values (NULL = SQL NULL). The texts
+ * live on the Lua stack (pushed above the arguments) until the call returns. Raises for
+ * values that have no SQL form; -1 with err for a string PostgreSQL cannot hold. */
+static int params_to_text(lua_State *L, const char *fn, int first, int n, const char **values, db_error_t *err)
+{
+    luaL_checkstack(L, n + 8, "too many parameters");
+    for (int i = 0; i < n; i++) {
+        int idx = first + i;
+        char num[64];
+        size_t len;
+        switch (lua_type(L, idx)) {
+        case LUA_TNIL: values[i] = NULL; break;
+        case LUA_TBOOLEAN: values[i] = lua_toboolean(L, idx) ? "true" : "false"; break;
+        case LUA_TNUMBER:
+            db_format_number(lua_tonumber(L, idx), num, sizeof num);
+            lua_pushstring(L, num);
+            values[i] = lua_tostring(L, -1);
+            break;
+        case LUA_TSTRING:
+            values[i] = lua_tolstring(L, idx, &len);
+            if (strlen(values[i]) != len) {
+                memset(err, 0, sizeof *err);
+                snprintf(err->msg, sizeof err->msg, "parameter $%d contains a NUL byte, which text cannot hold", i + 1);
+                err->code = "invalid";
+                return -1;
+            }
+            break;
+        case LUA_TLIGHTUSERDATA:
+            if (lua_touserdata(L, idx) == NULL) { values[i] = NULL; break; }   /* db.null */
+            /* fall through */
+        default:
+            if (lua_type(L, idx) != LUA_TTABLE)
+                return luaL_error(L, "%s: parameter $%d: cannot send a %s to the database", fn, i + 1, luaL_typename(L, idx));
+            lua_pushvalue(L, UV_ENCODE);
+            lua_pushvalue(L, idx);
+            if (lua_pcall(L, 1, 1, 0) != 0)
+                return luaL_error(L, "%s: parameter $%d: %s", fn, i + 1, lua_tostring(L, -1));
+            values[i] = lua_tostring(L, -1);
+            break;
+        }
+    }
+    return 0;
+}
+
+/* After a statement: the connection must be in the transaction state db.tx expects. A raw
+ * BEGIN would leave the worker's connection in a transaction across requests. */
+static const char *tx_state_misuse(db_conn_t *c)
+{
+    PGTransactionStatusType ts = PQtransactionStatus(c->pg);
+    int in_tx = ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
+    if (c->tx_depth == 0 && in_tx) {
+        db_error_t ignored;
+        if (db_conn_command(c, "ROLLBACK", &ignored) < 0) db_conn_close(c);
+        return "transaction control statements are not allowed; use db.tx(function() ... end)";
+    }
+    if (c->tx_depth > 0 && ts == PQTRANS_IDLE) return "the statement ended the transaction of db.tx; let db.tx commit or roll back";
+    return NULL;
+}
+
+/* db.query / db.query_one / db.exec: one implementation, `mode` picks what is returned. */
+static int run(lua_State *L, int mode, const char *fn)
+{
+    db_conn_t *c = conn_of(L, fn);
+    if (lua_type(L, 1) != LUA_TSTRING) return luaL_error(L, "%s: expecting SQL string, got %s", fn, luaL_typename(L, 1));
+    size_t len;
+    const char *sql = lua_tolstring(L, 1, &len);
+    if (strlen(sql) != len) return luaL_error(L, "%s: the SQL contains a NUL byte", fn);
+    int n = lua_gettop(L) - 1;
+    if (n > DB_MAX_PARAMS) return luaL_error(L, "%s: at most %d parameters", fn, DB_MAX_PARAMS);
+    const char **values = n ? lua_newuserdata(L, (size_t)n * sizeof *values) : NULL;
+    db_error_t err = { .code = "invalid" };
+    if (params_to_text(L, fn, 2, n, values, &err) < 0) { count("invalid"); return push_error(L, &err); }
+
+    PGresult *res = db_conn_query(c, sql, len, n, values, &err);
+    if (!res) {
+        count(err.misuse ? "error" : err.code);
+        log_debug("db: %s failed: %s (%s %s); sql: %s", fn, err.msg, err.code, err.sqlstate, sql);
+        if (c->tx_depth > 0) c->tx_err = err;
+        if (err.misuse)
+            return luaL_error(L, "%s: %s (SQLSTATE %s)%s", fn, err.msg, err.sqlstate,
+                              strcmp(err.sqlstate, "25P02") ? "" : "; a nested db.tx recovers from a failed statement");
+        return push_error(L, &err);
+    }
+    const char *misuse = tx_state_misuse(c);
+    if (misuse) {
+        PQclear(res);
+        count("error");
+        return luaL_error(L, "%s: %s", fn, misuse);
+    }
+    count("ok");
+    const char *tuples = PQcmdTuples(res);
+    lua_Number affected = *tuples ? (lua_Number)strtoll(tuples, NULL, 10) : 0;
+    int rc = 0;
+    if (mode != MODE_EXEC) {
+        lua_pushcfunction(L, push_result);
+        lua_pushlightuserdata(L, res);
+        lua_pushinteger(L, mode);
+        lua_pushvalue(L, UV_DECODE);
+        rc = lua_pcall(L, 3, 1, 0);
+    }
+    PQclear(res);
+    if (rc != 0) return lua_error(L);
+    if (mode == MODE_EXEC) lua_pushnumber(L, affected);
+    return 1;
+}
+
+/* db.query(sql, ...) → rows (an array, empty for a command without RETURNING). The count of
+ * a command comes from db.exec: a number in second place would read as an error to the
+ * `local rows, err, code = db.query(...)` / `if err then` convention. */
+static int l_query(lua_State *L) { return run(L, MODE_ROWS, "db.query"); }
+
+/* db.query_one(sql, ...) → the first row, or a bare nil when there is none. */
+static int l_query_one(lua_State *L) { return run(L, MODE_ONE, "db.query_one"); }
+
+/* db.exec(sql, ...) → the affected row count. */
+static int l_exec(lua_State *L) { return run(L, MODE_EXEC, "db.exec"); }
+
+/* End the db.tx level that started at `depth`: COMMIT / RELEASE, or ROLLBACK / ROLLBACK TO.
+ * Whatever fails, the connection leaves no transaction behind at depth 0. 0 or -1 with err. */
+static int tx_end(db_conn_t *c, int depth, int commit, db_error_t *err)
+{
+    char sql[96];
+    int rc = 0;
+    if (c->tx_lost || !c->pg) {
+        memset(err, 0, sizeof *err);
+        snprintf(err->msg, sizeof err->msg, "database unavailable: the connection was lost inside the transaction");
+        err->code = "unavailable";
+        rc = -1;
+    } else {
+        if (commit && PQtransactionStatus(c->pg) == PQTRANS_INERROR) {
+            /* A statement failed and the function went on: COMMIT would silently roll back. */
+            *err = c->tx_err;
+            if (!err->code) snprintf(err->msg, sizeof err->msg, "a statement in the transaction failed"), err->code = "invalid";
+            commit = 0;
+            rc = -1;
+        }
+        if (depth == 0) snprintf(sql, sizeof sql, commit ? "COMMIT" : "ROLLBACK");
+        else if (commit) snprintf(sql, sizeof sql, "RELEASE SAVEPOINT mercato_sp%d", depth);
+        else snprintf(sql, sizeof sql, "ROLLBACK TO SAVEPOINT mercato_sp%d; RELEASE SAVEPOINT mercato_sp%d", depth, depth);
+        db_error_t e;
+        if (db_conn_command(c, sql, &e) < 0) {
+            if (rc == 0) *err = e;
+            rc = -1;
+            if (!commit && depth > 0) db_conn_close(c);   /* the savepoint is unusable: lose the whole tx */
+        }
+    }
+    c->tx_depth = depth;
+    if (depth == 0) {
+        if (c->pg && PQtransactionStatus(c->pg) != PQTRANS_IDLE) db_conn_close(c);
+        c->tx_lost = 0;
+        memset(&c->tx_err, 0, sizeof c->tx_err);
+    }
+    return rc;
+}
+
+/* db.tx(fn, ...) → fn's results. BEGIN (SAVEPOINT when nested), run fn(...) on this worker's
+ * connection, COMMIT when it returns, ROLLBACK when it raises (the error is raised again) or
+ * returns nil, err. A failed BEGIN or COMMIT returns nil, message, code, sqlstate. */
+static int l_tx(lua_State *L)
+{
+    db_conn_t *c = conn_of(L, "db.tx");
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    db_error_t err = { .code = "unavailable" };
+    int depth = c->tx_depth;
+    char sql[48];
+    if (depth == 0) snprintf(sql, sizeof sql, "BEGIN");
+    else snprintf(sql, sizeof sql, "SAVEPOINT mercato_sp%d", depth);
+    if (db_conn_command(c, sql, &err) < 0) {
+        count(err.code);
+        return push_error(L, &err);
+    }
+    c->tx_depth = depth + 1;
+    int rc = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    int nres = lua_gettop(L);
+    int commit = rc == 0 && !(nres >= 2 && lua_isnil(L, 1) && !lua_isnil(L, 2));
+    int end = tx_end(c, depth, commit, &err);
+    if (rc != 0) return lua_error(L);
+    if (end < 0 && commit) {
+        count(err.code);
+        return push_error(L, &err);
+    }
+    return nres;
+}
+
+/* ---- binding ------------------------------------------------------------------------------ */
+
+static int db_global_init(void)
+{
+    db_settings_load();
+    char err[128];
+    const char *label[] = { "outcome" };
+    metric_family_t *f = metrics_family("db_queries_total", "Database statements run from Lua, by outcome.",
+                                        METRIC_COUNTER, 1, label, 0, NULL, err, sizeof err);
+    for (int i = 0; f && i < NOUTCOMES; i++) g_queries[i] = metrics_cell(f, &outcomes[i]);
+    return 0;
+}
+
+/* Readiness: `SELECT 1` on this worker's own connection. */
+static int db_ready(worker_t *w, char *why, size_t whylen)
+{
+    if (!w->cfg || !w->cfg->database_url) return -1;
+    db_conn_t *c = db_conn_of(w);
+    if (!c) { snprintf(why, whylen, "out of memory"); return 0; }
+    db_error_t err;
+    PGresult *res = db_conn_query(c, "SELECT 1", 8, 0, NULL, &err);
+    if (!res) { snprintf(why, whylen, "%s", err.msg); return 0; }
+    PQclear(res);
+    return 1;
+}
+
+/* The strong definition (host/bindings.c has a weak one for builds without a database). It
+ * lives here, not in db_migrate.c: the linker takes an archive member only for a symbol still
+ * undefined, and the weak default already defines this one. */
+int bindings_migrate(const struct config *cfg) { return db_migrate(cfg); }
+
+int luaopen_db(lua_State *L)
+{
+    static const luaL_Reg fns[] = {
+        { "query", l_query }, { "query_one", l_query_one }, { "exec", l_exec }, { "tx", l_tx }, { NULL, NULL },
+    };
+    worker_t *w = worker_from_lua(L);
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "cjson");
+    lua_call(L, 1, 1);
+    int cjson = lua_gettop(L);
+    lua_newtable(L);
+    lua_pushlightuserdata(L, w);
+    lua_getfield(L, cjson, "encode");
+    lua_getfield(L, cjson, "decode");
+    luaL_setfuncs(L, fns, 3);
+    lua_getfield(L, cjson, "null");   /* db.null == cjson.null: a NULL column encodes as null */
+    lua_setfield(L, -2, "null");
+    return 1;
+}
+
+const binding_t binding_db = {
+    .name = "db",
+    .open = luaopen_db,
+    .global_init = db_global_init,
+    .worker_free = db_worker_free,
+    .ready = db_ready,
+};
