@@ -103,8 +103,8 @@ asan:
 valgrind: all
 	@scripts/dev/valgrind.sh
 
-coverage:
-	@$(MAKE) --no-print-directory BUILD=build/cov OPT=-O0 EXTRA_CFLAGS=--coverage EXTRA_LDFLAGS=--coverage all
+coverage: deps
+	@scripts/dev/coverage.sh
 
 lint:
 	@scripts/dev/lint.sh
