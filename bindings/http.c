@@ -15,6 +15,7 @@
 #include "../host/bindings.h"
 #include "../host/config.h"
 #include "../host/gateway.h"
+#include "http.h"
 #include "../host/worker.h"
 
 #define HTTP_DEFAULT_TIMEOUT_MS 10000

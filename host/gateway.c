@@ -8,6 +8,7 @@
  * it is queued. Buffering keeps one thread's MHD loop simple and is fine at these sizes;
  * streaming is the change to make if bodies grow. */
 #include "gateway.h"
+#include "../bindings/http.h"
 
 #include <arpa/inet.h>
 #include <pthread.h>

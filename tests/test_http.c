@@ -11,6 +11,7 @@
 
 #include "bindings.h"
 #include "gateway.h"
+#include "../bindings/http.h"
 #include "snapshot.h"
 #include "test.h"
 #include "worker.h"
