@@ -21,9 +21,13 @@
 #   BENCH_PORT_MERCATO / BENCH_PORT_NGINX / BENCH_PORT_EXPRESS   [58180 / 58181 / 58182]
 #   BENCH_DIR                run directory [.run/bench]
 #   BENCH_MERCATO_ENV        extra KEY=value words for mercato (overrides the dummies below)
+#   BENCH_IO                 1 = also the pg-redis scenario (mercato only): brings up the private
+#                            stack (scripts/dev/stack.sh up), gives mercato a fresh database
+#                            mercato_bench and the stack's Redis, seeds both [1]
 #
-# Adding a scenario: one `bench_scenario NAME PATH EXPECTED_JSON` line in main() (every server
-# must serve PATH with that payload: add the route to bench/scripts, bench/nginx, bench/express).
+# Adding a scenario: one `bench_scenario NAME PATH EXPECTED_JSON [SERVERS]` line in main() (every
+# server listed, all by default, must serve PATH with that payload: add the route to
+# bench/scripts, bench/nginx, bench/express).
 # Adding a peer: a start_<name> function and one `register_server` line in main().
 set -Eeuo pipefail
 
@@ -49,11 +53,16 @@ BENCH_PORT_NGINX=${BENCH_PORT_NGINX:-58181}
 BENCH_PORT_EXPRESS=${BENCH_PORT_EXPRESS:-58182}
 BENCH_DIR=${BENCH_DIR:-$ROOT/.run/bench}
 BENCH_MERCATO_ENV=${BENCH_MERCATO_ENV:-}
+BENCH_IO=${BENCH_IO:-1}
 NGINX_MODULES=${NGINX_MODULES:-/usr/lib/nginx/modules}
 
 # The payload every server must return for /bench/json (compared as parsed JSON, keys sorted).
 JSON_PAYLOAD='{"id":"7f1c2a9e-0d7b-4e8a-9b7c-2f1e5a6b8c9d","name":"Wireless Headphones","price_cents":12999,"currency":"usd","tags":["audio","wireless"],"stock":42}'
 BASELINE=nginx # the ratio column is req/s relative to this server
+# /bench/pg-redis/42: bench_items row 42 (migration 001_bench_items.sql) plus stock from Redis.
+PG_REDIS_PAYLOAD='{"id":42,"name":"Item 42","price_cents":1042,"currency":"usd","stock":7}'
+MERCATO_DB_URL="postgres://bench:bench@127.0.0.1:1/mercato_product" # dummies unless BENCH_IO=1
+MERCATO_REDIS_URL="redis://127.0.0.1:1"
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -157,8 +166,8 @@ start_mercato() {
   # shellcheck disable=SC2086 # BENCH_MERCATO_ENV is a list of KEY=value words
   env SCRIPTS_DIR="$ROOT/bench/scripts" SERVICE=product PORT="$BENCH_PORT_MERCATO" \
     WORKERS="$BENCH_WORKERS" LOG_LEVEL=info HOT_RELOAD=0 \
-    DATABASE_URL="postgres://bench:bench@127.0.0.1:1/mercato_product" \
-    REDIS_URL="redis://127.0.0.1:1" AMQP_URL="amqp://guest:guest@127.0.0.1:1/" \
+    DATABASE_URL="$MERCATO_DB_URL" \
+    REDIS_URL="$MERCATO_REDIS_URL" AMQP_URL="amqp://guest:guest@127.0.0.1:1/" \
     JWKS_URL="http://127.0.0.1:1/.well-known/jwks.json" \
     $BENCH_MERCATO_ENV \
     "$MERCATO" >"$BENCH_DIR/mercato/access.log" 2>"$BENCH_DIR/mercato.out" &
@@ -188,6 +197,24 @@ start_express() {
     ACCESS_LOG="$BENCH_DIR/express/access.log" \
     node bench/express/server.js >"$BENCH_DIR/express.out" 2>&1 &
   SERVER_PID[express]=$!
+}
+
+# setup_io: the private stack up, a fresh database mercato_bench (mercato migrates and seeds
+# it at start-up) and bench:stock:<id> in Redis; points mercato at them.
+setup_io() {
+  local envf pg redis i
+  log "pg-redis: bringing up the private stack (scripts/dev/stack.sh up)"
+  scripts/dev/stack.sh up >"$BENCH_DIR/stack.log" 2>&1 || die "stack.sh up failed: $(tail -5 "$BENCH_DIR/stack.log")"
+  envf=$(scripts/dev/stack.sh env)
+  pg=$(sed -n 's/^DATABASE_URL_PRODUCT=//p' <<<"$envf")
+  redis=$(sed -n 's/^REDIS_URL=//p' <<<"$envf")
+  [[ -n $pg && -n $redis ]] || die "stack.sh env gave no DATABASE_URL_PRODUCT/REDIS_URL"
+  psql "${pg%/*}/postgres" -qAtX -v ON_ERROR_STOP=1 -c 'DROP DATABASE IF EXISTS mercato_bench WITH (FORCE)' \
+    -c 'CREATE DATABASE mercato_bench' >/dev/null || die "cannot create database mercato_bench"
+  for ((i = 1; i <= 10000; i++)); do printf 'SET bench:stock:%d %d\n' "$i" $((i % 100 == 42 ? 7 : i % 50)); done |
+    redis-cli -u "$redis" >/dev/null || die "cannot seed Redis"
+  MERCATO_DB_URL="${pg%/*}/mercato_bench"
+  MERCATO_REDIS_URL=$redis
 }
 
 # ---------------------------------------------------------------------------- wrk
@@ -240,6 +267,21 @@ declare -A RES=() # RES[scenario/server/round] = "rps p50 p99 errors"
 # bench_scenario NAME PATH EXPECTED_JSON: check that every registered server answers PATH
 # with EXPECTED_JSON, warm each up, then measure them interleaved for ROUNDS rounds.
 bench_scenario() {
+  local scen=$1 path=$2 expected=$3 only=${4:-} all=("${SERVERS[@]}") name
+  if [[ -n $only ]]; then
+    SERVERS=()
+    for name in "${all[@]}"; do [[ " $only " == *" $name "* ]] && SERVERS+=("$name"); done
+    if ((${#SERVERS[@]} == 0)); then
+      warn "[$scen] none of '$only' is running: skipped"
+      SERVERS=("${all[@]}")
+      return 0
+    fi
+  fi
+  run_scenario "$scen" "$path" "$expected"
+  SERVERS=("${all[@]}")
+}
+
+run_scenario() {
   local scen=$1 path=$2 expected=$3 name r i n=${#SERVERS[@]} out
   mkdir -p "$BENCH_DIR/raw"
   for name in "${SERVERS[@]}"; do check_response "$name" "$path" "$expected"; done
@@ -349,6 +391,11 @@ main() {
 
   mkdir -p "$BENCH_DIR"
   rm -rf "$BENCH_DIR/raw"
+  local io=0
+  if [[ $BENCH_IO == 1 && " ${SERVERS[*]} " == *" mercato "* ]]; then
+    setup_io
+    io=1
+  fi
   local name port
   for name in "${SERVERS[@]}"; do
     port=${SERVER_URL[$name]##*:}
@@ -362,6 +409,8 @@ main() {
 
   # Scenarios: NAME PATH EXPECTED_JSON. Every registered server must serve each PATH.
   bench_scenario json /bench/json "$JSON_PAYLOAD"
+  # One indexed PostgreSQL read and one Redis read per request (issue 3), mercato only.
+  if ((io)); then bench_scenario pg-redis /bench/pg-redis/42 "$PG_REDIS_PAYLOAD" mercato; fi
 
   write_results
 }

@@ -30,7 +30,7 @@
 enum { MODE_ROWS, MODE_ONE, MODE_EXEC };
 
 /* Upvalues of every function: the worker (NULL in the scratch state that checks scripts),
- * cjson.encode, cjson.decode. */
+ * json.encode, json.decode (the json binding: arrays stay arrays, integers stay exact). */
 #define UV_WORKER lua_upvalueindex(1)
 #define UV_ENCODE lua_upvalueindex(2)
 #define UV_DECODE lua_upvalueindex(3)
@@ -47,7 +47,7 @@ static void count(const char *outcome)
 
 /* ---- C-level helpers (no raising) ------------------------------------------------------- */
 
-/* Push one column value of the current row. Raises only through cjson (run under pcall). */
+/* Push one column value of the current row. Raises only through the decoder (under pcall). */
 static void push_value(lua_State *L, const PGresult *res, int row, int col, int decode)
 {
     if (PQgetisnull(res, row, col)) { lua_pushlightuserdata(L, NULL); return; }
@@ -101,7 +101,12 @@ static int push_result(lua_State *L)
     luaL_checkstack(L, ncols + 8, "too many columns");
     int names = lua_gettop(L) + 1;
     for (int j = 0; j < ncols; j++) lua_pushstring(L, PQfname(res, j));   /* interned once */
-    if (mode == MODE_ROWS) lua_createtable(L, nrows, 0);
+    if (mode == MODE_ROWS) {
+        /* Marked as a JSON array, so `return 200, { items = rows }` says [] when empty. */
+        lua_createtable(L, nrows, 0);
+        luaL_getmetatable(L, "mercato.json.array");
+        lua_setmetatable(L, -2);
+    }
     for (int i = 0; i < nrows; i++) {
         lua_createtable(L, 0, ncols);
         for (int j = 0; j < ncols; j++) {
@@ -354,22 +359,31 @@ static int db_ready(worker_t *w, char *why, size_t whylen)
  * undefined, and the weak default already defines this one. */
 int bindings_migrate(const struct config *cfg) { return db_migrate(cfg); }
 
+/* db.in_tx() → whether this worker is inside db.tx (outbox.add refuses to run outside one). */
+static int l_in_tx(lua_State *L)
+{
+    worker_t *w = lua_touserdata(L, UV_WORKER);
+    db_conn_t *c = w ? w->binding[BIND_DB] : NULL;
+    lua_pushboolean(L, c && c->tx_depth > 0);
+    return 1;
+}
+
 int luaopen_db(lua_State *L)
 {
     static const luaL_Reg fns[] = {
-        { "query", l_query }, { "query_one", l_query_one }, { "exec", l_exec }, { "tx", l_tx }, { NULL, NULL },
+        { "query", l_query }, { "query_one", l_query_one }, { "exec", l_exec }, { "tx", l_tx }, { "in_tx", l_in_tx }, { NULL, NULL },
     };
     worker_t *w = worker_from_lua(L);
     lua_getglobal(L, "require");
-    lua_pushstring(L, "cjson");
+    lua_pushstring(L, "json");
     lua_call(L, 1, 1);
-    int cjson = lua_gettop(L);
+    int json = lua_gettop(L);
     lua_newtable(L);
     lua_pushlightuserdata(L, w);
-    lua_getfield(L, cjson, "encode");
-    lua_getfield(L, cjson, "decode");
+    lua_getfield(L, json, "encode");
+    lua_getfield(L, json, "decode");
     luaL_setfuncs(L, fns, 3);
-    lua_getfield(L, cjson, "null");   /* db.null == cjson.null: a NULL column encodes as null */
+    lua_getfield(L, json, "null");   /* db.null == json.null == cjson.null: NULL encodes as null */
     lua_setfield(L, -2, "null");
     return 1;
 }

@@ -3,13 +3,16 @@
 # sink (maildev) and S3 store (s3rver), all on 127.0.0.1, all under $RUN_DIR.
 # No system service is touched.
 #
-# Usage: scripts/dev/stack.sh up|down|status|env|reset-db
+# Usage: scripts/dev/stack.sh up|down|status|env|reset-db|stop|start|restart
 #   up        start every service that is not already running, wait until ready,
 #             create the five service databases if missing (idempotent, fast)
 #   down      stop every service by its pid (nothing else is touched)
 #   status    one line per service; exit 0 if all run, 3 otherwise
 #   env       print KEY=value lines (DATABASE_URL_*, REDIS_URL, AMQP_URL, SMTP_*, S3_*)
 #   reset-db  drop and recreate the five databases (PostgreSQL must be up)
+#   stop|start|restart postgres|redis|rabbitmq
+#             stop and/or start one server, keeping its data (restart_spec.lua uses
+#             this to check that mercato reconnects; start waits until it is ready)
 #   rabbitmqctl ARGS...  run rabbitmqctl against the private node
 #
 # Environment (defaults in brackets):
@@ -451,6 +454,24 @@ s3_stop() {
 
 # ------------------------------------------------------------------ commands
 
+# cmd_one stop|start|restart postgres|redis|rabbitmq
+cmd_one() {
+  local action=$1 name=${2:-} fn
+  case "$name" in
+    postgres) fn=pg ;;
+    redis) fn=redis ;;
+    rabbitmq) fn=rmq ;;
+    *) die "$action: expecting postgres, redis or rabbitmq, got '$name'" ;;
+  esac
+  mkdir -p "$RUN_DIR" "$LOG_DIR"
+  if [ "$action" != start ]; then "${fn}_stop"; log "$name stopped"; fi
+  if [ "$action" != stop ]; then
+    "${fn}_start"
+    "${fn}_wait"
+    log "$name started"
+  fi
+}
+
 cmd_up() {
   local t0=$SECONDS
   mkdir -p "$RUN_DIR" "$LOG_DIR"
@@ -542,7 +563,7 @@ usage() {
 # up, down and reset-db run one at a time per $RUN_DIR (flock in command mode
 # holds the lock itself, so the daemons started here do not inherit it).
 case "${1:-}" in
-  up | down | reset-db)
+  up | down | reset-db | stop | start | restart)
     if [ -z "${MERCATO_STACK_LOCKED:-}" ] && command -v flock >/dev/null 2>&1; then
       mkdir -p "$RUN_DIR"
       MERCATO_STACK_LOCKED=1 exec flock -o "$RUN_DIR/.stack.lock" bash "$0" "$@"
@@ -556,6 +577,7 @@ case "${1:-}" in
   status) cmd_status ;;
   env) cmd_env ;;
   reset-db) pg_reset_dbs ;;
+  stop | start | restart) cmd_one "$1" "${2:-}" ;;
   rabbitmqctl)
     shift
     rmq_env

@@ -1,7 +1,11 @@
 -- mercato side of `make bench` (started with SCRIPTS_DIR=bench/scripts SERVICE=product).
--- Same payload as bench/nginx/nginx.conf.in and bench/express/server.js, built from a
+-- /bench/json: same payload as bench/nginx/nginx.conf.in and bench/express/server.js, built from a
 -- table per request; the host JSON-encodes it and adds X-Request-Id and metrics.
+-- /bench/pg-redis/{id}: one indexed PostgreSQL read and one Redis read (mercato only; bench/run.sh
+-- gives it the stack's DATABASE_URL and REDIS_URL and seeds bench:stock:<id>).
 local cjson = require "cjson" -- luacheck: ignore 211
+local db = require "db"
+local cache = require "cache"
 local M = {}
 
 function M.json(req) -- luacheck: ignore 212
@@ -15,4 +19,20 @@ function M.json(req) -- luacheck: ignore 212
   }
 end
 
-return { { "GET", "/bench/json", M.json } }
+function M.pg_redis(req)
+  local id = tonumber(req.params.id)
+  if not id then return 404, { error = "not found" } end
+  local row, err, code = db.query_one("SELECT id, name, price_cents, currency FROM bench_items WHERE id = $1", id)
+  if err then return code == "timeout" and 504 or 503, { error = err } end
+  if not row then return 404, { error = "not found" } end
+  local stock
+  stock, err, code = cache.call("GET", "bench:stock:" .. id)
+  if err then return code == "timeout" and 504 or 503, { error = err } end
+  row.stock = tonumber(stock) or 0
+  return 200, row
+end
+
+return {
+  { "GET", "/bench/json", M.json },
+  { "GET", "/bench/pg-redis/{id}", M.pg_redis },
+}

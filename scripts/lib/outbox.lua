@@ -1,0 +1,201 @@
+-- scripts/lib/outbox.lua: the transactional outbox — an event is published if and only if the
+-- transaction that wrote it committed (CONTRACT §7, ARCHITECTURE.md "Events and the saga").
+--
+--   local outbox = require "lib.outbox"
+--   local order, err, code = db.tx(function()
+--     local o = assert(db.query_one("INSERT INTO orders (...) VALUES (...) RETURNING *", ...))
+--     assert(outbox.add("order.created", { order_id = o.id, ... }))
+--     return o
+--   end)
+--
+--   -- services/<name>/consumers.lua
+--   return { outbox.relay_entry(), ... }
+--
+-- Tables: copy scripts/lib/sql/outbox.sql unchanged into services/<name>/migrations/NNN_outbox.sql.
+--
+-- outbox.add(type, data, opts) builds the envelope (lib.events) and INSERTs it; it must run
+-- inside db.tx, which it checks with db.in_tx() when the db binding has it (misuse raises).
+-- Returns the envelope, or nil, err, code when the INSERT fails (the caller's db.tx decides).
+--
+-- The relay (one runner thread) takes unsent rows oldest first with FOR UPDATE SKIP LOCKED (so
+-- replicas share the work and never publish a row twice at once), publishes each with a
+-- publisher confirm, and marks the confirmed ones sent in the same transaction. Delivery is at
+-- least once: a crash between the confirm and the COMMIT publishes those rows again, and the
+-- consumers' inbox drops the copies. A failed publish is counted on its row (attempts,
+-- last_error) and retried on the next pass; rows are never dropped.
+local db = require "db"
+local host = require "host"
+local log = require "log"
+local metrics = require "metrics"
+local queue = require "queue"
+local events = require "lib.events"
+
+local _M = {}
+
+local DEFAULT_LIMIT = 100
+local IDLE_SLEEP = 0.15        -- seconds between passes that found nothing to do
+local ERROR_SLEEP = 1          -- seconds after a pass that failed (database or broker down)
+local PENDING_EVERY = 1        -- seconds between refreshes of the outbox_pending gauge
+local LOG_EVERY = 10           -- seconds between repeated failure log lines
+
+local INSERT = "INSERT INTO outbox (id, type, payload) VALUES ($1, $2, $3::jsonb)"
+local SELECT_UNSENT = [[SELECT id::text AS id, type, payload::text AS body, payload->>'correlation_id' AS correlation_id,
+  payload->>'traceparent' AS traceparent, attempts
+  FROM outbox WHERE sent_at IS NULL ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED]]
+local MARK_SENT = "UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY($1::uuid[])"
+local MARK_FAILED = "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1"
+local COUNT_PENDING = "SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL"
+local PURGE = "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1)"
+
+-- Metrics are process-wide and survive reloads; declared on first use (not at module load,
+-- which also runs in the scratch state that checks scripts).
+local m
+local function meters()
+  if not m then
+    m = {
+      published = metrics.counter("events_published_total", "Events published from the outbox, by type.", { "type" }),
+      failed = metrics.counter("events_publish_failures_total", "Outbox rows whose publish failed (retried).", { "type" }),
+      pending = metrics.gauge("outbox_pending", "Outbox rows not yet published (refreshed by the relay)."),
+    }
+  end
+  return m
+end
+
+-- ---- adding ----------------------------------------------------------------------------------
+
+-- outbox.add(type, data, opts) → envelope, or nil, err, code. opts: correlation_id, traceparent.
+function _M.add(etype, data, opts)
+  if db.in_tx and not db.in_tx() then
+    error("outbox.add must run inside db.tx (the event must commit with the change it announces)", 2)
+  end
+  local ev = events.envelope(etype, data, opts)
+  local n, err, code = db.exec(INSERT, ev.id, ev.type, events.encode(ev))
+  if not n then return nil, err, code end
+  return ev
+end
+
+-- ---- relaying --------------------------------------------------------------------------------
+
+local last_log = {}
+local function log_limited(key, level, msg, fields)
+  local now = host.now()
+  if (last_log[key] or 0) + LOG_EVERY > now then return end
+  last_log[key] = now
+  log[level](msg, fields)
+end
+
+-- Publish one row; true, or nil, err, code (a raise in the binding is a failure too).
+local function publish(row)
+  local ok, res, err, code = pcall(queue.publish, row.type, row.body, {
+    message_id = row.id, type = row.type, correlation_id = row.correlation_id,
+    headers = row.traceparent and { traceparent = row.traceparent } or nil,
+  })
+  if not ok then return nil, tostring(res), "invalid" end
+  if not res then return nil, err, code end
+  return true
+end
+
+-- One pass in one transaction: → the number of rows published (0: nothing to do), or nil,
+-- err, code when the database failed (nothing is marked; the rows stay for the next pass).
+local function pass(limit)
+  local mm = meters()
+  local res, err, code = db.tx(function()
+    local rows, qerr, qcode = db.query(SELECT_UNSENT, limit)
+    if not rows then return nil, qerr, qcode end
+    local sent, broker_err = {}, nil
+    for _, row in ipairs(rows) do
+      if broker_err then break end
+      local ok, perr, pcode = publish(row)
+      if ok then
+        sent[#sent + 1] = row.id
+        mm.published:inc(1, row.type)
+      else
+        mm.failed:inc(1, row.type)
+        local e = ("%s (%s)"):format(perr, pcode)
+        local n, uerr, ucode = db.exec(MARK_FAILED, row.id, e:sub(1, 1000))
+        if not n then return nil, uerr, ucode end
+        log_limited("publish", "warn", "outbox: publish failed; the row stays and is retried",
+          { event_id = row.id, type = row.type, attempts = row.attempts + 1, error = e })
+        -- The broker is down or slow: the rest of the batch would fail the same way. Any other
+        -- failure belongs to this row alone; go on, so one bad row never holds the others back.
+        if pcode == "unavailable" or pcode == "timeout" then broker_err = e end
+      end
+    end
+    if #sent > 0 then
+      local n, uerr, ucode = db.exec(MARK_SENT, "{" .. table.concat(sent, ",") .. "}")
+      if not n then return nil, uerr, ucode end
+    end
+    return { published = #sent, taken = #rows, broker_err = broker_err }
+  end)
+  if not res then return nil, err, code end
+  return res
+end
+
+-- outbox.relay_once(limit) → the number of events published, or nil, err, code.
+function _M.relay_once(limit)
+  limit = limit or DEFAULT_LIMIT
+  if type(limit) ~= "number" or limit < 1 or limit ~= math.floor(limit) then
+    error("outbox.relay_once: limit must be a positive integer", 2)
+  end
+  local res, err, code = pass(limit)
+  if not res then return nil, err, code end
+  if res.broker_err then return res.published, res.broker_err, "unavailable" end
+  return res.published
+end
+
+-- outbox.pending() → the number of unsent rows (also sets the outbox_pending gauge).
+function _M.pending()
+  local row, err, code = db.query_one(COUNT_PENDING)
+  if not row then return nil, err, code end
+  meters().pending:set(row.n)
+  return row.n
+end
+
+-- outbox.relay_entry(opts) → a consumers.lua entry { name = "outbox-relay", loop = ... }.
+-- opts: name, limit (rows per pass, 100), idle (seconds asleep when there was nothing to do,
+-- 0.15: an event leaves within about that long after its commit).
+function _M.relay_entry(opts)
+  opts = opts or {}
+  local limit, idle = opts.limit or DEFAULT_LIMIT, opts.idle or IDLE_SLEEP
+  local next_pending = 0
+  return {
+    name = opts.name or "outbox-relay",
+    loop = function()
+      local deadline = host.now() + 1
+      repeat
+        local n, err, code = _M.relay_once(limit)
+        if err then
+          log_limited("relay", "warn", "outbox relay: pass failed; retrying", { error = err, code = code })
+          host.sleep(ERROR_SLEEP)
+          return
+        end
+        if host.now() >= next_pending then
+          next_pending = host.now() + PENDING_EVERY
+          _M.pending()
+        end
+        if n < limit then host.sleep(idle) end
+      until host.now() >= deadline
+    end,
+  }
+end
+
+-- outbox.purge(keep_seconds) → rows deleted: sent rows older than keep_seconds (default 7 days).
+function _M.purge(keep_seconds)
+  return db.exec(PURGE, keep_seconds or 7 * 86400)
+end
+
+-- outbox.purge_entry{ every = 3600, keep = 7 * 86400 } → a jobs.lua entry.
+function _M.purge_entry(opts)
+  opts = opts or {}
+  return {
+    name = opts.name or "outbox-purge",
+    every = opts.every or 3600,
+    run = function()
+      local n, err, code = _M.purge(opts.keep)
+      if err then log.warn("outbox purge failed", { error = err, code = code }) end
+      return n
+    end,
+  }
+end
+
+return _M
