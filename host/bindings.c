@@ -19,6 +19,8 @@ extern const binding_t binding_db;
 extern const binding_t binding_http;
 extern const binding_t binding_cache;
 extern const binding_t binding_queue;
+extern const binding_t binding_inventory;
+extern const binding_t binding_s3;
 
 static const binding_t *const all[] = {
     &binding_log,
@@ -31,6 +33,8 @@ static const binding_t *const all[] = {
     &binding_http,
     &binding_cache,
     &binding_queue,
+    &binding_inventory,
+    &binding_s3,
 };
 
 #define NBINDINGS ((int)(sizeof all / sizeof all[0]))

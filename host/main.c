@@ -48,6 +48,48 @@ static int load_scripts(const config_t *cfg)
     return 0;
 }
 
+/* services/<name>/requires.lua lists the environment the service cannot start without:
+ *   return { "DATABASE_URL", "JWT_PRIVATE_KEY_FILE", { "JWKS_URL", "JWT_PUBLIC_KEY_FILE" } }
+ * (a nested list: any one of them). Returns 0, or -1 after naming what is missing. */
+static int check_required_env(const config_t *cfg)
+{
+    snapshot_t *s = snapshot_current();
+    char name[300];
+    snprintf(name, sizeof name, "services.%s.requires", cfg->service);
+    const snapshot_module_t *m = s ? snapshot_module(s, name) : NULL;
+    int rc = 0;
+    if (m) {
+        lua_State *L = luaL_newstate();
+        if (!L || luaL_loadbuffer(L, m->code, m->len, m->path) != 0 || lua_pcall(L, 0, 1, 0) != 0 || !lua_istable(L, -1)) {
+            fprintf(stderr, "mercato: %s must return a list of variable names\n", m->path);
+            rc = -1;
+        } else {
+            int n = (int)lua_objlen(L, -1);
+            for (int i = 1; i <= n; i++) {
+                lua_rawgeti(L, -1, i);
+                int k = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 1, found = 0;
+                char names[256] = "";
+                for (int j = 1; j <= k; j++) {
+                    if (lua_istable(L, -1)) lua_rawgeti(L, -1, j); else lua_pushvalue(L, -1);
+                    const char *v = lua_tostring(L, -1);
+                    const char *val = v ? getenv(v) : NULL;
+                    if (val && *val) found = 1;
+                    if (v) snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", j > 1 ? " or " : "", v);
+                    lua_pop(L, 1);
+                }
+                lua_pop(L, 1);
+                if (!found) {
+                    fprintf(stderr, "mercato: %s needs %s (a required variable is not set)\n", cfg->service, names);
+                    rc = -1;
+                }
+            }
+        }
+        if (L) lua_close(L);
+    }
+    snapshot_unref(s);
+    return rc;
+}
+
 static void teardown(void)
 {
     snapshot_clear();
@@ -111,7 +153,7 @@ static int cmd_serve(const config_t *cfg)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);   /* threads inherit it; main waits below */
 
-    if (load_scripts(cfg) < 0) return 1;
+    if (load_scripts(cfg) < 0 || check_required_env(cfg) < 0) return 1;
     /* A service with a database brings its schema up to date before it takes traffic. */
     if (cfg->database_url && bindings_migrate(cfg) != 0) return 1;
     char err[1024];

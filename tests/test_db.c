@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "../bindings/db.h"
+#include "../host/bindings.h"
 #include "../host/log.h"
 #include "../host/metrics.h"
 #include "../host/worker.h"
@@ -144,6 +145,7 @@ static lua_State *state_for(worker_t *w)
     lua_pushlightuserdata(L, w);
     lua_setfield(L, LUA_REGISTRYINDEX, "mercato.worker");
     CHECK(worker_from_lua(L) == w);
+    bindings_preload(L);   /* as in a worker's state: db requires json */
     lua_pushcfunction(L, luaopen_db);
     lua_call(L, 0, 1);
     lua_setglobal(L, "db");

@@ -1,0 +1,77 @@
+-- scripts/services/product/handlers/images.lua: product image uploads (POST
+-- /products/{id}/images, owner or admin) into the `s3` binding's store, and GET /images/{key*}
+-- serving them back (the local disk store has no other URL; with S3 it proxies the object).
+--
+-- Routes to add (services.product.routes; the 5 MiB cap is the route's max_body, so a larger
+-- upload is refused with 413 in C before any Lua runs):
+--   local images = require "services.product.handlers.images"
+--   { "POST", "/products/{id}/images", images.upload, roles = { "admin", "seller" }, max_body = images.MAX_BYTES },
+--   { "GET",  "/images/{key*}",        images.serve },
+local crypto = require "crypto"
+local db = require "db"
+local problem = require "lib.problem"
+local s3 = require "s3"
+
+local _M = {}
+
+_M.MAX_BYTES = 5 * 1024 * 1024
+
+local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
+
+-- Accepted types: the extension of the key and a check of the file's first bytes.
+local TYPES = {
+  ["image/png"] = { ext = "png", magic = function(b) return b:sub(1, 8) == "\137PNG\r\n\26\n" end },
+  ["image/jpeg"] = { ext = "jpg", magic = function(b) return b:sub(1, 3) == "\255\216\255" end },
+  ["image/webp"] = { ext = "webp", magic = function(b) return b:sub(1, 4) == "RIFF" and b:sub(9, 12) == "WEBP" end },
+}
+local ACCEPTED = "image/png, image/jpeg or image/webp"
+
+local function media_type(req)
+  local ct = req:header("Content-Type")
+  local m = ct and ct:match("^%s*([^;%s]+)")
+  return m and m:lower()
+end
+
+-- POST /products/{id}/images (raw image bytes) → 201 { key, url }.
+function _M.upload(req)
+  local id = req.params.id
+  if not (type(id) == "string" and id:match(UUID)) then return problem.not_found("product", id) end
+  id = id:lower()
+  local t = TYPES[media_type(req) or ""]
+  if not t then return problem.unsupported_media_type(ACCEPTED) end
+  local body = req.body
+  if #body == 0 then return problem.new(422, "The image is empty.") end
+  if #body > _M.MAX_BYTES then return problem.new(413, "Images are limited to 5 MiB.") end
+  if not t.magic(body) then
+    return problem.new(415, "The bytes are not a " .. t.ext:upper() .. " image; Content-Type must be " .. ACCEPTED .. ".")
+  end
+  local row, err, code = db.query_one("SELECT seller_id FROM products WHERE id = $1 AND status = 'active'", id)
+  if err then return problem.from(code, err) end
+  if not row then return problem.not_found("product", id) end
+  local claims = req.claims
+  if claims.role ~= "admin" and claims.sub ~= row.seller_id then
+    return problem.forbidden("Only the product's seller or an admin may add images.")
+  end
+  local key = ("products/%s/%s.%s"):format(id, crypto.uuid4(), t.ext)
+  local ok, perr, pcode = s3.put(key, body, media_type(req))
+  if not ok then return problem.from(pcode, perr) end
+  return 201, { key = key, url = s3.url(key) }, { Location = s3.url(key) }
+end
+
+-- GET /images/{key*}: only keys this service generates; anything else (traversal, odd
+-- characters) is simply not found.
+function _M.serve(req)
+  local key = req.params.key
+  if type(key) ~= "string" or not key:match("^products/[%x%-]+/[%x%-]+%.%a+$") then return problem.not_found() end
+  local bytes, ctype, code = s3.get(key)
+  if not bytes and ctype then return problem.from(code, ctype) end
+  if not bytes then return problem.not_found() end
+  if not TYPES[ctype] then ctype = "application/octet-stream" end
+  return 200, bytes, {
+    ["Content-Type"] = ctype,
+    ["X-Content-Type-Options"] = "nosniff",
+    ["Cache-Control"] = "public, max-age=31536000, immutable",   -- keys are never reused
+  }
+end
+
+return _M

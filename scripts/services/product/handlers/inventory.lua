@@ -1,0 +1,182 @@
+-- scripts/services/product/handlers/inventory.lua: stock levels (GET/PUT
+-- /products/{id}/inventory) and the order service's reservations (/internal/reservations),
+-- all through the C `inventory` binding (conditional updates, ledger, one transaction each).
+--
+-- Routes to add (services.product.routes; roles and scope are checked in C):
+--   local inventory = require "services.product.handlers.inventory"
+--   { "GET",    "/products/{id}/inventory",           inventory.show },
+--   { "PUT",    "/products/{id}/inventory",           inventory.put, roles = { "admin", "seller" }, max_body = 4 * 1024 },
+--   { "POST",   "/internal/reservations",             inventory.reserve, scope = "inventory", max_body = 64 * 1024 },
+--   { "POST",   "/internal/reservations/{id}/commit", inventory.commit, scope = "inventory", max_body = 4 * 1024 },
+--   { "DELETE", "/internal/reservations/{id}",        inventory.release, scope = "inventory" },
+local db = require "db"
+local inventory = require "inventory"
+local pcache = require "services.product.cache"
+local problem = require "lib.problem"
+local validate = require "lib.validate"
+
+local _M = {}
+
+local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
+local MAX_ITEMS = 100
+local DEFAULT_TTL = 1800   -- seconds: the order service's default payment timeout (30 min)
+
+local function is_uuid(s) return type(s) == "string" and s:match(UUID) ~= nil end
+
+local function level_body(lvl)
+  return { stock = lvl.stock, reserved = lvl.reserved, version = lvl.version },
+    { ETag = '"' .. string.format("%d", lvl.version) .. '"' }
+end
+
+-- GET /products/{id}/inventory → { stock, reserved, version } (public, like the product).
+function _M.show(req)
+  local id = req.params.id
+  if not is_uuid(id) then return problem.not_found("product", id) end
+  local lvl, err, code = inventory.get(id)
+  if err then return problem.from(code, err) end
+  if not lvl then return problem.not_found("product", id) end
+  local body, headers = level_body(lvl)
+  return 200, body, headers
+end
+
+-- The product's owner, or a problem: 404 when there is no live product.
+local function owner_of(id)
+  local row, err, code = db.query_one("SELECT seller_id FROM products WHERE id = $1 AND status = 'active'", id)
+  if err then return nil, problem.from(code, err) end
+  if not row then return nil, problem.not_found("product", id) end
+  return row.seller_id
+end
+
+-- `If-Match: "7"` (or W/"7", or 7) → 7; nil when absent or not a version.
+local function if_match(req)
+  local v = req:header("If-Match")
+  if not v then return nil, false end
+  local n = v:match('^%s*W?/?"?(%d+)"?%s*$')
+  return n and tonumber(n), true
+end
+
+local STOCK = { stock = { type = "integer", required = true, min = 0, max = 2147483647 } }
+
+-- PUT /products/{id}/inventory {stock} with If-Match (owner or admin): 428 without, 412 stale.
+function _M.put(req)
+  local id = req.params.id
+  if not is_uuid(id) then return problem.not_found("product", id) end
+  local doc, status, body, headers = validate.body(req, STOCK)
+  if not doc then return status, body, headers end
+  local owner, pst, pbody, pheaders = owner_of(id)
+  if not owner then return pst, pbody, pheaders end
+  local claims = req.claims
+  if claims.role ~= "admin" and claims.sub ~= owner then
+    return problem.forbidden("Only the product's seller or an admin may change its stock.")
+  end
+  local version, present = if_match(req)
+  if not present then return problem.new(428, 'This request requires If-Match: "<version>" (see the ETag of GET).') end
+  if not version then return problem.new(412, "If-Match does not name a version of this inventory.") end
+  local lvl, err, code, current = inventory.set_stock(id, doc.stock, version)
+  if err and current then
+    local _, h = level_body(current)
+    return problem.new(412, "The inventory changed since you read it; GET it again.", nil, h)
+  end
+  if err then return problem.from(code, err) end
+  if not lvl then return problem.not_found("product", id) end
+  pcache.invalidate(id)
+  local out, h = level_body(lvl)
+  return 200, out, h
+end
+
+-- The reservation document: { reservation_id, items = { { product_id, quantity } }, ttl_seconds? }
+-- → doc, or nil and a problem.
+local function reservation_doc(req)
+  if not validate.is_json(req) then return nil, problem.unsupported_media_type("application/json") end
+  local doc, jerr = req:json()
+  if doc == nil then return nil, problem.bad_request(jerr) end
+  if type(doc) ~= "table" or doc[1] ~= nil then return nil, problem.bad_request("The request body must be a JSON object.") end
+  local errors = {}
+  for k in pairs(doc) do
+    if k ~= "reservation_id" and k ~= "items" and k ~= "ttl_seconds" then
+      return nil, problem.bad_request("The request body has fields that are not allowed.",
+        { { field = tostring(k), message = "is not allowed" } })
+    end
+  end
+  if not is_uuid(doc.reservation_id) then errors[#errors + 1] = { field = "reservation_id", message = "must be a UUID" } end
+  local ttl = doc.ttl_seconds
+  if ttl ~= nil and (type(ttl) ~= "number" or ttl ~= math.floor(ttl) or ttl < 1 or ttl > 86400) then
+    errors[#errors + 1] = { field = "ttl_seconds", message = "must be a whole number from 1 to 86400" }
+  end
+  local items = doc.items
+  if type(items) ~= "table" or #items == 0 or #items > MAX_ITEMS then
+    errors[#errors + 1] = { field = "items", message = "must be a list of 1 to " .. MAX_ITEMS .. " items" }
+  else
+    for i, it in ipairs(items) do
+      local f = "items[" .. (i - 1) .. "]"
+      if type(it) ~= "table" then
+        errors[#errors + 1] = { field = f, message = "must be an object" }
+      else
+        if not is_uuid(it.product_id) then errors[#errors + 1] = { field = f .. ".product_id", message = "must be a UUID" } end
+        local q = it.quantity
+        if type(q) ~= "number" or q ~= math.floor(q) or q < 1 or q > 1000000 then
+          errors[#errors + 1] = { field = f .. ".quantity", message = "must be a whole number from 1 to 1000000" }
+        end
+      end
+    end
+  end
+  if #errors > 0 then return nil, problem.validation(errors) end
+  return doc
+end
+
+local function reservation_view(id, status)
+  return { reservation_id = id, status = status }
+end
+
+-- POST /internal/reservations → 201 (or 200 for a replay of the same id and items),
+-- 409 { insufficient = [...] } with nothing reserved.
+function _M.reserve(req)
+  local doc, status, body, headers = reservation_doc(req)
+  if not doc then return status, body, headers end
+  local items = {}
+  for i, it in ipairs(doc.items) do items[i] = { product_id = it.product_id:lower(), quantity = it.quantity } end
+  local rid = doc.reservation_id:lower()
+  local ok, info, code = inventory.reserve(rid, items, doc.ttl_seconds or DEFAULT_TTL)
+  if not ok then
+    if type(info) == "table" then
+      return problem.new(409, "Not enough stock for every item; nothing was reserved.",
+        { insufficient = info.insufficient })
+    end
+    if code == "invalid" then
+      return problem.new(422, "This reservation_id was already used with other items.")
+    end
+    return problem.from(code, info)
+  end
+  if info.replayed then return 200, reservation_view(rid, info.status) end
+  local ids = {}
+  for i, it in ipairs(items) do ids[i] = it.product_id end
+  pcache.invalidate(unpack(ids))
+  return 201, reservation_view(rid, info.status), { Location = "/internal/reservations/" .. rid }
+end
+
+-- POST /internal/reservations/{id}/commit → 200 (also when committed before), 404, 409 when
+-- the reservation was released or expired (its stock may be sold to someone else).
+function _M.commit(req)
+  local id = req.params.id
+  if not is_uuid(id) then return problem.not_found("reservation", id) end
+  id = id:lower()
+  local ok, err, code = inventory.commit(id)
+  if not ok and err then
+    if code == "conflict" then return problem.conflict("The reservation was released or expired; it cannot be committed.") end
+    return problem.from(code, err)
+  end
+  if not ok then return problem.not_found("reservation", id) end
+  return 200, reservation_view(id, "committed")
+end
+
+-- DELETE /internal/reservations/{id} → 204, also when unknown or released before (idempotent).
+function _M.release(req)
+  local id = req.params.id
+  if not is_uuid(id) then return 204 end
+  local ok, err_or_status, code_or_ids = inventory.release(id:lower())
+  if not ok and err_or_status then return problem.from(code_or_ids, err_or_status) end
+  if ok and #code_or_ids > 0 then pcache.invalidate(unpack(code_or_ids)) end
+  return 204
+end
+
+return _M

@@ -1,0 +1,181 @@
+-- scripts/services/product/handlers/products.lua: the catalogue — browse and search (public),
+-- luacheck: max line length 170
+-- create (seller/admin), PATCH and DELETE (the owner or an admin; roles checked in C on the
+-- route, ownership here).
+--
+-- Ownership refusals are 403, not 404: products are public, so hiding that one exists would
+-- protect nothing (CONTRACT §3 keeps 404 for another user's *private* resource).
+-- Preconditions: PATCH needs If-Match (428 without); a stale one is 412. RFC 9110 §13.2.1 has
+-- 404/403 and body errors (400/415/422) win over 412. DELETE honours If-Match when sent.
+local crypto = require "crypto"
+local json = require "json"
+local pagination = require "lib.pagination"
+local problem = require "lib.problem"
+local validate = require "lib.validate"
+local pcache = require "services.product.cache"
+local S = require "services.product.schema"
+local search = require "services.product.search"
+local store = require "services.product.store"
+
+local _M = {}
+
+local function etag(version) return ('"%d"'):format(version) end
+
+local function doc_headers(row, extra)
+  local h = { ETag = etag(row.version), ["Content-Type"] = "application/json" }
+  for k, v in pairs(extra or {}) do h[k] = v end
+  return h
+end
+
+-- Whether the caller may change a product owned by row.seller_id.
+local function owns(claims, row)
+  return claims.role == "admin" or (claims.role == "seller" and claims.sub == row.seller_id)
+end
+
+-- If-Match / If-None-Match → the list of versions it names, or "*"; nil when absent or
+-- unparseable (W/ tags never match If-Match: it uses the strong comparison).
+local function etag_versions(value, weak_ok)
+  if not value then return nil end
+  value = value:match("^%s*(.-)%s*$")
+  if value == "*" then return "*" end
+  local out = {}
+  for item in value:gmatch("[^,]+") do
+    item = item:match("^%s*(.-)%s*$")
+    local weak, v = item:match('^(W/)"(%d+)"$')
+    if not weak then v = item:match('^"(%d+)"$') end
+    if v and (weak == nil or weak_ok) then out[#out + 1] = tonumber(v) end
+  end
+  return out
+end
+
+local function matches(list, version)
+  if list == "*" then return true end
+  for _, v in ipairs(list) do if v == version then return true end end
+  return false
+end
+
+-- ---- reads -----------------------------------------------------------------------------------
+
+function _M.list(req)
+  local page, status, body, headers = pagination.params(req.query)
+  if not page then return status, body, headers end
+  local params, pst, pbody, pheaders = search.params(req.query)
+  if not params then return pst, pbody, pheaders end
+  local res, a, b, c = search.list(params, page)
+  if res == false then return a, b, c end       -- a problem (a cursor of another order)
+  if not res then return problem.from(b, a) end
+  return 200, res
+end
+
+-- GET /products/{id}: from the Redis read cache when it has it (the cached JSON is sent as
+-- it is), else PostgreSQL, then cached. 304 when If-None-Match names the current version.
+function _M.show(req)
+  local id = req.params.id
+  if not store.is_uuid(id) then return problem.not_found("product", id) end
+  id = id:lower()
+  local inm = etag_versions(req:header("If-None-Match"), true)
+  local version, cached = pcache.get(id)
+  if cached then
+    do
+      if inm and matches(inm, version) then return 304, nil, { ETag = etag(version) } end
+      return 200, cached, { ETag = etag(version), ["Content-Type"] = "application/json", ["X-Cache"] = "hit" }
+    end
+  end
+  local row, err, code = store.get(id)
+  if err then return problem.from(code, err) end
+  if not row then return problem.not_found("product", id) end
+  if inm and matches(inm, row.version) then return 304, nil, { ETag = etag(row.version) } end
+  local text = json.encode(store.public(row))
+  pcache.put(id, row.version, text)
+  return 200, text, doc_headers(row, { ["X-Cache"] = "miss" })
+end
+
+-- ---- writes ----------------------------------------------------------------------------------
+
+function _M.create(req)
+  local doc, status, body, headers = validate.body(req, S.product_create)
+  if not doc then return status, body, headers end
+  local errors = S.check_product(doc, {})
+  if #errors > 0 then return problem.validation(errors) end
+  if doc.category_id and doc.category_id ~= json.null then
+    doc.category_id = doc.category_id:lower()
+    local ok, err, code = store.category_exists(doc.category_id)
+    if ok == nil then return problem.from(code, err) end
+    if not ok then return problem.validation({ { field = "category_id", message = "no such category" } }) end
+  end
+  if doc.category_id == json.null then doc.category_id = nil end
+  local seller = req.claims.sub
+  if not store.is_uuid(seller) then
+    return problem.forbidden("Only a seller account (a token whose subject is a user id) can own products.")
+  end
+  local id = crypto.uuid7()
+  local row, err, code = store.create(id, seller:lower(), doc)
+  if not row then return problem.from(code, err) end
+  return 201, store.public(row), doc_headers(row, { Location = "/products/" .. id })
+end
+
+-- Turn a store write's refusal into its problem.
+local function refused(res, id)
+  if res.refused == "gone" then return problem.not_found("product", id) end
+  if res.refused == "forbidden" then return problem.forbidden("Only the product's seller or an admin may change it.") end
+  return problem.new(412, "The product has changed since that version; fetch it again.", nil,
+    { ETag = etag(res.current) })
+end
+
+function _M.update(req)
+  local id = req.params.id
+  if not store.is_uuid(id) then return problem.not_found("product", id) end
+  id = id:lower()
+  local cur, err, code = store.get(id)
+  if err then return problem.from(code, err) end
+  if not cur then return problem.not_found("product", id) end
+  if not owns(req.claims, cur) then return problem.forbidden("Only the product's seller or an admin may change it.") end
+  local raw_if = req:header("If-Match")
+  if not raw_if or raw_if:match("^%s*$") then
+    return problem.new(428, 'This request must be conditional: send If-Match: "<version>" from the ETag of GET /products/{id}.')
+  end
+  local doc, status, body, headers = validate.body(req, S.product_patch)
+  if not doc then return status, body, headers end
+  local errors = S.check_product(doc, {})
+  if #errors > 0 then return problem.validation(errors) end
+  if type(doc.category_id) == "string" then
+    doc.category_id = doc.category_id:lower()
+    local ok, cerr, ccode = store.category_exists(doc.category_id)
+    if ok == nil then return problem.from(ccode, cerr) end
+    if not ok then return problem.validation({ { field = "category_id", message = "no such category" } }) end
+  end
+  local want = etag_versions(raw_if, false)
+  local version = nil
+  if want ~= "*" then
+    if #want ~= 1 then return problem.new(412, "If-Match names no current version of this product.", nil, { ETag = etag(cur.version) }) end
+    version = want[1]
+  end
+  local res
+  res, err, code = store.update(id, version, doc, function(row) return owns(req.claims, row) end)
+  if not res then return problem.from(code, err) end
+  if res.refused then return refused(res, id) end
+  pcache.invalidate(id)
+  return 200, store.public(res), doc_headers(res)
+end
+
+function _M.delete(req)
+  local id = req.params.id
+  if not store.is_uuid(id) then return problem.not_found("product", id) end
+  id = id:lower()
+  local version
+  local raw_if = req:header("If-Match")
+  if raw_if and not raw_if:match("^%s*$") then
+    local want = etag_versions(raw_if, false)
+    if want ~= "*" then
+      if #want ~= 1 then return problem.new(412, "If-Match names no current version of this product.") end
+      version = want[1]
+    end
+  end
+  local res, err, code = store.delete(id, version, function(row) return owns(req.claims, row) end)
+  if not res then return problem.from(code, err) end
+  if res.refused then return refused(res, id) end
+  pcache.invalidate(id)
+  return 204
+end
+
+return _M

@@ -1,0 +1,19 @@
+-- scripts/services/product/jobs.lua: stale reservations released; sent outbox rows and old inbox
+-- rows purged.
+local outbox = require "lib.outbox"
+local inbox = require "lib.inbox"
+local log = require "log"
+local inventory_jobs = require "services.product.inventory_jobs"
+
+return {
+  inventory_jobs.expire_reservations,
+  outbox.purge_entry(),
+  {
+    name = "inbox-purge", every = 3600,
+    run = function()
+      local n, err, code = inbox.purge()
+      if err then log.warn("inbox purge failed", { error = err, code = code }) end
+      return n
+    end,
+  },
+}

@@ -1,0 +1,156 @@
+-- scripts/services/product/store.lua: the products and their stock in PostgreSQL — the SQL,
+-- the public document, and the outbox events of each write (same transaction).
+local db = require "db"
+local json = require "json"
+local outbox = require "lib.outbox"
+
+local _M = {}
+
+local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
+function _M.is_uuid(s) return type(s) == "string" and s:match(UUID) ~= nil end
+
+-- Columns of a product document, from `products p JOIN inventory i`.
+_M.COLUMNS = [[p.id, p.seller_id, p.name, p.description, p.price_cents, p.currency, p.category_id,
+  to_jsonb(p.tags) AS tags, p.status, p.version, p.created_at, p.updated_at, i.stock]]
+_M.FROM = "products p JOIN inventory i ON i.product_id = p.id"
+
+-- The public document of a row (what GET /products/{id} answers; `stock` is what can be sold).
+function _M.public(r)
+  local tags = r.tags
+  if type(tags) ~= "table" then tags = {} end
+  return {
+    id = r.id, seller_id = r.seller_id, name = r.name, description = r.description,
+    price_cents = r.price_cents, currency = r.currency, category_id = r.category_id,
+    tags = json.array(tags), stock = r.stock, version = r.version,
+    created_at = r.created_at, updated_at = r.updated_at,
+  }
+end
+
+-- What the search indexer and other services need about a product (event data).
+local function event_data(r)
+  return {
+    product_id = r.id, seller_id = r.seller_id, name = r.name, price_cents = r.price_cents,
+    currency = r.currency, category_id = r.category_id, tags = json.array(r.tags or {}), version = r.version,
+  }
+end
+
+-- An active product, or a bare nil.
+function _M.get(id)
+  if not _M.is_uuid(id) then return nil end
+  return db.query_one("SELECT " .. _M.COLUMNS .. " FROM " .. _M.FROM .. " WHERE p.id = $1 AND p.status = 'active'", id)
+end
+
+function _M.category_exists(id)
+  local row, err, code = db.query_one("SELECT 1 AS x FROM categories WHERE id = $1", id)
+  if err then return nil, err, code end
+  return row ~= nil
+end
+
+-- Create a product and its inventory row in one transaction, with product.created in the
+-- outbox. → the row, or nil, err, code.
+function _M.create(id, seller_id, doc)
+  return db.tx(function()
+    local n, err, code = db.exec([[INSERT INTO products (id, seller_id, name, description, price_cents, currency,
+        category_id, category_text, tags)
+      VALUES ($1, $2, $3, $4, $5, $6, $7::uuid, coalesce(category_path_text($7::uuid), ''),
+        ARRAY(SELECT jsonb_array_elements_text($8::jsonb)))]],
+      id, seller_id, doc.name, doc.description or "", doc.price_cents, doc.currency,
+      doc.category_id or db.null, json.encode(json.array(doc.tags or {})))
+    if not n then return nil, err, code end
+    n, err, code = db.exec("INSERT INTO inventory (product_id, stock) VALUES ($1, $2)", id, doc.stock)
+    if not n then return nil, err, code end
+    local row
+    row, err, code = db.query_one("SELECT " .. _M.COLUMNS .. " FROM " .. _M.FROM .. " WHERE p.id = $1", id)
+    if not row then return nil, err or "product vanished", code or "unavailable" end
+    local ok
+    ok, err, code = outbox.add("product.created", event_data(row))
+    if not ok then return nil, err, code end
+    return row
+  end)
+end
+
+-- Columns PATCH may set, and how each is written ($n is the value).
+local SETTERS = {
+  name = "name = %s", description = "description = %s", price_cents = "price_cents = %s",
+  currency = "currency = %s",
+  category_id = "category_id = %s::uuid, category_text = coalesce(category_path_text(%s::uuid), '')",
+  tags = "tags = ARRAY(SELECT jsonb_array_elements_text(%s::jsonb))",
+}
+local ORDER = { "name", "description", "price_cents", "currency", "category_id", "tags" }
+
+-- Update an active product if its version is still `version`, inside one transaction with
+-- product.updated. check(row) runs on the locked row first and may refuse with a status.
+-- → row | nil, err, code | false, "stale"|"gone"|"forbidden".
+function _M.update(id, version, fields, check)
+  return db.tx(function()
+    local cur, err, code = db.query_one(
+      "SELECT id, seller_id, version FROM products WHERE id = $1 AND status = 'active' FOR UPDATE", id)
+    if err then return nil, err, code end
+    if not cur then return { refused = "gone" } end
+    if check and not check(cur) then return { refused = "forbidden" } end
+    if version and cur.version ~= version then return { refused = "stale", current = cur.version } end
+    local sets, args = {}, { id }
+    for _, k in ipairs(ORDER) do
+      local v = fields[k]
+      if v ~= nil then
+        if k == "tags" then v = json.encode(json.array(v)) end
+        args[#args + 1] = v
+        local p = "$" .. #args
+        sets[#sets + 1] = SETTERS[k]:gsub("%%s", p)
+      end
+    end
+    if #sets > 0 then
+      local n
+      n, err, code = db.exec("UPDATE products SET " .. table.concat(sets, ", ")
+        .. ", version = version + 1, updated_at = now() WHERE id = $1", unpack(args))
+      if not n then return nil, err, code end
+    end
+    local row
+    row, err, code = db.query_one("SELECT " .. _M.COLUMNS .. " FROM " .. _M.FROM .. " WHERE p.id = $1", id)
+    if not row then return nil, err or "product vanished", code or "unavailable" end
+    if #sets > 0 then
+      local ok
+      ok, err, code = outbox.add("product.updated", event_data(row))
+      if not ok then return nil, err, code end
+    end
+    return row
+  end)
+end
+
+-- Soft-delete an active product (status 'deleted'), with product.deleted. Same results as update.
+function _M.delete(id, version, check)
+  return db.tx(function()
+    local cur, err, code = db.query_one(
+      "SELECT id, seller_id, version FROM products WHERE id = $1 AND status = 'active' FOR UPDATE", id)
+    if err then return nil, err, code end
+    if not cur then return { refused = "gone" } end
+    if check and not check(cur) then return { refused = "forbidden" } end
+    if version and cur.version ~= version then return { refused = "stale", current = cur.version } end
+    local n
+    n, err, code = db.exec("UPDATE products SET status = 'deleted', deleted_at = now(), version = version + 1, "
+      .. "updated_at = now() WHERE id = $1", id)
+    if not n then return nil, err, code end
+    local ok
+    ok, err, code = outbox.add("product.deleted", { product_id = id, seller_id = cur.seller_id, version = cur.version + 1 })
+    if not ok then return nil, err, code end
+    return cur
+  end)
+end
+
+-- Re-derive category_text for every product under category `id` (after a rename or a move),
+-- announcing each as product.updated so the search index follows. Inside the caller's db.tx.
+function _M.refresh_category_text(id)
+  local rows, err, code = db.query([[
+    WITH RECURSIVE sub(id) AS (SELECT $1::uuid UNION SELECT c.id FROM categories c JOIN sub ON c.parent_id = sub.id)
+    UPDATE products p SET category_text = coalesce(category_path_text(p.category_id), '')
+    WHERE p.category_id IN (SELECT id FROM sub) AND p.status = 'active'
+    RETURNING p.id, p.seller_id, p.name, p.price_cents, p.currency, p.category_id, to_jsonb(p.tags) AS tags, p.version]], id)
+  if not rows then return nil, err, code end
+  for _, r in ipairs(rows) do
+    local ok, oerr, ocode = outbox.add("product.updated", event_data(r))
+    if not ok then return nil, oerr, ocode end
+  end
+  return #rows
+end
+
+return _M
