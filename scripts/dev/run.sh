@@ -85,6 +85,12 @@ done
 start gateway
 for s in "${started[@]}" gateway; do wait_ready "$s"; done
 
+# The demo catalogue (idempotent: a second run adds nothing).
+if [ -f scripts/services/product/seed.lua ] && [ -n "${PIDS[product]:-}" ]; then
+    SERVICE=product DATABASE_URL=$DATABASE_URL_PRODUCT "$BIN" lua scripts/services/product/seed.lua >"$LOGS/seed.log" 2>&1 ||
+        log "the demo catalogue seed failed: see $LOGS/seed.log"
+fi
+
 {
     echo "GATEWAY_URL=http://127.0.0.1:${PORTS[gateway]}"
     for s in "${SERVICES[@]}"; do echo "${s^^}_SERVICE_URL=http://127.0.0.1:${PORTS[$s]}"; done
