@@ -18,12 +18,24 @@
 #   BENCH_PAUSE              seconds of idle between runs [1]
 #   BENCH_WORKERS            workers per server (mercato WORKERS, nginx worker_processes,
 #                            Express cluster workers) [2]
-#   BENCH_PORT_MERCATO / BENCH_PORT_NGINX / BENCH_PORT_EXPRESS   [58180 / 58181 / 58182]
+#   BENCH_PORT_MERCATO / BENCH_PORT_NGINX / BENCH_PORT_EXPRESS   [28180 / 28181 / 28182]
 #   BENCH_DIR                run directory [.run/bench]
 #   BENCH_MERCATO_ENV        extra KEY=value words for mercato (overrides the dummies below)
-#   BENCH_IO                 1 = also the pg-redis scenario (mercato only): brings up the private
-#                            stack (scripts/dev/stack.sh up), gives mercato a fresh database
-#                            mercato_bench and the stack's Redis, seeds both [1]
+#   BENCH_IO                 1 = also the I/O scenarios (mercato and nginx): brings up the private
+#                            stack (scripts/dev/stack.sh up), gives the servers a fresh database
+#                            $BENCH_DB and the stack's Redis, seeds both [1]
+#   BENCH_DB                 the I/O scenarios' database, dropped and re-created [mercato_bench]
+#   BENCH_IO_CONNECTIONS     wrk -c of the I/O scenarios, one pass each ["64 256"]
+#   BENCH_IO_DURATION        wrk -d of each measured I/O run (whole seconds) [3s]
+#   BENCH_WORKERS_IO         mercato WORKERS for the I/O scenarios; one mercato per value, e.g.
+#                            "2 8 16 32" (each holds one PostgreSQL connection per worker) [2]
+#   BENCH_PORT_MERCATO_IO    port of the first I/O mercato, the next ones follow [28190]
+#   BENCH_NGINX_REDIS_POOL / BENCH_NGINX_PG_POOL   nginx cosocket pool: max open connections
+#                            per nginx worker (more requests wait in its backlog, which gives
+#                            long tails: keep it >= the connections a worker serves) [256 / 64]
+#   BENCH_PGBENCH            1 = the pg scenarios also run `pgbench -S -M prepared` (same client
+#                            count, capped by the free PostgreSQL connection slots) each round as
+#                            the database's own ceiling [1]
 #
 # Adding a scenario: one `bench_scenario NAME PATH EXPECTED_JSON [SERVERS]` line in main() (every
 # server listed, all by default, must serve PATH with that payload: add the route to
@@ -48,12 +60,20 @@ BENCH_WORKERS=${BENCH_WORKERS:-2}
 # Express runs as one process, as the Node/Express services this design replaces were deployed
 # (one process per container); set BENCH_EXPRESS_WORKERS=2 for a node:cluster comparison.
 BENCH_EXPRESS_WORKERS=${BENCH_EXPRESS_WORKERS:-1}
-BENCH_PORT_MERCATO=${BENCH_PORT_MERCATO:-58180}
-BENCH_PORT_NGINX=${BENCH_PORT_NGINX:-58181}
-BENCH_PORT_EXPRESS=${BENCH_PORT_EXPRESS:-58182}
+BENCH_PORT_MERCATO=${BENCH_PORT_MERCATO:-28180}
+BENCH_PORT_NGINX=${BENCH_PORT_NGINX:-28181}
+BENCH_PORT_EXPRESS=${BENCH_PORT_EXPRESS:-28182}
 BENCH_DIR=${BENCH_DIR:-$ROOT/.run/bench}
 BENCH_MERCATO_ENV=${BENCH_MERCATO_ENV:-}
 BENCH_IO=${BENCH_IO:-1}
+BENCH_DB=${BENCH_DB:-mercato_bench}
+BENCH_IO_CONNECTIONS=${BENCH_IO_CONNECTIONS:-64 256}
+BENCH_IO_DURATION=${BENCH_IO_DURATION:-3s}
+BENCH_WORKERS_IO=${BENCH_WORKERS_IO:-2}
+BENCH_PORT_MERCATO_IO=${BENCH_PORT_MERCATO_IO:-28190}
+BENCH_NGINX_REDIS_POOL=${BENCH_NGINX_REDIS_POOL:-256}
+BENCH_NGINX_PG_POOL=${BENCH_NGINX_PG_POOL:-64}
+BENCH_PGBENCH=${BENCH_PGBENCH:-1}
 NGINX_MODULES=${NGINX_MODULES:-/usr/lib/nginx/modules}
 
 # The payload every server must return for /bench/json (compared as parsed JSON, keys sorted).
@@ -61,8 +81,15 @@ JSON_PAYLOAD='{"id":"7f1c2a9e-0d7b-4e8a-9b7c-2f1e5a6b8c9d","name":"Wireless Head
 BASELINE=nginx # the ratio column is req/s relative to this server
 # /bench/pg-redis/42: bench_items row 42 (migration 001_bench_items.sql) plus stock from Redis.
 PG_REDIS_PAYLOAD='{"id":42,"name":"Item 42","price_cents":1042,"currency":"usd","stock":7}'
-MERCATO_DB_URL="postgres://bench:bench@127.0.0.1:1/mercato_product" # dummies unless BENCH_IO=1
-MERCATO_REDIS_URL="redis://127.0.0.1:1"
+MERCATO_DB_URL="" # unset unless BENCH_IO=1 (no database: no migrations at start-up)
+MERCATO_REDIS_URL=""
+# The same for the nginx peer (substituted into nginx.conf.in).
+IO_PG_HOST=127.0.0.1 IO_PG_PORT=1 IO_PG_USER=postgres IO_PG_DB=$BENCH_DB
+IO_REDIS_HOST=127.0.0.1 IO_REDIS_PORT=1 IO_REDIS_DB=0
+# /bench/redis/42: HGETALL bench:product:42 as an object (Redis values are strings).
+REDIS_PAYLOAD='{"id":"42","name":"Item 42","price_cents":"1042","currency":"usd","stock":"7"}'
+# /bench/pg/42: bench_items row 42.
+PG_PAYLOAD='{"id":42,"name":"Item 42","price_cents":1042,"currency":"usd"}'
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -91,7 +118,7 @@ declare -A SERVER_LABEL=() SERVER_URL=() SERVER_START=() SERVER_PID=()
 # (a direct child of this shell) and stores its PID in SERVER_PID[NAME].
 register_server() {
   local name=$1 label=$2 port=$3 start=$4
-  [[ " $BENCH_SERVERS " == *" $name "* ]] || return 0
+  [[ " $BENCH_SERVERS " == *" ${name%%-*} "* ]] || return 0 # mercato-w8 is selected by "mercato"
   SERVERS+=("$name")
   SERVER_LABEL[$name]=$label
   SERVER_URL[$name]="http://127.0.0.1:$port"
@@ -160,18 +187,35 @@ check_response() {
 
 # ---------------------------------------------------------------------------- servers
 
-start_mercato() {
-  mkdir -p "$BENCH_DIR/mercato"
-  # The bench route needs no database, but start-up may insist on these being set.
+# start_mercato_as NAME WORKERS PORT
+start_mercato_as() {
+  local name=$1 workers=$2 port=$3
+  mkdir -p "$BENCH_DIR/$name"
+  # The JSON route needs no database, but start-up may insist on these being set.
   # shellcheck disable=SC2086 # BENCH_MERCATO_ENV is a list of KEY=value words
-  env SCRIPTS_DIR="$ROOT/bench/scripts" SERVICE=product PORT="$BENCH_PORT_MERCATO" \
-    WORKERS="$BENCH_WORKERS" LOG_LEVEL=info HOT_RELOAD=0 \
+  env SCRIPTS_DIR="$ROOT/bench/scripts" SERVICE=product PORT="$port" LISTEN_ADDR=127.0.0.1 \
+    WORKERS="$workers" LOG_LEVEL=info HOT_RELOAD=0 \
     DATABASE_URL="$MERCATO_DB_URL" \
     REDIS_URL="$MERCATO_REDIS_URL" AMQP_URL="amqp://guest:guest@127.0.0.1:1/" \
     JWKS_URL="http://127.0.0.1:1/.well-known/jwks.json" \
     $BENCH_MERCATO_ENV \
-    "$MERCATO" >"$BENCH_DIR/mercato/access.log" 2>"$BENCH_DIR/mercato.out" &
-  SERVER_PID[mercato]=$!
+    "$MERCATO" >"$BENCH_DIR/$name/access.log" 2>"$BENCH_DIR/$name.out" &
+  SERVER_PID[$name]=$!
+}
+
+start_mercato() { start_mercato_as mercato "$BENCH_WORKERS" "$BENCH_PORT_MERCATO"; }
+
+# One mercato per BENCH_WORKERS_IO value (mercato-w<N>, for the I/O scenarios).
+IO_MERCATOS=()
+register_io_mercatos() {
+  local w i=0
+  for w in $BENCH_WORKERS_IO; do
+    [[ $w =~ ^[0-9]+$ ]] || die "BENCH_WORKERS_IO: '$w' is not a number"
+    eval "start_mercato_w$w() { start_mercato_as mercato-w$w $w $((BENCH_PORT_MERCATO_IO + i)); }"
+    register_server "mercato-w$w" "mercato W=$w" $((BENCH_PORT_MERCATO_IO + i)) "start_mercato_w$w"
+    if [[ -n ${SERVER_URL[mercato-w$w]:-} ]]; then IO_MERCATOS+=("mercato-w$w"); fi
+    i=$((i + 1))
+  done
 }
 
 start_nginx() {
@@ -180,6 +224,11 @@ start_nginx() {
   mkdir -p "$p/logs" "$p/tmp"
   sed -e "s|@PREFIX@|$p|g" -e "s|@PORT@|$BENCH_PORT_NGINX|g" -e "s|@WORKERS@|$BENCH_WORKERS|g" \
     -e "s|@MODULES@|$NGINX_MODULES|g" -e "s|@ACCESS_LOG@|$p/logs/access.log|g" \
+    -e "s|@LUA_DIR@|$ROOT/bench/nginx|g" \
+    -e "s|@REDIS_HOST@|$IO_REDIS_HOST|g" -e "s|@REDIS_PORT@|$IO_REDIS_PORT|g" \
+    -e "s|@REDIS_DB@|$IO_REDIS_DB|g" -e "s|@REDIS_POOL@|$BENCH_NGINX_REDIS_POOL|g" \
+    -e "s|@PG_HOST@|$IO_PG_HOST|g" -e "s|@PG_PORT@|$IO_PG_PORT|g" -e "s|@PG_USER@|$IO_PG_USER|g" \
+    -e "s|@PG_DB@|$IO_PG_DB|g" -e "s|@PG_POOL@|$BENCH_NGINX_PG_POOL|g" \
     bench/nginx/nginx.conf.in >"$p/nginx.conf"
   nginx -q -t -p "$p" -c "$p/nginx.conf" >"$BENCH_DIR/nginx.out" 2>&1 ||
     die "nginx config test failed: $(cat "$BENCH_DIR/nginx.out")"
@@ -199,22 +248,58 @@ start_express() {
   SERVER_PID[express]=$!
 }
 
-# setup_io: the private stack up, a fresh database mercato_bench (mercato migrates and seeds
-# it at start-up) and bench:stock:<id> in Redis; points mercato at them.
+# setup_io: the private stack up, a fresh database $BENCH_DB (bench_items: migrated here with
+# the mercato migration, which mercato then finds applied or applies itself; pgbench_* for the
+# ceiling), bench:product:<id> hashes and bench:stock:<id> in Redis; points the servers at them.
 setup_io() {
-  local envf pg redis i
-  log "pg-redis: bringing up the private stack (scripts/dev/stack.sh up)"
+  local envf pg redis i hp
+  log "I/O scenarios: bringing up the private stack (scripts/dev/stack.sh up)"
   scripts/dev/stack.sh up >"$BENCH_DIR/stack.log" 2>&1 || die "stack.sh up failed: $(tail -5 "$BENCH_DIR/stack.log")"
   envf=$(scripts/dev/stack.sh env)
   pg=$(sed -n 's/^DATABASE_URL_PRODUCT=//p' <<<"$envf")
   redis=$(sed -n 's/^REDIS_URL=//p' <<<"$envf")
   [[ -n $pg && -n $redis ]] || die "stack.sh env gave no DATABASE_URL_PRODUCT/REDIS_URL"
-  psql "${pg%/*}/postgres" -qAtX -v ON_ERROR_STOP=1 -c 'DROP DATABASE IF EXISTS mercato_bench WITH (FORCE)' \
-    -c 'CREATE DATABASE mercato_bench' >/dev/null || die "cannot create database mercato_bench"
-  for ((i = 1; i <= 10000; i++)); do printf 'SET bench:stock:%d %d\n' "$i" $((i % 100 == 42 ? 7 : i % 50)); done |
-    redis-cli -u "$redis" >/dev/null || die "cannot seed Redis"
-  MERCATO_DB_URL="${pg%/*}/mercato_bench"
+  [[ $BENCH_DB =~ ^[a-z_][a-z0-9_]*$ ]] || die "BENCH_DB must be a plain lower-case name"
+  psql "${pg%/*}/postgres" -qAtX -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" \
+    -c "CREATE DATABASE $BENCH_DB" >/dev/null 2>&1 || die "cannot create database $BENCH_DB"
+  MERCATO_DB_URL="${pg%/*}/$BENCH_DB"
   MERCATO_REDIS_URL=$redis
+  seed_redis
+  # postgresql://user@host:port/db and redis://host:port/db for the nginx peer
+  hp=${pg#*://}; IO_PG_USER=${hp%%@*}; hp=${hp#*@}; hp=${hp%%/*}
+  IO_PG_HOST=${hp%:*} IO_PG_PORT=${hp##*:} IO_PG_DB=$BENCH_DB
+  hp=${redis#redis://}; IO_REDIS_DB=${hp#*/}; hp=${hp%%/*}
+  IO_REDIS_HOST=${hp%:*} IO_REDIS_PORT=${hp##*:}
+  [[ $IO_REDIS_DB =~ ^[0-9]+$ ]] || IO_REDIS_DB=0
+  [[ $IO_PG_USER != *:* && $hp != *@* ]] || die "the nginx peer supports trust auth without a password only"
+  # mercato applies the migration at start-up; without a mercato, apply it here for the peer
+  if [[ " ${SERVERS[*]} " != *" mercato"* ]]; then
+    psql "$MERCATO_DB_URL" -qAtX -v ON_ERROR_STOP=1 \
+      -f bench/scripts/services/product/migrations/001_bench_items.sql >/dev/null 2>&1 ||
+      die "cannot create bench_items in $BENCH_DB"
+  fi
+  if [[ $BENCH_PGBENCH == 1 ]]; then
+    need pgbench "apt-get install postgresql-client"
+    pgbench -i -q -s 1 -h "$IO_PG_HOST" -p "$IO_PG_PORT" -U "$IO_PG_USER" "$BENCH_DB" >"$BENCH_DIR/pgbench-init.log" 2>&1 ||
+      die "pgbench -i failed: $(tail -3 "$BENCH_DIR/pgbench-init.log")"
+  fi
+}
+
+# seed_redis: bench:product:<id> (HGETALL of /bench/redis) and bench:stock:<id> (GET of
+# /bench/pg-redis), ids 1..10000.
+seed_redis() {
+  local i
+  for ((i = 1; i <= 10000; i++)); do
+    printf 'HSET bench:product:%d id %d name "Item %d" price_cents %d currency usd stock %d\nSET bench:stock:%d %d\n' \
+      "$i" "$i" "$i" $((1000 + i)) $((i % 100 == 42 ? 7 : i % 50)) "$i" $((i % 100 == 42 ? 7 : i % 50))
+  done | redis-cli -u "$MERCATO_REDIS_URL" >/dev/null || die "cannot seed Redis"
+}
+
+# reseed_redis: the stack's Redis is shared, and test suites may flush it mid-run.
+reseed_redis() {
+  [[ $(redis-cli -u "$MERCATO_REDIS_URL" EXISTS bench:product:42 bench:stock:42 bench:product:10000 2>/dev/null) == 3 ]] && return 0
+  warn "the bench: keys are gone from Redis (flushed by someone else?): seeding them again"
+  seed_redis
 }
 
 # ---------------------------------------------------------------------------- wrk
@@ -228,17 +313,35 @@ to_ms() {
     printf "%.3f", n }'
 }
 
-# parse_wrk FILE: prints "rps p50_ms p99_ms errors" from `wrk --latency` output.
+# parse_wrk FILE: prints "rps p50_ms p99_ms errors requests" from `wrk --latency` output.
 parse_wrk() {
-  local f=$1 rps p50 p99 errs
+  local f=$1 rps p50 p99 errs reqs
   rps=$(awk '/^Requests\/sec:/ { print $2 }' "$f")
   p50=$(awk '/Latency Distribution/ { d = 1 } d && $1 == "50%" { print $2; exit }' "$f")
   p99=$(awk '/Latency Distribution/ { d = 1 } d && $1 == "99%" { print $2; exit }' "$f")
-  [[ -n $rps && -n $p50 && -n $p99 ]] || die "cannot parse wrk output $f: $(cat "$f")"
+  reqs=$(awk '/ requests in / { print $1; exit }' "$f")
+  [[ -n $rps && -n $p50 && -n $p99 && -n $reqs ]] || die "cannot parse wrk output $f: $(cat "$f")"
   # socket errors (connect+read+write+timeout) plus non-2xx/3xx responses
   errs=$(awk '/Socket errors:/ { gsub(/,/, ""); e += $4 + $6 + $8 + $10 }
               /Non-2xx or 3xx responses:/ { e += $NF } END { print e + 0 }' "$f")
-  printf '%s %s %s %s\n' "$rps" "$(to_ms "$p50")" "$(to_ms "$p99")" "$errs"
+  printf '%s %s %s %s %s\n' "$rps" "$(to_ms "$p50")" "$(to_ms "$p99")" "$errs" "$reqs"
+}
+
+# proc_sample PID: "cpu_ticks voluntary_cs nonvoluntary_cs" of PID and its direct children (nginx's
+# workers), all threads: utime+stime from /proc/<pid>/stat, context switches summed over
+# /proc/<pid>/task/*/status.
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+proc_sample() {
+  local pid=$1 p ticks=0 t cs="0 0" kids
+  kids=$(cat /proc/"$pid"/task/*/children 2>/dev/null || true)
+  for p in $pid $kids; do
+    [[ -r /proc/$p/stat ]] || continue
+    t=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }') || continue
+    ticks=$((ticks + ${t:-0}))
+    cs=$(awk -v a="${cs% *}" -v b="${cs#* }" '/^voluntary_ctxt_switches/ { a += $2 }
+      /^nonvoluntary_ctxt_switches/ { b += $2 } END { print a, b }' /proc/"$p"/task/*/status 2>/dev/null || echo "$cs")
+  done
+  printf '%s %s\n' "$ticks" "$cs"
 }
 
 # run_wrk DURATION URL OUTFILE. wrk runs in the background and is waited for, so that a
@@ -249,6 +352,65 @@ run_wrk() {
   WRK_PID=$!
   wait "$WRK_PID" || die "wrk failed against $2: $(cat "$3")"
   WRK_PID=""
+}
+
+# measure NAME URL OUTFILE: one wrk run of BENCH_DURATION against NAME, with the server's CPU
+# time and context switches over the run. Prints
+# "rps p50 p99 errors requests cpu_us_per_req vol_cs_per_req nonvol_cs_per_req".
+measure() {
+  local name=$1 url=$2 out=$3 pid=${SERVER_PID[$1]} a b w
+  a=$(proc_sample "$pid")
+  run_wrk "$BENCH_DURATION" "$url" "$out"
+  b=$(proc_sample "$pid")
+  w=$(parse_wrk "$out")
+  awk -v w="$w" -v a="$a" -v b="$b" -v hz="$CLK_TCK" 'BEGIN {
+    split(w, x, " "); split(a, p, " "); split(b, q, " "); n = x[5] > 0 ? x[5] : 1
+    printf "%s %s %s %s %s %.1f %.3f %.3f\n", x[1], x[2], x[3], x[4], x[5],
+      (q[1] - p[1]) * 1e6 / hz / n, (q[2] - p[2]) / n, (q[3] - p[3]) / n }'
+}
+
+# pg_free_slots: connection slots PostgreSQL has left for ordinary clients.
+pg_free_slots() {
+  psql -h "$IO_PG_HOST" -p "$IO_PG_PORT" -U "$IO_PG_USER" -d "$BENCH_DB" -qAtX -c \
+    "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int
+            - count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'" 2>/dev/null || echo 0
+}
+
+# pgbench_clients WANTED: WANTED, capped by the free slots less 10 for others' connections.
+pgbench_clients() {
+  local free
+  free=$(($(pg_free_slots) - 10))
+  if (($1 <= free)); then echo "$1"; elif ((free >= 1)); then echo "$free"; else echo 1; fi
+}
+
+# run_pgbench CLIENTS OUTFILE: `pgbench -S -M prepared` (select-only: one indexed SELECT by
+# primary key per transaction) for BENCH_IO_DURATION; prints "tps p50 p99 errors transactions"
+# (latency percentiles from its per-transaction log). The shared PostgreSQL may run out of
+# connection slots (other users): then it retries once with the clients that fit, and failing
+# that reports 0 tps with an error.
+run_pgbench() {
+  local c=$1 out=$2 secs=${BENCH_IO_DURATION%s} pre=$2.log j lat ok=0
+  for _ in 1 2; do
+    j=$BENCH_THREADS
+    ((j <= c)) || j=$c
+    rm -f "$pre".*
+    pgbench -n -S -M prepared -c "$c" -j "$j" -T "$secs" -l --log-prefix="$pre" \
+      -h "$IO_PG_HOST" -p "$IO_PG_PORT" -U "$IO_PG_USER" "$BENCH_DB" >"$out" 2>&1 &
+    WRK_PID=$!
+    if wait "$WRK_PID"; then ok=1; WRK_PID=""; break; fi
+    WRK_PID=""
+    warn "pgbench -c$c failed: $(tail -1 "$out")"
+    sleep 1
+    c=$(pgbench_clients "$1")
+    echo "retry with -c$c" >>"$out.retry"
+  done
+  if ((!ok)); then rm -f "$pre".*; echo "0 0 0 1 0 - - -"; return 0; fi
+  lat=$(cat "$pre".* | awk '{ print $3 }' | sort -n | awk '{ a[NR] = $1 } END {
+    if (NR == 0) { print "nan nan 0"; exit }
+    i50 = int(NR * 0.50); if (i50 < 1) i50 = 1; i99 = int(NR * 0.99); if (i99 < 1) i99 = 1
+    printf "%.3f %.3f %d\n", a[i50] / 1000, a[i99] / 1000, NR }')
+  rm -f "$pre".*
+  awk -v l="$lat" '/^tps = / && !done { split(l, x, " "); printf "%s %s %s 0 %s - - -\n", $3, x[1], x[2], x[3]; done = 1 }' "$out"
 }
 
 # median: numbers on stdin → their median (mean of the middle two for an even count).
@@ -262,10 +424,16 @@ median() {
 
 RESULTS=()       # markdown lines of the summary tables
 RAW=()           # markdown lines of the per-round tables
-declare -A RES=() # RES[scenario/server/round] = "rps p50 p99 errors"
+# RES[scenario/server/round] = "rps p50 p99 errors requests cpu_us/req vol_cs/req nonvol_cs/req"
+declare -A RES=()
+declare -A MED=() # MED[scenario/server] = "rps p50 p99 cpu_us/req cs/req" (medians)
+SCEN_CEILING=""   # "pgbench": the scenario also measures pgbench -S each round
+PGBENCH_CLIENTS=0
+SCENARIOS=()
 
-# bench_scenario NAME PATH EXPECTED_JSON: check that every registered server answers PATH
-# with EXPECTED_JSON, warm each up, then measure them interleaved for ROUNDS rounds.
+# bench_scenario NAME PATH EXPECTED_JSON [SERVERS]: check that every registered server (or those
+# of SERVERS) answers PATH with EXPECTED_JSON, warm each up, then measure them interleaved for
+# ROUNDS rounds.
 bench_scenario() {
   local scen=$1 path=$2 expected=$3 only=${4:-} all=("${SERVERS[@]}") name
   if [[ -n $only ]]; then
@@ -282,68 +450,150 @@ bench_scenario() {
 }
 
 run_scenario() {
-  local scen=$1 path=$2 expected=$3 name r i n=${#SERVERS[@]} out
+  local scen=$1 path=$2 expected=$3 name r i n=${#SERVERS[@]} out c
   mkdir -p "$BENCH_DIR/raw"
   for name in "${SERVERS[@]}"; do check_response "$name" "$path" "$expected"; done
-  for name in "${SERVERS[@]}"; do
-    log "[$scen] warm-up ${SERVER_LABEL[$name]} ($BENCH_WARMUP)"
-    run_wrk "$BENCH_WARMUP" "${SERVER_URL[$name]}$path" "$BENCH_DIR/raw/$scen-$name-warmup.txt"
-    sleep "$BENCH_PAUSE"
-  done
+  if [[ $BENCH_WARMUP != 0 && $BENCH_WARMUP != 0s ]]; then
+    for name in "${SERVERS[@]}"; do
+      log "[$scen] warm-up ${SERVER_LABEL[$name]} ($BENCH_WARMUP)"
+      run_wrk "$BENCH_WARMUP" "${SERVER_URL[$name]}$path" "$BENCH_DIR/raw/$scen-$name-warmup.txt"
+      sleep "$BENCH_PAUSE"
+    done
+  fi
+  if [[ $SCEN_CEILING == pgbench ]]; then
+    SERVER_LABEL[pgbench]="pgbench -S -M prepared (ceiling)"
+    PGBENCH_CLIENTS=""
+  fi
   for ((r = 1; r <= ROUNDS; r++)); do
     # rotate the starting server each round so no server always runs first or last
     for ((i = 0; i < n; i++)); do
       name=${SERVERS[$(((i + r - 1) % n))]}
       out="$BENCH_DIR/raw/$scen-$name-r$r.txt"
       log "[$scen] round $r/$ROUNDS ${SERVER_LABEL[$name]} ($BENCH_DURATION, -t$BENCH_THREADS -c$BENCH_CONNECTIONS)"
-      run_wrk "$BENCH_DURATION" "${SERVER_URL[$name]}$path" "$out"
+      RES[$scen/$name/$r]=$(measure "$name" "${SERVER_URL[$name]}$path" "$out")
       alive "${SERVER_PID[$name]}" || die "${SERVER_LABEL[$name]} died during the run"
-      RES[$scen/$name/$r]=$(parse_wrk "$out")
       sleep "$BENCH_PAUSE"
     done
+    if [[ $SCEN_CEILING == pgbench ]]; then
+      # as many clients as wrk has connections, within the slots the servers left free (nginx's
+      # idle PostgreSQL connections close after 0.5 s; mercato's per-worker ones stay open)
+      c=$(pgbench_clients "$BENCH_CONNECTIONS")
+      [[ " $PGBENCH_CLIENTS " == *" $c "* ]] || PGBENCH_CLIENTS+="${PGBENCH_CLIENTS:+/}$c"
+      SERVER_LABEL[pgbench]="pgbench -S -M prepared -c$PGBENCH_CLIENTS (ceiling)"
+      log "[$scen] round $r/$ROUNDS pgbench -S -c$c ($BENCH_IO_DURATION)"
+      RES[$scen/pgbench/$r]=$(run_pgbench "$c" "$BENCH_DIR/raw/$scen-pgbench-r$r.txt")
+      # a retry with fewer clients is named in the label
+      if [[ -e $BENCH_DIR/raw/$scen-pgbench-r$r.txt.retry || ${RES[$scen/pgbench/$r]} == "0 "* ]]; then
+        SERVER_LABEL[pgbench]="pgbench -S -M prepared -c$PGBENCH_CLIENTS (ceiling; some rounds failed or ran with fewer clients, see raw)"
+      fi
+      sleep "$BENCH_PAUSE"
+    fi
   done
   summarize "$scen" "$path"
 }
 
+# field_stats SCEN NAME FIELD: "median min max" of field FIELD of RES over the rounds.
+field_stats() {
+  local r
+  for ((r = 1; r <= ROUNDS; r++)); do cut -d' ' -f"$3" <<<"${RES[$1/$2/$r]}"; done |
+    sort -g | awk '{ a[NR] = $1 } END {
+      if (NR == 0 || a[1] == "-") { print "- - -"; exit }
+      m = NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
+      print m, a[1], a[NR] }'
+}
+
 # summarize NAME PATH: append the median table and the raw per-round table for a scenario.
 summarize() {
-  local scen=$1 path=$2 name r rps p50 p99 errs base="" ratio
-  declare -A med_rps=() med_p50=() med_p99=() err_sum=()
-  for name in "${SERVERS[@]}"; do
-    med_rps[$name]=$(for ((r = 1; r <= ROUNDS; r++)); do cut -d' ' -f1 <<<"${RES[$scen/$name/$r]}"; done | median)
-    med_p50[$name]=$(for ((r = 1; r <= ROUNDS; r++)); do cut -d' ' -f2 <<<"${RES[$scen/$name/$r]}"; done | median)
-    med_p99[$name]=$(for ((r = 1; r <= ROUNDS; r++)); do cut -d' ' -f3 <<<"${RES[$scen/$name/$r]}"; done | median)
-    err_sum[$name]=$(for ((r = 1; r <= ROUNDS; r++)); do cut -d' ' -f4 <<<"${RES[$scen/$name/$r]}"; done |
-      awk '{ s += $1 } END { print s + 0 }')
-  done
-  [[ -n ${med_rps[$BASELINE]:-} ]] && base=${med_rps[$BASELINE]}
+  local scen=$1 path=$2 name r rps p50 p99 errs reqs cpu vcs ncs base="" ceil="" ratio cratio names
+  local rs ps p9 cs vs ns errsum line
+  names=("${SERVERS[@]}")
+  if [[ $SCEN_CEILING == pgbench ]]; then names+=(pgbench); fi
+  if [[ " ${SERVERS[*]} " == *" $BASELINE "* ]]; then base=$(field_stats "$scen" "$BASELINE" 1 | cut -d' ' -f1); fi
+  if [[ $SCEN_CEILING == pgbench ]]; then ceil=$(field_stats "$scen" pgbench 1 | cut -d' ' -f1); fi
+  SCENARIOS+=("$scen")
 
-  RESULTS+=("### $scen: GET $path" ""
-    "| server | req/s (median of $ROUNDS) | p50 ms | p99 ms | req/s ratio vs ${SERVER_LABEL[$BASELINE]:-$BASELINE} |"
-    "| --- | ---: | ---: | ---: | ---: |")
-  for name in "${SERVERS[@]}"; do
-    if [[ -n $base ]]; then
-      ratio=$(awk -v a="${med_rps[$name]}" -v b="$base" 'BEGIN { printf "%.2fx", a / b }')
-    else
-      ratio="n/a"
-    fi
-    RESULTS+=("$(printf '| %s | %.0f | %.2f | %.2f | %s |' "${SERVER_LABEL[$name]}" \
-      "${med_rps[$name]}" "${med_p50[$name]}" "${med_p99[$name]}" "$ratio")")
+  local chdr="" csep=""
+  if [[ -n $ceil ]]; then chdr=" | vs pgbench -S" csep=" | ---:"; fi
+  RESULTS+=("### $scen: GET $path (wrk -c$BENCH_CONNECTIONS -d$BENCH_DURATION)" ""
+    "| server | req/s (median of $ROUNDS) | req/s range | p50 ms | p99 ms | p99 range | vs ${SERVER_LABEL[$BASELINE]:-$BASELINE}$chdr | server CPU µs/req | ctx sw/req (vol+invol) |"
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---:$csep | ---: | ---: |")
+  for name in "${names[@]}"; do
+    rs=$(field_stats "$scen" "$name" 1) ps=$(field_stats "$scen" "$name" 2) p9=$(field_stats "$scen" "$name" 3)
+    cs=$(field_stats "$scen" "$name" 6) vs=$(field_stats "$scen" "$name" 7) ns=$(field_stats "$scen" "$name" 8)
+    ratio="n/a" cratio=""
+    if [[ -n $base ]]; then ratio=$(awk -v a="${rs%% *}" -v b="$base" 'BEGIN { printf "%.2fx", a / b }'); fi
+    if [[ -n $ceil ]]; then cratio=" | $(awk -v a="${rs%% *}" -v b="$ceil" 'BEGIN { printf "%.0f %%", 100 * a / b }')"; fi
+    line=$(awk -v n="${SERVER_LABEL[$name]}" -v rs="$rs" -v ps="$ps" -v p9="$p9" -v cs="$cs" -v vs="$vs" -v ns="$ns" \
+      -v ratio="$ratio" -v cr="$cratio" 'BEGIN {
+        split(rs, R, " "); split(ps, P, " "); split(p9, Q, " "); split(cs, C, " "); split(vs, V, " "); split(ns, N, " ")
+        cpu = C[1] == "-" ? "–" : sprintf("%.0f", C[1])
+        ctx = V[1] == "-" ? "–" : sprintf("%.2f+%.2f", V[1], N[1])
+        printf "| %s | %.0f | %.0f–%.0f | %.2f | %.2f | %.2f–%.2f | %s%s | %s | %s |", n, R[1], R[2], R[3], P[1], Q[1], Q[2], Q[3], ratio, cr, cpu, ctx }')
+    RESULTS+=("$line")
+    MED[$scen/$name]="${rs%% *} ${ps%% *} ${p9%% *} ${cs%% *} $(awk -v a="${vs%% *}" -v b="${ns%% *}" 'BEGIN { if (a == "-") print "-"; else printf "%.2f", a + b }')"
   done
-  for name in "${SERVERS[@]}"; do
-    [[ ${err_sum[$name]} -eq 0 ]] ||
-      RESULTS+=("" "**${SERVER_LABEL[$name]}: ${err_sum[$name]} socket errors / non-2xx responses** (see raw wrk output)")
+  for name in "${names[@]}"; do
+    errsum=$(for ((r = 1; r <= ROUNDS; r++)); do cut -d' ' -f4 <<<"${RES[$scen/$name/$r]}"; done | awk '{ s += $1 } END { print s + 0 }')
+    [[ $errsum -eq 0 ]] ||
+      RESULTS+=("" "**${SERVER_LABEL[$name]}: $errsum socket errors / non-2xx responses** (see raw wrk output)")
   done
   RESULTS+=("")
 
-  RAW+=("### $scen: per round" "" "| round | server | req/s | p50 ms | p99 ms | errors |" "| ---: | --- | ---: | ---: | ---: | ---: |")
+  RAW+=("### $scen: per round" "" "| round | server | req/s | p50 ms | p99 ms | errors | CPU µs/req | ctx sw/req |" "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
   for ((r = 1; r <= ROUNDS; r++)); do
-    for name in "${SERVERS[@]}"; do
-      read -r rps p50 p99 errs <<<"${RES[$scen/$name/$r]}"
-      RAW+=("$(printf '| %d | %s | %.0f | %.2f | %.2f | %d |' "$r" "${SERVER_LABEL[$name]}" "$rps" "$p50" "$p99" "$errs")")
+    for name in "${names[@]}"; do
+      read -r rps p50 p99 errs reqs cpu vcs ncs <<<"${RES[$scen/$name/$r]}"
+      RAW+=("| $r | ${SERVER_LABEL[$name]} | $(printf '%.0f | %.2f | %.2f | %d' "$rps" "$p50" "$p99" "$errs") | $cpu | $(awk -v a="$vcs" -v b="$ncs" 'BEGIN { if (a == "-") print "-"; else printf "%.2f", a + b }') |")
     done
   done
   RAW+=("")
+  write_results >/dev/null # so far: a failure later keeps what was measured
+}
+
+# io_summary: the I/O scenarios pivoted — per route and server, req/s, p50 and p99 at each
+# connection count (medians), plus server CPU per request.
+io_summary() {
+  local route c name hdr sep row m any
+  ((${#SCENARIOS[@]} > 0)) || return 0
+  hdr="| route | server |" sep="| --- | --- |"
+  for c in $BENCH_IO_CONNECTIONS; do
+    hdr+=" c=$c req/s | p50 ms | p99 ms | CPU µs/req |"
+    sep+=" ---: | ---: | ---: | ---: |"
+  done
+  RESULTS+=("### I/O summary (medians of $ROUNDS rounds, wrk -d$BENCH_IO_DURATION)" "" "$hdr" "$sep")
+  for route in redis pg pg-redis; do
+    for name in "${IO_MERCATOS[@]}" nginx pgbench; do
+      row="| $route | ${SERVER_LABEL[$name]:-$name} |" any=0
+      if [[ $name == pgbench ]]; then row="| $route | pgbench -S -M prepared (ceiling) |"; fi
+      for c in $BENCH_IO_CONNECTIONS; do
+        m=${MED[$route-c$c/$name]:-}
+        if [[ -n $m ]]; then
+          any=1
+          row+=$(awk -v m="$m" -v c="$c" -v n="$name" -v pc="${PGC[$route-c$c]:-}" 'BEGIN { split(m, x, " ")
+            printf " %.0f%s | %.2f | %.2f | %s |", x[1], (n == "pgbench" ? " (-c" pc ")" : ""), x[2], x[3], (x[4] == "-" ? "–" : sprintf("%.0f", x[4])) }')
+        else
+          row+=" – | – | – | – |"
+        fi
+      done
+      if ((any)); then RESULTS+=("$row"); fi
+    done
+  done
+  RESULTS+=("")
+}
+declare -A PGC=() # pgbench client count per pg scenario
+
+# io_pass CONNECTIONS WARMUP: the I/O scenarios at one wrk -c.
+io_pass() {
+  local BENCH_CONNECTIONS=$1 BENCH_WARMUP=$2 BENCH_DURATION=$BENCH_IO_DURATION only
+  only="${IO_MERCATOS[*]} nginx"
+  reseed_redis
+  bench_scenario "redis-c$1" /bench/redis/42 "$REDIS_PAYLOAD" "$only"
+  if [[ $BENCH_PGBENCH == 1 ]]; then SCEN_CEILING=pgbench; fi
+  bench_scenario "pg-c$1" /bench/pg/42 "$PG_PAYLOAD" "$only"
+  if [[ $SCEN_CEILING == pgbench ]]; then PGC[pg-c$1]=$PGBENCH_CLIENTS; fi
+  SCEN_CEILING=""
+  reseed_redis
+  bench_scenario "pg-redis-c$1" /bench/pg-redis/42 "$PG_REDIS_PAYLOAD" "$only"
 }
 
 write_results() {
@@ -356,6 +606,14 @@ write_results() {
     printf 'wrk -t%s -c%s -d%s --latency, %s interleaved round(s) after a %s warm-up; ' \
       "$BENCH_THREADS" "$BENCH_CONNECTIONS" "$BENCH_DURATION" "$ROUNDS" "$BENCH_WARMUP"
     printf '%s workers per server; %s CPU(s) shared by wrk and the server.\n' "$BENCH_WORKERS" "$(nproc)"
+    if [[ ${#IO_MERCATOS[@]} -gt 0 || -n ${SERVER_URL[nginx]:-} ]] && [[ $BENCH_IO == 1 ]]; then
+      printf 'I/O scenarios: wrk -t%s -c{%s} -d%s; mercato WORKERS {%s} (blocking hiredis/libpq, one Redis and one PostgreSQL connection per worker); ' \
+        "$BENCH_THREADS" "${BENCH_IO_CONNECTIONS// /,}" "$BENCH_IO_DURATION" "${BENCH_WORKERS_IO// /,}"
+      printf 'nginx %s workers, cosocket pools of at most %s Redis / %s PostgreSQL connections per worker (bench/nginx/redis_mini.lua, pgmini.lua); database %s.\n' \
+        "$BENCH_WORKERS" "$BENCH_NGINX_REDIS_POOL" "$BENCH_NGINX_PG_POOL" "$BENCH_DB"
+      printf 'Server CPU µs/req: utime+stime of the server process (nginx: master + workers) over the run / requests; ctx sw/req: voluntary+involuntary context switches of all its threads / requests.\n'
+    fi
+    printf '\n'
     printf 'Versions: %s; %s + lua-nginx-module %s; node %s + express %s%s.\n\n' \
       "${mver:-mercato ${MERCATO#"$ROOT"/}}" "$(nginx -v 2>&1 | sed 's/^nginx version: //')" \
       "$(dpkg-query -W -f='${Version}' libnginx-mod-http-lua 2>/dev/null || echo '?')" \
@@ -387,19 +645,20 @@ main() {
   register_server mercato "mercato"      "$BENCH_PORT_MERCATO" start_mercato
   register_server nginx   "nginx+Lua"    "$BENCH_PORT_NGINX"   start_nginx
   register_server express "Node/Express" "$BENCH_PORT_EXPRESS" start_express
+  if [[ $BENCH_IO == 1 ]]; then register_io_mercatos; fi
   ((${#SERVERS[@]} > 0)) || die "no server selected (BENCH_SERVERS='$BENCH_SERVERS')"
 
   mkdir -p "$BENCH_DIR"
   rm -rf "$BENCH_DIR/raw"
   local io=0
-  if [[ $BENCH_IO == 1 && " ${SERVERS[*]} " == *" mercato "* ]]; then
+  if [[ $BENCH_IO == 1 && ( " ${SERVERS[*]} " == *" mercato"* || " ${SERVERS[*]} " == *" nginx "* ) ]]; then
     setup_io
     io=1
   fi
   local name port
   for name in "${SERVERS[@]}"; do
     port=${SERVER_URL[$name]##*:}
-    port_free "$port" || die "port $port for $name is in use (set BENCH_PORT_${name^^})"
+    port_free "$port" || die "port $port for $name is in use (set BENCH_PORT_${name^^}, or BENCH_PORT_MERCATO_IO)"
   done
   for name in "${SERVERS[@]}"; do
     log "starting ${SERVER_LABEL[$name]} on ${SERVER_URL[$name]}"
@@ -407,10 +666,19 @@ main() {
   done
   for name in "${SERVERS[@]}"; do wait_ready "$name" /bench/json; done
 
-  # Scenarios: NAME PATH EXPECTED_JSON. Every registered server must serve each PATH.
-  bench_scenario json /bench/json "$JSON_PAYLOAD"
-  # One indexed PostgreSQL read and one Redis read per request (issue 3), mercato only.
-  if ((io)); then bench_scenario pg-redis /bench/pg-redis/42 "$PG_REDIS_PAYLOAD" mercato; fi
+  # Scenarios: NAME PATH EXPECTED_JSON [SERVERS]. Every server listed must serve each PATH.
+  bench_scenario json /bench/json "$JSON_PAYLOAD" "mercato nginx express"
+  # I/O (issue 6): one Redis HGETALL, one indexed PostgreSQL SELECT by primary key (with the
+  # pgbench -S ceiling), one of each in sequence; mercato at each BENCH_WORKERS_IO vs nginx+Lua,
+  # one pass per BENCH_IO_CONNECTIONS value (warm-ups in the first pass only).
+  if ((io)); then
+    local c warm=$BENCH_WARMUP
+    for c in $BENCH_IO_CONNECTIONS; do
+      io_pass "$c" "$warm"
+      warm=0
+    done
+    io_summary
+  fi
 
   write_results
 }
