@@ -22,22 +22,27 @@ for _ in $(seq 1 300); do
 done
 
 n=0
-hit() { curl -s -o /dev/null -w "# %{http_code} ${path}\n" "$@" "http://127.0.0.1:$port${path}"; n=$((n + 1)); }
+hit() {   # hit PATH [curl options...]
+    local path=$1
+    shift
+    curl -s -o /dev/null -w "# %{http_code} ${path}\n" "$@" "http://127.0.0.1:$port${path}"
+    n=$((n + 1))
+}
 head -c 5000 /dev/zero >"$dir/big"
-path=/hello hit
-path=/items/a%20b?q=1 hit
-path=/boom hit
-path=/nowhere hit
-path=/hello hit -X DELETE
-path=/upload hit -X POST --data-binary "@$dir/big"
-path=/echo hit -X POST -d '{"a":1}'
-path=/metrics hit
+hit '/hello'
+hit '/items/a%20b?q=1'
+hit '/boom'
+hit '/nowhere'
+hit '/hello' -X DELETE
+hit '/upload' -X POST --data-binary "@$dir/big"
+hit '/echo' -X POST -d '{"a":1}'
+hit '/metrics'
 echo 'return { number = 2 }' >"$dir/scripts/services/product/version.lua"
 sleep 1
-path=/version hit
+hit '/version'
 echo 'return { number = ' >"$dir/scripts/services/product/version.lua"
 sleep 1
-path=/version hit
+hit '/version'
 
 kill -TERM "$pid"
 wait "$pid"
