@@ -25,15 +25,9 @@
 /* w->binding[BIND_CACHE]: owned by the worker, freed by cache_worker_free. */
 typedef struct cache_conn {
     redisContext *c;       /* NULL until first use, and after an I/O error */
+    cache_async_t *as;     /* the HTTP thread's non-blocking connection (cache_async.c), or NULL */
+    int timeout_ms;        /* REDIS_TIMEOUT_MS, read once */
 } cache_conn_t;
-
-/* One command of a batch: argv points into Lua strings (alive on the caller's stack) or into
- * the batch's number buffer. */
-typedef struct cache_cmd {
-    int argc;
-    const char **argv;
-    size_t *len;
-} cache_cmd_t;
 
 /* ---- URL, error codes, reply mapping ------------------------------------------------------ */
 
@@ -251,8 +245,28 @@ static int conn_open(worker_t *w, cache_conn_t *cc, char *err, size_t errlen, co
 
 static cache_conn_t *conn_of(worker_t *w)
 {
-    if (!w->binding[BIND_CACHE]) w->binding[BIND_CACHE] = calloc(1, sizeof(cache_conn_t));
+    if (!w->binding[BIND_CACHE]) {
+        cache_conn_t *cc = calloc(1, sizeof(cache_conn_t));
+        if (cc) cc->timeout_ms = timeout_ms();
+        w->binding[BIND_CACHE] = cc;
+    }
     return w->binding[BIND_CACHE];
+}
+
+/* Inside an HTTP handler's coroutine: send on the thread's async connection and park the
+ * handler until the replies are in (cache_async.c). The batch is copied before it returns. */
+static int exec_async(lua_State *L, worker_t *w, int kind, int n, const cache_cmd_t *cmds, int script_idx)
+{
+    cache_conn_t *cc = conn_of(w);
+    if (!cc) {
+        lua_pushnil(L);
+        lua_pushstring(L, "cache: out of memory");
+        lua_pushstring(L, "unavailable");
+        return 3;
+    }
+    size_t slen = 0;
+    const char *script = script_idx ? lua_tolstring(L, script_idx, &slen) : NULL;
+    return cache_async_exec(L, &cc->as, w, redis_url_of(w), cc->timeout_ms, kind, n, cmds, script, slen);
 }
 
 static void free_replies(redisReply **replies, int n)
@@ -393,6 +407,11 @@ static int l_call(lua_State *L)
     if (!block) return luaL_error(L, "cache.call: out of memory");
     for (int i = 1; i <= n; i++) take_arg(L, i, argv, len, nums, i - 1);
     *cmd = (cache_cmd_t){ .argc = n, .argv = argv, .len = len };
+    if (worker_can_yield(L)) {
+        int nret = exec_async(L, w, CACHE_ONE, 1, cmd, 0);
+        free(block);
+        return nret;
+    }
     redisReply *r = NULL;
     char err[512];
     const char *code;
@@ -440,6 +459,12 @@ static int l_pipeline(lua_State *L)
             lua_pop(L, 1);
         }
         lua_pop(L, 1);
+    }
+    if (worker_can_yield(L)) {
+        free(replies);
+        int nret = exec_async(L, w, CACHE_PIPELINE, ncmds, cmds, 0);
+        free(block);
+        return nret;
     }
     char err[512];
     const char *code;
@@ -521,6 +546,11 @@ static int l_eval(lua_State *L)
             lua_pop(L, 1);
         }
     *cmd = (cache_cmd_t){ .argc = argc, .argv = argv, .len = len };
+    if (worker_can_yield(L)) {
+        int nret = exec_async(L, w, CACHE_EVAL, 1, cmd, 1);
+        free(block);
+        return nret;
+    }
     redisReply *r = NULL;
     char err[512];
     const char *code;
@@ -540,7 +570,11 @@ static int l_eval(lua_State *L)
 static int l_reset(lua_State *L)
 {
     worker_t *w = upworker(L, "reset");
-    if (w->binding[BIND_CACHE]) conn_drop(w->binding[BIND_CACHE]);
+    cache_conn_t *cc = w->binding[BIND_CACHE];
+    if (cc) {
+        conn_drop(cc);
+        cache_async_reset(cc->as);
+    }
     return 0;
 }
 
@@ -551,6 +585,7 @@ static void cache_worker_free(worker_t *w)
     cache_conn_t *cc = w->binding[BIND_CACHE];
     if (!cc) return;
     conn_drop(cc);
+    cache_async_free(cc->as);
     free(cc);
     w->binding[BIND_CACHE] = NULL;
 }

@@ -26,4 +26,36 @@ void cache_push_reply(lua_State *L, const redisReply *r, int nested);
 /* The error code (STYLE "Errors across the boundary") for a Redis error reply's message. */
 const char *cache_error_code(const char *msg);
 
+/* One command of a batch: argv points into Lua strings (alive on the caller's stack) or into
+ * the batch's number buffer. */
+typedef struct cache_cmd {
+    int argc;
+    const char **argv;
+    size_t *len;
+} cache_cmd_t;
+
+/* ---- the async path (bindings/cache_async.c): HTTP handlers, inside their coroutine ------ */
+
+struct worker;
+typedef struct cache_async cache_async_t;
+
+/* What the Lua call returns: CACHE_ONE the first reply (nil, msg, code for an error reply),
+ * CACHE_PIPELINE a table of every reply (nested mapping), CACHE_EVAL as CACHE_ONE, retried
+ * as EVAL with the script when the server answers NOSCRIPT. */
+enum { CACHE_ONE, CACHE_PIPELINE, CACHE_EVAL };
+
+/* Send cmds on the worker's async connection (*as, made on first use, on w->loop) and park the
+ * calling coroutine until every reply is in, the connection fails (nil, err, "unavailable") or
+ * timeout_ms passes (nil, err, "timeout"; the connection is dropped, so commands queued
+ * behind a stuck one fail too). Needs worker_can_yield(L). The strings in cmds are copied
+ * before this returns. Use as `return cache_async_exec(...)` from a lua_CFunction. */
+int cache_async_exec(lua_State *L, cache_async_t **as, struct worker *w, const char *url, int timeout_ms,
+                     int kind, int n, const cache_cmd_t *cmds, const char *script, size_t script_len);
+
+/* Close the async connection (the next command reconnects); requests waiting on it get
+ * nil, err, "unavailable". */
+void cache_async_reset(cache_async_t *as);
+/* Free it (the worker is going away); NULL is a no-op. */
+void cache_async_free(cache_async_t *as);
+
 #endif

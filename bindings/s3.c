@@ -253,7 +253,7 @@ int s3_call(CURL *h, const s3_config_t *cfg, const char *method, const char *key
         return -1;
     }
     if (rc != CURLE_OK || resp.body.failed) {
-        snprintf(res->err, sizeof res->err, "s3 %s: %s", method, errbuf[0] ? errbuf : curl_easy_strerror(rc));
+        snprintf(res->err, sizeof res->err, "s3 %s: %.200s", method, errbuf[0] ? errbuf : curl_easy_strerror(rc));
         res->code = rc == CURLE_OK ? "unavailable" : http_error_code(rc);
         return -1;
     }

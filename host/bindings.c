@@ -19,6 +19,7 @@ extern const binding_t binding_db;
 extern const binding_t binding_http;
 extern const binding_t binding_cache;
 extern const binding_t binding_queue;
+extern const binding_t binding_ratelimit;
 extern const binding_t binding_inventory;
 extern const binding_t binding_s3;
 
@@ -33,6 +34,7 @@ static const binding_t *const all[] = {
     &binding_http,
     &binding_cache,
     &binding_queue,
+    &binding_ratelimit,
     &binding_inventory,
     &binding_s3,
 };

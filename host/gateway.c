@@ -254,11 +254,18 @@ static struct curl_slist *build_headers(request_t *r, int *oom)
     char tp[HTTP_TRACEPARENT_SIZE];
     http_traceparent(r->w, r, tp);
     add_line(&h, "traceparent", tp);
-    char addr[64], xff[1024];
+    /* Append the peer to what came in (unbounded: a truncated value would cut off the one hop
+     * the services can trust, the right-most, and let a long spoofed list through). */
+    char addr[64];
     client_addr(r, addr, sizeof addr);
-    if (h.xff && *h.xff) snprintf(xff, sizeof xff, "%s, %s", h.xff, addr);
-    else snprintf(xff, sizeof xff, "%s", addr);
-    if (addr[0]) add_line(&h, "X-Forwarded-For", xff);
+    buf_t xff;
+    buf_init(&xff);
+    if (h.xff && *h.xff) { buf_adds(&xff, h.xff); buf_adds(&xff, ", "); }
+    buf_adds(&xff, addr);
+    buf_add(&xff, "", 1);
+    if (xff.failed) h.oom = 1;
+    else if (addr[0]) add_line(&h, "X-Forwarded-For", xff.data);
+    buf_free(&xff);
     if (!h.has_xfp) add_line(&h, "X-Forwarded-Proto", "http");
     if (h.host) add_line(&h, "X-Forwarded-Host", h.host);
     /* libcurl adds these on its own; forward only what the client sent. */
@@ -315,8 +322,9 @@ void gateway_handle(request_t *r)
         server_problem(r, 404, "Not Found", "No resource lives at this path.", NULL, NULL);
         return;
     }
-    /* Hook: the global rate limit (CONTRACT §5) is applied here, before any upstream work —
-     * a later issue; answer 429 with Retry-After and RateLimit-* headers and return. */
+    /* The global per-client limit (CONTRACT §5), before any upstream work. */
+    ratelimit_result_t rl;
+    if (ratelimit_gateway(r, &rl) != 0) return;   /* 429 queued */
 
     CURL *h = http_easy(r->w);
     if (!h) { server_problem(r, 503, "Service Unavailable", "out of memory", NULL, NULL); return; }
@@ -372,7 +380,9 @@ void gateway_handle(request_t *r)
                 memcpy(k, name, nlen); k[nlen] = 0;
                 memcpy(v, value, vlen); v[vlen] = 0;
                 if (!drop_response_header(k)) MHD_add_response_header(mr, k, v);
+                if (strcasecmp(k, "RateLimit-Limit") == 0) rl.limit = 0;   /* the service's own, stricter policy */
             }
+            if (rl.limit) ratelimit_add_headers(mr, &rl);
             server_queue(r, (int)resp.status, mr, len);
         }
     }

@@ -6,9 +6,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../bindings/ratelimit.h"
 #include "router.h"
 
 struct worker;
+struct lua_State;
+struct loop_timer;
 
 typedef struct request {
     struct worker *w;
@@ -31,6 +34,24 @@ typedef struct request {
     uint64_t start_ns;
     char id[72];                /* X-Request-Id: echoed (sanitised) or generated */
     int claims_ref;             /* registry ref to the verified token claims, or LUA_NOREF */
+
+    /* The handler's coroutine (HTTP workers with a loop, ASYNC on): set from its first resume
+     * until it ends; co_ref anchors it in the registry, released in one place (server.c). */
+    struct lua_State *co;
+    int co_ref;
+    int suspended;              /* MHD_suspend_connection'ed while the handler waits on I/O */
+    /* While parked: the binding's hook that makes it forget this request (client gone, daemon
+     * stopping); cleared by worker_wake. */
+    void (*wait_cancel)(void *arg);
+    void *wait_arg;
+    int resume_n;               /* values the binding pushed onto co for the resume */
+    struct loop_timer *resume_timer;      /* the scheduled resume (worker_wake), or NULL */
+    struct MHD_Response *pending;         /* made while suspended; queued on the resumed call */
+    unsigned pending_status;
+    struct request *wnext, *wprev;        /* the worker's list of parked requests */
+    int retired;                /* its coroutine lives in the worker's previous generation */
+    ratelimit_result_t rl;      /* the route's rate-limit answer, kept for a resumed response */
+    int has_rl;
 } request_t;
 
 /* Monotonic clock in nanoseconds. */

@@ -18,7 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -28,6 +27,7 @@
 #include "bindings.h"
 #include "gateway.h"
 #include "log.h"
+#include "loop.h"
 #include "metrics.h"
 #include "worker.h"
 
@@ -50,6 +50,7 @@ typedef struct http_thread {
 } http_thread_t;
 
 static _Atomic int g_stopping;   /* one server per process: read when building responses */
+static int g_async;              /* ASYNC=1 (default): handlers run in coroutines that park on I/O */
 static metric_cell_t *g_handler_errors;
 static int g_builtin_slot[4];   /* metrics slots of /health, /ready, /metrics, /openapi.json */
 
@@ -97,6 +98,15 @@ int server_queue(request_t *r, int status, struct MHD_Response *resp, size_t len
     MHD_add_response_header(resp, "X-Request-Id", r->id);
     if (atomic_load_explicit(&g_stopping, memory_order_relaxed))
         MHD_add_response_header(resp, "Connection", "close");
+    if (r->suspended == 1) {
+        /* The handler finished while parked: MHD takes it on the resumed access call. */
+        if (r->pending) MHD_destroy_response(r->pending);
+        r->pending = resp;
+        r->pending_status = (unsigned)status;
+        r->status = status;
+        r->resp_bytes = len;
+        return 0;
+    }
     int rc = MHD_queue_response(r->conn, (unsigned)status, resp) == MHD_YES ? 0 : -1;
     MHD_destroy_response(resp);
     if (rc == 0) {
@@ -192,8 +202,9 @@ static void handler_failed(request_t *r, const char *what, const char *msg)
                    "The server failed to handle this request; quote the request id when reporting it.", NULL, NULL);
 }
 
-/* Turn the handler's (status, body, headers) at stack index base..base+2 into a response. */
-static void send_lua_response(request_t *r, int base)
+/* Turn the handler's (status, body, headers) at stack index base..base+2 into a response; rl
+ * (a limited route's check, or NULL) adds RateLimit-* unless the handler set its own. */
+static void send_lua_response(request_t *r, int base, const ratelimit_result_t *rl)
 {
     lua_State *L = r->w->L;
     int isnum = lua_type(L, base) == LUA_TNUMBER;
@@ -230,12 +241,14 @@ static void send_lua_response(request_t *r, int base)
             if (lua_type(L, -2) == LUA_TSTRING && (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER)) {
                 const char *k = lua_tostring(L, -2);
                 if (strcasecmp(k, "Content-Type") == 0) has_ctype = 1;
+                else if (rl && strcasecmp(k, "RateLimit-Limit") == 0) rl = NULL;   /* the handler's own policy */
                 MHD_add_response_header(resp, k, lua_tostring(L, -1));
             }
             lua_pop(L, 1);
         }
     }
     if (!has_ctype && body) MHD_add_response_header(resp, "Content-Type", "application/json");
+    if (rl) ratelimit_add_headers(resp, rl);
     server_queue(r, status, resp, len);
 }
 
@@ -265,18 +278,163 @@ static void push_request(lua_State *L, request_t *r)
     lua_setmetatable(L, -2);
 }
 
-static void dispatch_lua(request_t *r)
+/* ---- handler coroutines (ASYNC=1) ------------------------------------------------------- */
+
+static void park_link(worker_t *w, request_t *r)
+{
+    r->wprev = NULL;
+    r->wnext = w->waiting;
+    if (w->waiting) w->waiting->wprev = r;
+    w->waiting = r;
+    w->nwaiting++;
+}
+
+static void park_unlink(worker_t *w, request_t *r)
+{
+    if (r->wprev) r->wprev->wnext = r->wnext; else w->waiting = r->wnext;
+    if (r->wnext) r->wnext->wprev = r->wprev;
+    r->wnext = r->wprev = NULL;
+    w->nwaiting--;
+}
+
+/* Let go of r's coroutine and claims: the one place co_ref is released. A coroutine whose
+ * handler returned (reusable, its stack empty) goes back to the worker's pool. */
+static void release_coroutine(request_t *r, int reusable)
+{
+    worker_t *w = r->w;
+    lua_State *L = r->retired ? w->old_L : w->L;
+    if (r->co && reusable && !r->retired && w->nco_pool < WORKER_CO_POOL && lua_status(r->co) == 0 && lua_gettop(r->co) == 0) {
+        w->co_pool[w->nco_pool].co = r->co;
+        w->co_pool[w->nco_pool++].ref = r->co_ref;
+    } else if (r->co) {
+        luaL_unref(L, LUA_REGISTRYINDEX, r->co_ref);
+    }
+    r->co = NULL;
+    r->co_ref = LUA_NOREF;
+    if (r->claims_ref != LUA_NOREF) {
+        luaL_unref(L, LUA_REGISTRYINDEX, r->claims_ref);
+        r->claims_ref = LUA_NOREF;
+    }
+    if (r->retired) {
+        r->retired = 0;
+        worker_retired_done(w);   /* may close the old state: nothing of it is used after */
+    }
+}
+
+/* The message and traceback of a coroutine that raised, pushed onto L (the coroutine is dead:
+ * nothing is called on it, its error object is moved out first). */
+static void push_coroutine_error(lua_State *L, lua_State *co)
+{
+    lua_xmove(co, L, 1);
+    const char *type = luaL_typename(L, -1);
+    int text = lua_type(L, -1) == LUA_TSTRING || (luaL_callmeta(L, -1, "__tostring") && lua_type(L, -1) == LUA_TSTRING);
+    const char *msg = text ? lua_tostring(L, -1) : lua_pushfstring(L, "error object: %s", type);
+    luaL_traceback(L, co, msg, 0);
+}
+
+/* Run r's handler coroutine with nargs values on its stack until it ends or parks. Ended: the
+ * response is queued (or kept for the resumed call) and the connection resumed if parked. */
+static void run_coroutine(request_t *r, int nargs)
+{
+    worker_t *w = r->w;
+    int retired = r->retired;
+    if (retired) worker_swap_retired(w);   /* run it in the generation it started in */
+    lua_State *L = w->L, *co = r->co;
+    w->cur = r;
+    int rc = lua_resume(co, nargs);
+    w->cur = NULL;
+    if (rc == LUA_YIELD && r->wait_cancel) {   /* parked by a binding: wait for worker_wake */
+        if (!r->suspended) {
+            MHD_suspend_connection(r->conn);
+            r->suspended = 1;
+            park_link(w, r);
+        }
+        if (retired) worker_swap_retired(w);
+        return;
+    }
+    lua_settop(L, 0);
+    if (rc == LUA_YIELD) {
+        handler_failed(r, "handler yielded outside an I/O binding", "coroutine.yield across the handler");
+    } else if (rc != 0) {
+        push_coroutine_error(L, co);
+        handler_failed(r, "handler raised an error", lua_tostring(L, -1));
+    } else {
+        lua_settop(co, 3);
+        lua_xmove(co, L, 3);
+        send_lua_response(r, 1, r->has_rl ? &r->rl : NULL);
+    }
+    lua_settop(L, 0);
+    if (retired) worker_swap_retired(w);
+    release_coroutine(r, rc == 0);
+    if (r->suspended == 1) {
+        park_unlink(w, r);
+        r->suspended = 2;
+        MHD_resume_connection(r->conn);
+    }
+}
+
+/* worker_t.resume: a parked request's I/O is done (worker_wake). */
+static void resume_request(request_t *r)
+{
+    run_coroutine(r, r->resume_n);
+}
+
+/* The resumed access call of a request that was parked: queue what its handler made, or
+ * close the connection when there is nothing (cancelled at shutdown, out of memory). */
+static enum MHD_Result queue_pending(request_t *r)
+{
+    if (!r->pending) return MHD_NO;
+    enum MHD_Result rc = MHD_queue_response(r->conn, r->pending_status, r->pending);
+    MHD_destroy_response(r->pending);
+    r->pending = NULL;
+    return rc;
+}
+
+/* Shutdown deadline: forget every parked request and hand its connection back to MHD, which
+ * closes it (MHD must not be stopped with connections still suspended). */
+static void cancel_parked(worker_t *w)
+{
+    while (w->waiting) {
+        request_t *r = w->waiting;
+        worker_cancel_wait(r);
+        park_unlink(w, r);
+        release_coroutine(r, 0);
+        r->suspended = 2;
+        MHD_resume_connection(r->conn);
+    }
+}
+
+static void dispatch_lua(request_t *r, const ratelimit_result_t *rl)
 {
     worker_t *w = r->w;
     lua_State *L = w->L;
     lua_settop(L, 0);
+    if (g_async && w->loop) {
+        lua_State *co;
+        if (w->nco_pool) {
+            w->nco_pool--;
+            co = w->co_pool[w->nco_pool].co;
+            r->co_ref = w->co_pool[w->nco_pool].ref;
+        } else {
+            co = lua_newthread(L);
+            r->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        }
+        r->co = co;
+        if (rl) { r->rl = *rl; r->has_rl = 1; }
+        lua_rawgeti(co, LUA_REGISTRYINDEX, w->handlers_ref);
+        lua_rawgeti(co, -1, r->route + 1);
+        lua_remove(co, -2);
+        push_request(co, r);
+        run_coroutine(r, 1);
+        return;
+    }
     lua_rawgeti(L, LUA_REGISTRYINDEX, w->handlers_ref);
     lua_rawgeti(L, -1, r->route + 1);
     lua_remove(L, -2);
     push_request(L, r);
     w->cur = r;
     if (worker_pcall(L, w->traceback_ref, 1, 3) != 0) handler_failed(r, "handler raised an error", lua_tostring(L, -1));
-    else send_lua_response(r, 1);
+    else send_lua_response(r, 1, rl);
     w->cur = NULL;
     if (r->claims_ref != LUA_NOREF) {
         luaL_unref(L, LUA_REGISTRYINDEX, r->claims_ref);
@@ -339,6 +497,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
     request_t *r = *con_cls;
     (void)url; (void)version;
     if (!r) return MHD_NO;   /* out of memory in uri_cb: drop the connection */
+    if (r->suspended == 2) return queue_pending(r);   /* back from a parked handler */
 
     if (!r->started) {
         /* First call: headers are in. Answer nothing yet unless refusing the body: a response
@@ -423,9 +582,15 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
         server_problem(r, 405, "Method Not Allowed", "This resource does not answer this method.", "Allow", allow);
         return MHD_YES;
     }
-    if (auth_check(r, &w->snap->routes[r->route]) != 0) return MHD_YES;   /* answered 401/403 */
-    dispatch_lua(r);
-    if (!r->status) server_problem(r, 500, "Internal Server Error", "No response was produced.", NULL, NULL);
+    /* A route's rate limit: by client IP before the token is looked at (refusing cheaply),
+     * by token subject after it (host-enforced, so no handler can forget it). */
+    const route_info_t *ri = &w->snap->routes[r->route];
+    ratelimit_result_t rl = { .limit = 0 };
+    if (ri->rate_limit.key && ratelimit_route(r, &ri->rate_limit, 0, &rl) != 0) return MHD_YES;   /* 429 */
+    if (auth_check(r, ri) != 0) return MHD_YES;   /* answered 401/403 */
+    if (ri->rate_limit.key && ratelimit_route(r, &ri->rate_limit, 1, &rl) != 0) return MHD_YES;   /* 429 */
+    dispatch_lua(r, rl.limit ? &rl : NULL);
+    if (!r->status && !r->suspended) server_problem(r, 500, "Internal Server Error", "No response was produced.", NULL, NULL);
     return MHD_YES;
 }
 
@@ -482,7 +647,9 @@ static void access_log(http_thread_t *t, request_t *r, int status, uint64_t ns)
         strftime(tls_ts, sizeof tls_ts, "%Y-%m-%dT%H:%M:%S", &tm);
         tls_ts_sec = now.tv_sec;
     }
-    const char *route = r->route >= 0 ? w->snap->routes[r->route].pattern
+    /* A handler parked across a reload ends after the swap: its index is of the old table. */
+    const char *route = r->route >= 0 && r->generation == w->generation ? w->snap->routes[r->route].pattern
+                      : r->route >= 0 ? "(previous generation)"
                       : r->route == ROUTER_GATEWAY ? "gateway" : is_builtin(r->route) ? "builtin" : "unmatched";
     const char *service = w->cfg->service ? w->cfg->service : "";
     enum { MAX_LINE = 1400 };
@@ -524,6 +691,12 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
     (void)conn; (void)toe;
     if (!r) return;
     *con_cls = NULL;
+    if (r->co) {   /* its handler is parked (the daemon is stopping): nothing may resume it */
+        worker_cancel_wait(r);
+        if (r->suspended == 1) park_unlink(t->w, r);
+        release_coroutine(r, 0);
+    }
+    if (r->pending) MHD_destroy_response(r->pending);
     uint64_t ns = request_now_ns() - r->start_ns;
     int status = r->status ? r->status : 499;   /* the client went away before an answer */
     if (r->started) {
@@ -558,13 +731,28 @@ static void report_started(http_thread_t *t, int started)
     pthread_mutex_unlock(&t->srv->lock);
 }
 
+/* The daemon's epoll fd is ready: MHD_run, called on every iteration, takes it from here. */
+static void on_mhd_ready(loop_t *loop, int fd, int events, void *arg)
+{
+    (void)loop; (void)fd; (void)events; (void)arg;
+}
+
+/* server_stop's nudge: drain the eventfd; g_stopping is what counts. */
+static void on_wake(loop_t *loop, int fd, int events, void *arg)
+{
+    uint64_t v;
+    (void)loop; (void)events; (void)arg;
+    if (read(fd, &v, sizeof v) < 0) { /* nothing to do */ }
+}
+
 static void *http_thread_main(void *arg)
 {
     http_thread_t *t = arg;
     server_t *s = t->srv;
     t->w = worker_new(t->index, "http", s->cfg, NULL, t->err, sizeof t->err);
     if (!t->w) { report_started(t, -1); return NULL; }
-    t->daemon = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_TURBO | MHD_USE_ERROR_LOG, 0, NULL, NULL, access_cb, t,
+    unsigned flags = MHD_USE_EPOLL | MHD_USE_TURBO | MHD_USE_ERROR_LOG | (g_async ? MHD_ALLOW_SUSPEND_RESUME : 0);
+    t->daemon = MHD_start_daemon(flags, 0, NULL, NULL, access_cb, t,
                                  MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
                                  MHD_OPTION_LISTEN_SOCKET, t->listen_fd,
                                  MHD_OPTION_STRICT_FOR_CLIENT, (int)1,   /* HTTP/1.1 without Host → 400 */
@@ -574,20 +762,19 @@ static void *http_thread_main(void *arg)
                                  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(16 * 1024),   /* MHD zeroes it per request */
                                  MHD_OPTION_END);
     const union MHD_DaemonInfo *di = t->daemon ? MHD_get_daemon_info(t->daemon, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
-    int ep = epoll_create1(EPOLL_CLOEXEC);
-    if (!t->daemon || !di || ep < 0) {
+    loop_t *loop = loop_new();
+    if (!t->daemon || !di || !loop || loop_watch(loop, di->epoll_fd, LOOP_READ, on_mhd_ready, t) < 0 ||
+        loop_watch(loop, t->wake_fd, LOOP_READ, on_wake, t) < 0) {
         snprintf(t->err, sizeof t->err, "cannot start the HTTP daemon on worker %d", t->index);
-        if (ep >= 0) close(ep);
+        loop_free(loop);
         if (t->daemon) MHD_stop_daemon(t->daemon);
         worker_free(t->w);
         t->w = NULL;
         report_started(t, -1);
         return NULL;
     }
-    struct epoll_event ev = { .events = EPOLLIN, .data.fd = di->epoll_fd };
-    epoll_ctl(ep, EPOLL_CTL_ADD, di->epoll_fd, &ev);
-    ev.data.fd = t->wake_fd;
-    epoll_ctl(ep, EPOLL_CTL_ADD, t->wake_fd, &ev);
+    t->w->loop = loop;   /* the worker owns it from here: bindings watch their sockets on it */
+    t->w->resume = resume_request;
     report_started(t, 1);
 
     int quiesced = 0;
@@ -597,15 +784,8 @@ static void *http_thread_main(void *arg)
         int timeout = 1000;
         if (MHD_get_timeout(t->daemon, &mhd_to) == MHD_YES && mhd_to < (MHD_UNSIGNED_LONG_LONG)timeout) timeout = (int)mhd_to;
         if (quiesced && timeout > 50) timeout = 50;
-        struct epoll_event evs[4];
-        int n = epoll_wait(ep, evs, 4, timeout);
-        for (int i = 0; i < n; i++) {
-            if (evs[i].data.fd == t->wake_fd) {
-                uint64_t v;
-                if (read(t->wake_fd, &v, sizeof v) < 0) { /* nothing to do: the flag is what counts */ }
-            }
-        }
-        MHD_run(t->daemon);
+        int n = loop_run_once(loop, timeout);   /* bindings' sockets and timers, resumes */
+        MHD_run(t->daemon);                     /* then HTTP: new requests, resumed connections */
         uint64_t now = request_now_ns();
         /* Access lines go out when the buffer fills, when the loop idles, or once a second. */
         if (t->w->access.len && (n == 0 || now - last_flush > 1000000000ull)) {
@@ -621,11 +801,11 @@ static void *http_thread_main(void *arg)
             if (t->inflight == 0 || now >= deadline) break;
         }
     }
+    cancel_parked(t->w);
     if (t->inflight) log_warn("worker %d: stopping with %ld requests still in flight", t->index, t->inflight);
     MHD_stop_daemon(t->daemon);
     t->daemon = NULL;
-    close(ep);
-    worker_free(t->w);
+    worker_free(t->w);   /* frees the loop after the bindings' async connections */
     t->w = NULL;
     return NULL;
 }
@@ -675,6 +855,8 @@ server_t *server_start(const config_t *cfg, char *err, size_t errlen)
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     atomic_store(&g_stopping, 0);
+    const char *async = getenv("ASYNC");
+    g_async = !(async && strcmp(async, "0") == 0);
     const char *mode = getenv("LISTEN_MODE");
     int reuseport = mode && strcmp(mode, "reuseport") == 0;
     s->listen_fd = reuseport ? -1 : open_listener(cfg, 0, err, errlen);

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../bindings/ratelimit.h"
 #include "config.h"
 #include "router.h"
 
@@ -24,6 +25,7 @@ typedef struct route_info {
     char *roles[ROUTE_MAX_ROLES];         /* any of these; none = any authenticated caller */
     char *scope;                          /* required token scope, or NULL */
     size_t max_body;                      /* 0 = the process default */
+    ratelimit_rule_t rate_limit;          /* `rate_limit = { name, limit, key }`; key NONE = none */
 } route_info_t;
 
 typedef struct {

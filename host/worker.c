@@ -11,6 +11,7 @@
 #include <arpa/inet.h>
 
 #include "bindings.h"
+#include "loop.h"
 #include "prelude.h"   /* generated: luaJIT_BC_prelude, the compiled host/lua/prelude.lua */
 #include "request.h"
 
@@ -149,6 +150,14 @@ static int l_req_remote_addr(lua_State *L)
     return 1;
 }
 
+static int l_req_client_ip(lua_State *L)
+{
+    char addr[64];
+    ratelimit_client_ip(current(L), addr, sizeof addr);
+    lua_pushstring(L, addr);
+    return 1;
+}
+
 static int l_req_claims(lua_State *L)
 {
     request_t *r = current(L);
@@ -162,6 +171,7 @@ static int open_request(lua_State *L)
     static const luaL_Reg fns[] = {
         { "header", l_req_header }, { "headers", l_req_headers }, { "query_string", l_req_query_string },
         { "body", l_req_body }, { "remote_addr", l_req_remote_addr }, { "claims", l_req_claims },
+        { "client_ip", l_req_client_ip },
         { NULL, NULL },
     };
     lua_newtable(L);
@@ -171,6 +181,36 @@ static int open_request(lua_State *L)
 }
 
 /* ---- routes ---------------------------------------------------------------------------- */
+
+/* A route's `rate_limit = { name = "auth", limit = "10/min", key = "ip" | "sub" }` at the top
+ * of the stack. key "sub" needs the route's auth (it is checked after the token). "0"/"off"
+ * leaves the route unlimited. 0 or -1 with err. */
+static int read_rate_limit(lua_State *L, ratelimit_rule_t *rl, int auth, char *err, size_t errlen)
+{
+    if (!lua_istable(L, -1)) { snprintf(err, errlen, "rate_limit must be a table { name, limit, key }"); return -1; }
+    lua_getfield(L, -1, "name");
+    lua_getfield(L, -2, "limit");
+    lua_getfield(L, -3, "key");
+    const char *name = lua_type(L, -3) == LUA_TSTRING ? lua_tostring(L, -3) : NULL;
+    const char *key = lua_isnil(L, -1) ? "ip" : lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+    int rc = -1;
+    size_t n = name ? strlen(name) : 0;
+    if (n < 1 || n >= sizeof rl->name || strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:") != n)
+        snprintf(err, errlen, "rate_limit.name must be 1 to %d letters, digits or _-.:", (int)sizeof rl->name - 1);
+    else if (lua_type(L, -2) != LUA_TSTRING)
+        snprintf(err, errlen, "rate_limit.limit must be a string such as \"10/min\"");
+    else if (strcmp(key, "ip") != 0 && strcmp(key, "sub") != 0)
+        snprintf(err, errlen, "rate_limit.key must be \"ip\" or \"sub\"");
+    else if (strcmp(key, "sub") == 0 && auth == AUTH_NONE)
+        snprintf(err, errlen, "rate_limit.key \"sub\" needs the route's auth (\"required\" or \"optional\")");
+    else if (ratelimit_parse(lua_tostring(L, -2), &rl->limit, err, errlen) == 0) {
+        snprintf(rl->name, sizeof rl->name, "%s", name);
+        rl->key = rl->limit.count == 0 ? RATELIMIT_KEY_NONE : strcmp(key, "sub") == 0 ? RATELIMIT_KEY_SUB : RATELIMIT_KEY_IP;
+        rc = 0;
+    }
+    lua_pop(L, 3);
+    return rc;
+}
 
 /* Read one route record at the top of the stack into ri (check mode). 0 or -1 with err. */
 static int read_route(lua_State *L, int i, route_info_t *ri, const char *file, char *err, size_t errlen)
@@ -231,6 +271,16 @@ static int read_route(lua_State *L, int i, route_info_t *ri, const char *file, c
     if (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) >= 0 && lua_tonumber(L, -1) <= (1 << 30)) ri->max_body = (size_t)lua_tonumber(L, -1);
     else if (!lua_isnil(L, -1)) { snprintf(err, errlen, "%s: route %d: max_body must be a byte count", file, i); lua_pop(L, 1); return -1; }
     lua_pop(L, 1);
+
+    lua_getfield(L, -1, "rate_limit");
+    int rc = lua_isnil(L, -1) ? 0 : read_rate_limit(L, &ri->rate_limit, ri->auth, err, errlen);
+    lua_pop(L, 1);
+    if (rc < 0) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", err);
+        snprintf(err, errlen, "%s: route %d: %s", file, i, why);
+        return -1;
+    }
     return 0;
 }
 
@@ -367,7 +417,9 @@ void worker_free(worker_t *w)
 {
     if (!w) return;
     worker_state_close(w->L);
+    if (w->old_L) { worker_state_close(w->old_L); snapshot_unref(w->old_snap); }
     bindings_worker_free(w);
+    loop_free(w->loop);   /* after the bindings: their async connections are watched by it */
     snapshot_unref(w->snap);
     logbuf_free(&w->access);   /* flushes; the metrics shard stays registered until exit */
     free(w);
@@ -376,6 +428,7 @@ void worker_free(worker_t *w)
 void worker_maybe_reload(worker_t *w)
 {
     if (snapshot_generation() == w->generation) return;
+    if (w->old_L) return;   /* the generation before still has parked handlers: after them */
     snapshot_t *snap = snapshot_current();
     if (!snap) return;
     if (snap->generation == w->generation) { snapshot_unref(snap); return; }
@@ -392,9 +445,21 @@ void worker_maybe_reload(worker_t *w)
         snapshot_unref(snap);
         return;
     }
-    worker_state_close(w->L);
+    if (w->nwaiting) {
+        /* Parked handlers are coroutines of the old state: it lives on, retired, until the
+         * last of them ends (worker_retired_done). New requests start in the new one. */
+        w->old_L = w->L;
+        w->old_snap = w->snap;
+        w->old_traceback_ref = old_tb;
+        w->old_encode_ref = old_enc;
+        w->old_live = w->nwaiting;
+        for (request_t *r = w->waiting; r; r = r->wnext) r->retired = 1;
+    } else {
+        worker_state_close(w->L);
+        snapshot_unref(w->snap);
+    }
     w->L = L;
-    snapshot_unref(w->snap);
+    w->nco_pool = 0;   /* those coroutines lived in the old state */
     w->snap = snap;
     w->generation = snap->generation;
     log_debug("worker %d: now serving generation %llu", w->id, (unsigned long long)w->generation);
@@ -419,4 +484,65 @@ void worker_request_id(worker_t *w, char *buf)
         buf[16 + i] = hex[(b >> (i * 4)) & 15];
     }
     buf[32] = 0;
+}
+
+/* ---- handler coroutines ----------------------------------------------------------------- */
+
+int worker_can_yield(lua_State *L)
+{
+    worker_t *w = worker_from_lua(L);
+    return w && w->loop && w->cur && w->cur->co == L;
+}
+
+int worker_wait(lua_State *L, void (*cancel)(void *arg), void *arg)
+{
+    request_t *r = worker_from_lua(L)->cur;
+    r->wait_cancel = cancel;
+    r->wait_arg = arg;
+    return lua_yield(L, 0);
+}
+
+static void wake_due(loop_t *loop, void *arg)
+{
+    request_t *r = arg;
+    (void)loop;
+    r->resume_timer = NULL;
+    r->w->resume(r);
+}
+
+void worker_wake(request_t *r, int n)
+{
+    r->wait_cancel = NULL;
+    r->wait_arg = NULL;
+    r->resume_n = n;
+    r->resume_timer = loop_timer_add(r->w->loop, 0, wake_due, r);
+    if (!r->resume_timer) r->w->resume(r);   /* out of memory: resume here rather than never */
+}
+
+void worker_cancel_wait(request_t *r)
+{
+    if (r->wait_cancel) r->wait_cancel(r->wait_arg);
+    r->wait_cancel = NULL;
+    r->wait_arg = NULL;
+    if (r->resume_timer) loop_timer_cancel(r->w->loop, r->resume_timer);
+    r->resume_timer = NULL;
+}
+
+void worker_swap_retired(worker_t *w)
+{
+    lua_State *L = w->L;
+    snapshot_t *snap = w->snap;
+    int tb = w->traceback_ref, enc = w->encode_ref;
+    w->L = w->old_L; w->snap = w->old_snap; w->traceback_ref = w->old_traceback_ref; w->encode_ref = w->old_encode_ref;
+    w->old_L = L; w->old_snap = snap; w->old_traceback_ref = tb; w->old_encode_ref = enc;
+}
+
+void worker_retired_done(worker_t *w)
+{
+    if (--w->old_live > 0) return;
+    worker_state_close(w->old_L);
+    snapshot_unref(w->old_snap);
+    w->old_L = NULL;
+    w->old_snap = NULL;
+    log_debug("worker %d: closed the previous generation after its last parked handler", w->id);
 }

@@ -12,9 +12,12 @@
 #include "snapshot.h"
 
 /* Per-thread contexts of the bindings that hold connections; each binding frees its own. */
-enum { BIND_DB, BIND_CACHE, BIND_QUEUE, BIND_HTTP, BIND_JWT, BIND_MAX };
+enum { BIND_DB, BIND_CACHE, BIND_QUEUE, BIND_HTTP, BIND_JWT, BIND_RATELIMIT, BIND_MAX };
 
 struct request;
+struct loop;
+
+#define WORKER_CO_POOL 64        /* idle handler coroutines kept per HTTP worker */
 
 typedef struct worker {
     int id;
@@ -32,6 +35,21 @@ typedef struct worker {
     struct request *cur;         /* the request whose handler is running, for req:header() */
     void *binding[BIND_MAX];     /* owned by the binding; freed through bindings_worker_free */
     uint64_t rng[2];             /* xorshift128+ state for request ids */
+    /* The HTTP thread's event loop (owned; freed by worker_free after the bindings, whose
+     * async connections watch it). NULL for runner and cli workers: bindings block there. */
+    struct loop *loop;
+    struct request *waiting;     /* requests whose handler coroutine is parked on I/O */
+    int nwaiting;
+    void (*resume)(struct request *r);   /* server.c: resume r->co with r->resume_n values */
+    /* Finished handler coroutines kept for reuse (registry refs of w->L; emptied on reload). */
+    struct { lua_State *co; int ref; } co_pool[WORKER_CO_POOL];
+    int nco_pool;
+    /* The previous generation, kept after a reload while handlers parked in it still run
+     * (requests marked `retired`); closed when the last one ends. */
+    lua_State *old_L;
+    snapshot_t *old_snap;
+    int old_traceback_ref, old_encode_ref;
+    int old_live;
 } worker_t;
 
 /* Make a worker: Lua state from the published snapshot (or `snap` when given). Returns NULL
@@ -61,5 +79,34 @@ void worker_state_close(lua_State *L);
 /* Call the function on top of the stack with nargs under the traceback handler. Returns 0, or
  * -1 with the message + traceback left on the stack. */
 int worker_pcall(lua_State *L, int traceback_ref, int nargs, int nresults);
+
+/* ---- handler coroutines: how a binding parks a request on I/O ------------------------------
+ *   if (worker_can_yield(L)) { ...start the I/O, remember w->cur...; return worker_wait(L, cancel, op); }
+ *   ...later, from a loop callback: push n values onto r->co, then worker_wake(r, n).
+ * The values become the results of the binding's call. */
+
+/* True only inside the handler coroutine of the request an HTTP worker is serving (not in a
+ * coroutine the handler made itself, a runner, `mercato lua` or the check state). */
+int worker_can_yield(lua_State *L);
+
+/* Park the running handler: cancel(arg) is called if the request goes away before
+ * worker_wake (the binding then must never touch the request again). Use as
+ * `return worker_wait(L, cancel, arg);` from the binding's lua_CFunction. */
+int worker_wait(lua_State *L, void (*cancel)(void *arg), void *arg);
+
+/* The I/O of a parked request is done and n values are pushed onto r->co: resume it from
+ * the loop (never from inside the caller, which may be deep in a library callback). */
+void worker_wake(struct request *r, int n);
+
+/* Swap the current and the retired generation (L, snapshot, refs) in w: around the run of a
+ * retired request's coroutine, so that the host and bindings see the state it lives in. */
+void worker_swap_retired(worker_t *w);
+
+/* A retired request's coroutine is released: close the old generation after the last one. */
+void worker_retired_done(worker_t *w);
+
+/* The request goes away while parked: tell the binding to forget it, drop a scheduled
+ * resume. The coroutine itself is released by the caller. */
+void worker_cancel_wait(struct request *r);
 
 #endif

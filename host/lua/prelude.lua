@@ -51,6 +51,8 @@ local lazy = {
   body = function() return creq.body() end,
   headers = function() return creq.headers() end,
   remote_addr = function() return creq.remote_addr() end,
+  -- the socket peer, or the right-most untrusted X-Forwarded-For hop behind TRUSTED_PROXIES
+  client_ip = function() return creq.client_ip() end,
   claims = function() return creq.claims() or false end,
 }
 

@@ -96,7 +96,10 @@ describe("lib.validate", function()
       assert.equal("[]", json.encode(validate.object({ tags = json.decode("[]") }, A).tags))
       local _, status, errors = validate.object({ tags = json.decode('["ok", 5, ""]') }, A)
       assert.equal(422, status)
-      assert.same({ { field = "tags[1]", message = "must be a string" }, { field = "tags[2]", message = "must not be empty" } }, errors)
+      assert.same({
+        { field = "tags[1]", message = "must be a string" },
+        { field = "tags[2]", message = "must not be empty" },
+      }, errors)
       for _, bad in ipairs({ '{"tags": {}}', '{"tags": "a"}', '{"tags": ["a","b","c","d"]}' }) do
         assert.equal(422, select(2, validate.object(json.decode(bad), A)), bad)
       end

@@ -1,0 +1,222 @@
+/* loop: fd watches and timers over epoll for one thread (see loop.h). */
+#include "loop.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct watch {
+    loop_io_cb cb;
+    void *arg;
+    int events;                  /* LOOP_* requested */
+    uint32_t gen;                /* bumped on unwatch: stale events of this iteration are dropped */
+    int active;
+} watch_t;
+
+struct loop_timer {
+    uint64_t due_ns;
+    uint64_t seq;                /* equal deadlines fire in the order they were added */
+    loop_timer_cb cb;
+    void *arg;
+    size_t idx;                  /* position in the heap */
+};
+
+struct loop {
+    int ep;
+    watch_t *watches;            /* indexed by fd */
+    int nwatches;
+    loop_timer_t **heap;         /* binary min-heap on (due_ns, seq) */
+    size_t nheap, capheap;
+    uint64_t seq;
+};
+
+uint64_t loop_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- timers: a binary heap ------------------------------------------------------------- */
+
+static int earlier(const loop_timer_t *a, const loop_timer_t *b)
+{
+    return a->due_ns < b->due_ns || (a->due_ns == b->due_ns && a->seq < b->seq);
+}
+
+static void heap_set(loop_t *l, size_t i, loop_timer_t *t)
+{
+    l->heap[i] = t;
+    t->idx = i;
+}
+
+static void heap_up(loop_t *l, size_t i)
+{
+    loop_timer_t *t = l->heap[i];
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!earlier(t, l->heap[p])) break;
+        heap_set(l, i, l->heap[p]);
+        i = p;
+    }
+    heap_set(l, i, t);
+}
+
+static void heap_down(loop_t *l, size_t i)
+{
+    loop_timer_t *t = l->heap[i];
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= l->nheap) break;
+        if (c + 1 < l->nheap && earlier(l->heap[c + 1], l->heap[c])) c++;
+        if (!earlier(l->heap[c], t)) break;
+        heap_set(l, i, l->heap[c]);
+        i = c;
+    }
+    heap_set(l, i, t);
+}
+
+static void heap_remove(loop_t *l, loop_timer_t *t)
+{
+    size_t i = t->idx;
+    loop_timer_t *last = l->heap[--l->nheap];
+    if (i == l->nheap) return;
+    heap_set(l, i, last);
+    if (i > 0 && earlier(last, l->heap[(i - 1) / 2])) heap_up(l, i);
+    else heap_down(l, i);
+}
+
+loop_timer_t *loop_timer_add(loop_t *l, uint64_t ms, loop_timer_cb cb, void *arg)
+{
+    if (l->nheap == l->capheap) {
+        size_t cap = l->capheap ? l->capheap * 2 : 64;
+        loop_timer_t **h = realloc(l->heap, cap * sizeof(loop_timer_t *));
+        if (!h) return NULL;
+        l->heap = h;
+        l->capheap = cap;
+    }
+    loop_timer_t *t = malloc(sizeof *t);
+    if (!t) return NULL;
+    t->due_ns = loop_now_ns() + ms * 1000000ull;
+    t->seq = l->seq++;
+    t->cb = cb;
+    t->arg = arg;
+    l->heap[l->nheap] = t;
+    heap_up(l, l->nheap++);
+    return t;
+}
+
+void loop_timer_cancel(loop_t *l, loop_timer_t *t)
+{
+    if (!t) return;
+    heap_remove(l, t);
+    free(t);
+}
+
+int loop_next_timeout(const loop_t *l)
+{
+    if (!l->nheap) return -1;
+    uint64_t now = loop_now_ns(), due = l->heap[0]->due_ns;
+    if (due <= now) return 0;
+    uint64_t ms = (due - now + 999999) / 1000000;   /* round up: never wake before it is due */
+    return ms > 86400000 ? 86400000 : (int)ms;
+}
+
+static void run_timers(loop_t *l)
+{
+    uint64_t now = loop_now_ns();
+    while (l->nheap && l->heap[0]->due_ns <= now) {
+        loop_timer_t *t = l->heap[0];
+        heap_remove(l, t);
+        loop_timer_cb cb = t->cb;
+        void *arg = t->arg;
+        free(t);
+        cb(l, arg);
+    }
+}
+
+/* ---- fd watches ------------------------------------------------------------------------ */
+
+static uint32_t epoll_events(int events)
+{
+    return (events & LOOP_READ ? EPOLLIN : 0) | (events & LOOP_WRITE ? EPOLLOUT : 0);
+}
+
+int loop_watch(loop_t *l, int fd, int events, loop_io_cb cb, void *arg)
+{
+    if (fd < 0) { errno = EBADF; return -1; }
+    if (fd >= l->nwatches) {
+        int n = l->nwatches ? l->nwatches : 64;
+        while (n <= fd) n *= 2;
+        watch_t *ws = realloc(l->watches, (size_t)n * sizeof *ws);
+        if (!ws) { errno = ENOMEM; return -1; }
+        memset(ws + l->nwatches, 0, (size_t)(n - l->nwatches) * sizeof *ws);
+        l->watches = ws;
+        l->nwatches = n;
+    }
+    watch_t *w = &l->watches[fd];
+    struct epoll_event ev = { .events = epoll_events(events), .data.u64 = (uint64_t)w->gen << 32 | (uint32_t)fd };
+    if (epoll_ctl(l->ep, w->active ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) < 0) return -1;
+    w->cb = cb;
+    w->arg = arg;
+    w->events = events;
+    w->active = 1;
+    return 0;
+}
+
+void loop_unwatch(loop_t *l, int fd)
+{
+    if (fd < 0 || fd >= l->nwatches || !l->watches[fd].active) return;
+    watch_t *w = &l->watches[fd];
+    epoll_ctl(l->ep, EPOLL_CTL_DEL, fd, NULL);   /* fails harmlessly if fd is already closed */
+    w->active = 0;
+    w->gen++;
+    w->cb = NULL;
+    w->arg = NULL;
+}
+
+/* ---- the loop -------------------------------------------------------------------------- */
+
+loop_t *loop_new(void)
+{
+    loop_t *l = calloc(1, sizeof *l);
+    if (!l) return NULL;
+    l->ep = epoll_create1(EPOLL_CLOEXEC);
+    if (l->ep < 0) { free(l); return NULL; }
+    return l;
+}
+
+void loop_free(loop_t *l)
+{
+    if (!l) return;
+    for (size_t i = 0; i < l->nheap; i++) free(l->heap[i]);
+    free(l->heap);
+    free(l->watches);
+    close(l->ep);
+    free(l);
+}
+
+int loop_run_once(loop_t *l, int max_ms)
+{
+    int timeout = loop_next_timeout(l);
+    if (timeout < 0 || (max_ms >= 0 && max_ms < timeout)) timeout = max_ms;
+    struct epoll_event evs[64];
+    int n = epoll_wait(l->ep, evs, 64, timeout);
+    if (n < 0 && errno != EINTR) return -1;
+    for (int i = 0; i < n; i++) {
+        int fd = (int)(uint32_t)evs[i].data.u64;
+        uint32_t gen = (uint32_t)(evs[i].data.u64 >> 32);
+        if (fd >= l->nwatches) continue;
+        watch_t *w = &l->watches[fd];
+        if (!w->active || w->gen != gen) continue;   /* unwatched by an earlier callback */
+        int ready = (evs[i].events & EPOLLIN ? LOOP_READ : 0) | (evs[i].events & EPOLLOUT ? LOOP_WRITE : 0);
+        if (evs[i].events & (EPOLLERR | EPOLLHUP)) ready |= w->events;
+        ready &= w->events ? w->events : ready;
+        if (ready) w->cb(l, fd, ready, w->arg);
+    }
+    run_timers(l);
+    return n < 0 ? 0 : n;
+}
