@@ -12,6 +12,39 @@ local function fresh_ip(host_part)
 end
 
 describe("user service limits", function()
+  describe("with RATE_LIMIT_AUTH=20/min and 200 logins at once", function()
+    local svc
+    setup(function() svc = U.start { RATE_LIMIT_AUTH = "20/min", WORKERS = 4 } end)
+    teardown(function() assert.equal(0, U.stop(svc)) end)
+
+    it("lets exactly 20 of 200 concurrent login attempts from one IP through", function()
+      local socket = require "socket"
+      local raw = require "support.raw_http"
+      local ip = fresh_ip(3)
+      local socks = {}
+      for i = 1, 200 do
+        local s = assert(socket.tcp())
+        s:settimeout(30)
+        assert(s:connect("127.0.0.1", svc.port))
+        socks[i] = s
+      end
+      -- every request is written before any answer is read; distinct addresses so that the
+      -- per-account lock-out (5 failures) stays out of the count
+      for i, s in ipairs(socks) do
+        local body = ('{"email":"burst%d@example.com","password":"wrong password"}'):format(i)
+        assert(s:send(table.concat({ "POST /auth/login HTTP/1.1", "Host: x", "Content-Type: application/json",
+          "X-Forwarded-For: " .. ip, "Content-Length: " .. #body, "Connection: close" }, "\r\n") .. "\r\n\r\n" .. body))
+      end
+      local count = {}
+      for _, s in ipairs(socks) do
+        local res = assert(raw.read_response(s))
+        s:close()
+        count[res.status] = (count[res.status] or 0) + 1
+      end
+      assert.same({ [401] = 20, [429] = 180 }, count)
+    end)
+  end)
+
   describe("with RATE_LIMIT_AUTH=5/min", function()
     local svc
     setup(function() svc = U.start { RATE_LIMIT_AUTH = "5/min" } end)
