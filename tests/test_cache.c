@@ -7,31 +7,12 @@
 #include "../bindings/cache.h"
 #include "bindings.h"
 #include "test.h"
+#include "test_lua.h"
+
 #include "worker.h"
 
 extern const binding_t binding_cache;
 
-/* A Lua state with `cache` opened for w (NULL: the scratch check state). */
-static lua_State *state_for(worker_t *w)
-{
-    lua_State *L = luaL_newstate();
-    luaL_openlibs(L);
-    if (w) {
-        lua_pushlightuserdata(L, w);
-        lua_setfield(L, LUA_REGISTRYINDEX, "mercato.worker");
-    }
-    lua_pushcfunction(L, binding_cache.open);
-    lua_call(L, 0, 1);
-    lua_setglobal(L, "cache");
-    return L;
-}
-
-/* Run chunk; returns 0 and leaves its results, or -1 and leaves the error message. */
-static int run(lua_State *L, const char *chunk)
-{
-    if (luaL_loadstring(L, chunk) != 0) return -1;
-    return lua_pcall(L, 0, LUA_MULTRET, 0) == 0 ? 0 : -1;
-}
 
 TEST(url_parses_host_port_db)
 {
@@ -139,8 +120,8 @@ TEST(replies_map_to_lua_values)
 
 TEST(scratch_state_raises_a_clear_error)
 {
-    lua_State *L = state_for(NULL);
-    CHECK_INT(run(L, "return cache.call('PING')"), -1);
+    lua_State *L = test_state(NULL, "cache");
+    CHECK_INT(test_run(L, "return cache.call('PING')"), -1);
     CHECK(strstr(lua_tostring(L, -1), "cache.call: no worker owns this Lua state") != NULL);
     lua_close(L);
 }
@@ -149,14 +130,14 @@ TEST(misuse_raises_before_connecting)
 {
     config_t cfg = { .redis_url = "redis://127.0.0.1:1/0" };
     worker_t w = { .cfg = &cfg };
-    lua_State *L = state_for(&w);
+    lua_State *L = test_state(&w, "cache");
     const char *bad[] = {
         "cache.call()", "cache.call(1)", "cache.call('GET', {})", "cache.call('GET', true)",
         "cache.pipeline()", "cache.pipeline({})", "cache.pipeline({ 'GET' })", "cache.pipeline({ { 1 } })",
         "cache.eval()", "cache.eval('return 1', 'k')", "cache.eval('return 1', {}, { {} })",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        int rc = run(L, bad[i]);
+        int rc = test_run(L, bad[i]);
         if (rc != -1) printf("#   did not raise: %s\n", bad[i]);
         CHECK_INT(rc, -1);
         lua_settop(L, 0);
@@ -169,14 +150,14 @@ TEST(unreachable_server_returns_nil_err_unavailable)
 {
     config_t cfg = { .redis_url = "redis://127.0.0.1:1/0" };
     worker_t w = { .cfg = &cfg };
-    lua_State *L = state_for(&w);
-    CHECK_INT(run(L, "return cache.call('GET', 'k')"), 0);
+    lua_State *L = test_state(&w, "cache");
+    CHECK_INT(test_run(L, "return cache.call('GET', 'k')"), 0);
     CHECK_INT(lua_gettop(L), 3);
     CHECK(lua_isnil(L, 1));
     CHECK(strstr(lua_tostring(L, 2), "127.0.0.1:1") != NULL);
     CHECK_STR(lua_tostring(L, 3), "unavailable");
     lua_settop(L, 0);
-    CHECK_INT(run(L, "return cache.pipeline({ { 'PING' } })"), 0);
+    CHECK_INT(test_run(L, "return cache.pipeline({ { 'PING' } })"), 0);
     CHECK_STR(lua_tostring(L, 3), "unavailable");
     char why[256] = "";
     CHECK_INT(binding_cache.ready(&w, why, sizeof why), 0);
@@ -197,8 +178,8 @@ TEST(real_server_round_trip)
     if (!url) { printf("# skipped: REDIS_URL is not set\n"); return; }
     config_t cfg = { .redis_url = url };
     worker_t w = { .cfg = &cfg };
-    lua_State *L = state_for(&w);
-    CHECK_INT(run(L, "cache.call('SET', 'test_cache:k', 'v')\n"
+    lua_State *L = test_state(&w, "cache");
+    CHECK_INT(test_run(L, "cache.call('SET', 'test_cache:k', 'v')\n"
                      "local r = cache.pipeline({ { 'GET', 'test_cache:k' }, { 'DEL', 'test_cache:k' } })\n"
                      "return r[1], r[2], cache.call('GET', 'test_cache:k'), cache.eval('return ARGV[1]', {}, { 7 })"), 0);
     CHECK_STR(lua_tostring(L, 1), "v");
@@ -210,8 +191,8 @@ TEST(real_server_round_trip)
     /* the connection belongs to the worker: a new state (a reload) reuses it */
     void *conn = w.binding[BIND_CACHE];
     lua_close(L);
-    L = state_for(&w);
-    CHECK_INT(run(L, "return cache.call('PING')"), 0);
+    L = test_state(&w, "cache");
+    CHECK_INT(test_run(L, "return cache.call('PING')"), 0);
     CHECK_STR(lua_tostring(L, 1), "PONG");
     CHECK(w.binding[BIND_CACHE] == conn);
     lua_close(L);

@@ -8,29 +8,12 @@
 #include "../bindings/queue.h"
 #include "bindings.h"
 #include "test.h"
+#include "test_lua.h"
+
 #include "worker.h"
 
 extern const binding_t binding_queue;
 
-static lua_State *state_for(worker_t *w)
-{
-    lua_State *L = luaL_newstate();
-    luaL_openlibs(L);
-    if (w) {
-        lua_pushlightuserdata(L, w);
-        lua_setfield(L, LUA_REGISTRYINDEX, "mercato.worker");
-    }
-    lua_pushcfunction(L, binding_queue.open);
-    lua_call(L, 0, 1);
-    lua_setglobal(L, "queue");
-    return L;
-}
-
-static int run(lua_State *L, const char *chunk)
-{
-    if (luaL_loadstring(L, chunk) != 0) return -1;
-    return lua_pcall(L, 0, LUA_MULTRET, 0) == 0 ? 0 : -1;
-}
 
 static double now_s(void)
 {
@@ -74,8 +57,8 @@ TEST(url_rejects_malformed)
 
 TEST(scratch_state_raises_a_clear_error)
 {
-    lua_State *L = state_for(NULL);
-    CHECK_INT(run(L, "return queue.publish('k', '{}')"), -1);
+    lua_State *L = test_state(NULL, "queue");
+    CHECK_INT(test_run(L, "return queue.publish('k', '{}')"), -1);
     CHECK(strstr(lua_tostring(L, -1), "queue.publish: no worker owns this Lua state") != NULL);
     lua_close(L);
 }
@@ -84,7 +67,7 @@ TEST(misuse_raises_before_connecting)
 {
     config_t cfg = { .amqp_url = "amqp://guest:guest@127.0.0.1:1/" };
     worker_t w = { .cfg = &cfg, .kind = "test" };
-    lua_State *L = state_for(&w);
+    lua_State *L = test_state(&w, "queue");
     const char *bad[] = {
         "queue.publish()", "queue.publish('k')", "queue.publish('k', {})", "queue.publish(('x'):rep(256), '{}')",
         "queue.publish('k', '{}', 1)", "queue.publish('k', '{}', { type = 1 })",
@@ -97,7 +80,7 @@ TEST(misuse_raises_before_connecting)
         "queue.next()", "queue.next('q', -1)", "queue.ack()", "queue.ack('1')", "queue.nack({})",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        int rc = run(L, bad[i]);
+        int rc = test_run(L, bad[i]);
         if (rc != -1) printf("#   did not raise: %s\n", bad[i]);
         CHECK_INT(rc, -1);
         lua_settop(L, 0);
@@ -110,26 +93,26 @@ TEST(unreachable_broker_returns_unavailable_and_backs_off)
 {
     config_t cfg = { .amqp_url = "amqp://guest:guest@127.0.0.1:1/" };
     worker_t w = { .cfg = &cfg, .kind = "test" };
-    lua_State *L = state_for(&w);
-    CHECK_INT(run(L, "return queue.publish('a.b', '{}', { message_id = 'x' })"), 0);
+    lua_State *L = test_state(&w, "queue");
+    CHECK_INT(test_run(L, "return queue.publish('a.b', '{}', { message_id = 'x' })"), 0);
     CHECK(lua_isnil(L, 1));
     CHECK(strstr(lua_tostring(L, 2), "127.0.0.1:1") != NULL);
     CHECK_STR(lua_tostring(L, 3), "unavailable");
     lua_settop(L, 0);
     /* inside the backoff window: refused at once, saying when the next attempt is */
-    CHECK_INT(run(L, "return queue.publish('a.b', '{}')"), 0);
+    CHECK_INT(test_run(L, "return queue.publish('a.b', '{}')"), 0);
     CHECK(strstr(lua_tostring(L, 2), "next attempt in") != NULL);
     lua_settop(L, 0);
     /* a consumer waits out its timeout (retrying), then reports why */
     double t0 = now_s();
-    CHECK_INT(run(L, "return queue.next('q', 300)"), 0);
+    CHECK_INT(test_run(L, "return queue.next('q', 300)"), 0);
     double took = now_s() - t0;
     CHECK(took >= 0.25 && took < 1.0);
     CHECK(lua_isnil(L, 1));
     CHECK_STR(lua_tostring(L, 3), "unavailable");
     lua_settop(L, 0);
     /* a tag that was never delivered is misuse */
-    CHECK_INT(run(L, "return queue.ack(4294967297)"), -1);
+    CHECK_INT(test_run(L, "return queue.ack(4294967297)"), -1);
     char why[256] = "";
     CHECK_INT(binding_queue.ready(&w, why, sizeof why), 0);
     CHECK(why[0] != 0);
@@ -145,8 +128,8 @@ TEST(ready_is_minus_one_without_amqp_url)
     worker_t w = { .cfg = &cfg };
     char why[64];
     CHECK_INT(binding_queue.ready(&w, why, sizeof why), -1);
-    lua_State *L = state_for(&w);
-    CHECK_INT(run(L, "return queue.publish('k', '{}')"), 0);
+    lua_State *L = test_state(&w, "queue");
+    CHECK_INT(test_run(L, "return queue.publish('k', '{}')"), 0);
     CHECK_STR(lua_tostring(L, 3), "unavailable");
     lua_close(L);
 }
@@ -157,8 +140,8 @@ TEST(real_broker_confirmed_publish)
     if (!url) { printf("# skipped: AMQP_URL is not set\n"); return; }
     config_t cfg = { .amqp_url = url };
     worker_t w = { .cfg = &cfg, .kind = "test" };
-    lua_State *L = state_for(&w);
-    CHECK_INT(run(L, "assert(queue.declare_consumer_queue('test_queue.c', { bindings = { 'test_queue_c.#' } }))\n"
+    lua_State *L = test_state(&w, "queue");
+    CHECK_INT(test_run(L, "assert(queue.declare_consumer_queue('test_queue.c', { bindings = { 'test_queue_c.#' } }))\n"
                      "assert(queue.publish('test_queue_c.x', '{\"n\":1}', { message_id = 'tq-1' }))\n"
                      "local m = assert(queue.next('test_queue.c', 5000))\n"
                      "assert(queue.ack(m.delivery_tag))\n"

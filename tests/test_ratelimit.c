@@ -9,6 +9,8 @@
 #include "../bindings/ratelimit.h"
 #include "bindings.h"
 #include "test.h"
+#include "test_lua.h"
+
 #include "worker.h"
 
 extern const binding_t binding_ratelimit;
@@ -209,31 +211,11 @@ TEST(seconds_round_up)
 
 /* ---- through a Lua state ---------------------------------------------------------------- */
 
-static lua_State *state_for(worker_t *w)
-{
-    lua_State *L = luaL_newstate();
-    luaL_openlibs(L);
-    if (w) {
-        lua_pushlightuserdata(L, w);
-        lua_setfield(L, LUA_REGISTRYINDEX, "mercato.worker");
-    }
-    lua_pushcfunction(L, binding_ratelimit.open);
-    lua_call(L, 0, 1);
-    lua_setglobal(L, "ratelimit");
-    return L;
-}
-
-static int run(lua_State *L, const char *chunk)
-{
-    lua_settop(L, 0);
-    if (luaL_loadstring(L, chunk) != 0) return -1;
-    return lua_pcall(L, 0, LUA_MULTRET, 0) == 0 ? 0 : -1;
-}
 
 TEST(lua_misuse_raises)
 {
     worker_t w = { 0 };
-    lua_State *L = state_for(&w);
+    lua_State *L = test_state(&w, "ratelimit");
     const char *bad[] = {
         "ratelimit.check()", "ratelimit.check('bad name', 'k', '1/min')", "ratelimit.check('n', nil, '1/min')",
         "ratelimit.check('n', '', '1/min')", "ratelimit.check('n', 'k', 'often')", "ratelimit.check('n', 'k', 5)",
@@ -241,13 +223,13 @@ TEST(lua_misuse_raises)
         "ratelimit.check('n', 'k', '1/min', 3)", "ratelimit.reset('n')", "ratelimit.headers()", "ratelimit.parse('x')",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        int rc = run(L, bad[i]);
+        int rc = test_run(L, bad[i]);
         if (rc == 0) printf("#   did not raise: %s\n", bad[i]);
         CHECK(rc == -1);
     }
     lua_close(L);
-    L = state_for(NULL);
-    CHECK_INT(run(L, "return ratelimit.check('n', 'k', '1/min')"), -1);
+    L = test_state(NULL, "ratelimit");
+    CHECK_INT(test_run(L, "return ratelimit.check('n', 'k', '1/min')"), -1);
     CHECK(strstr(lua_tostring(L, -1), "no worker") != NULL);
     lua_close(L);
 }
@@ -260,17 +242,17 @@ TEST(lua_check_without_redis_is_local)
     char *copy = saved ? strdup(saved) : NULL;
     unsetenv("REDIS_URL");
     ratelimit_local_clear(16);
-    lua_State *L = state_for(&w);
-    CHECK_INT(run(L, "local t = {} for i = 1, 4 do local ok, info = ratelimit.check('lua', 'u1', '3/hour')\n"
+    lua_State *L = test_state(&w, "ratelimit");
+    CHECK_INT(test_run(L, "local t = {} for i = 1, 4 do local ok, info = ratelimit.check('lua', 'u1', '3/hour')\n"
                      "t[i] = (ok and 'y' or 'n') .. info.remaining .. info.backend:sub(1, 1) .. info.retry_after end\n"
                      "return table.concat(t, ' ')"), 0);
     CHECK_STR(lua_tostring(L, -1), "y2l0 y1l0 y0l0 n0l1200");
-    CHECK_INT(run(L, "local ok, info = ratelimit.check('lua', 'u1', '3/hour') local h = ratelimit.headers(info)\n"
+    CHECK_INT(test_run(L, "local ok, info = ratelimit.check('lua', 'u1', '3/hour') local h = ratelimit.headers(info)\n"
                      "return h['Retry-After'] .. ' ' .. h['RateLimit-Limit'] .. ' ' .. h['RateLimit-Remaining'] .. ' ' .. h['RateLimit-Reset']"), 0);
     CHECK_STR(lua_tostring(L, -1), "1200 3 0 3600");
-    CHECK_INT(run(L, "ratelimit.reset('lua', 'u1') return (ratelimit.check('lua', 'u1', '3/hour'))"), 0);
+    CHECK_INT(test_run(L, "ratelimit.reset('lua', 'u1') return (ratelimit.check('lua', 'u1', '3/hour'))"), 0);
     CHECK(lua_toboolean(L, -1));
-    CHECK_INT(run(L, "local p = ratelimit.parse('10/min burst 2') return p.count .. ' ' .. p.period .. ' ' .. p.burst"), 0);
+    CHECK_INT(test_run(L, "local p = ratelimit.parse('10/min burst 2') return p.count .. ' ' .. p.period .. ' ' .. p.burst"), 0);
     CHECK_STR(lua_tostring(L, -1), "10 60 2");
     lua_close(L);
     bindings_worker_free(&w);
@@ -284,7 +266,7 @@ TEST(redis_check_and_fallback)
     if (!url) { printf("# skipped: REDIS_URL is unset\n"); return; }
     config_t cfg = { .redis_url = url };
     worker_t w = { .cfg = &cfg };
-    lua_State *L = state_for(&w);
+    lua_State *L = test_state(&w, "ratelimit");
     char chunk[600];
     snprintf(chunk, sizeof chunk,
              "local key = 'c-test-%ld-' .. math.random(1e9) local t = {}\n"
@@ -294,7 +276,7 @@ TEST(redis_check_and_fallback)
              "ratelimit.reset('ctest', key)\n"
              "local ok2 = ratelimit.check('ctest', key, '3/min', { peek = true })\n"
              "return table.concat(t, ' '), info.retry_after, ok2", (long)time(NULL));
-    CHECK_INT(run(L, chunk), 0);
+    CHECK_INT(test_run(L, chunk), 0);
     CHECK_STR(lua_tostring(L, 1), "y2r y1r y0r n0r");
     CHECK_INT(lua_tonumber(L, 2), 20);
     CHECK(lua_toboolean(L, 3));
@@ -305,8 +287,8 @@ TEST(redis_check_and_fallback)
     config_t dead = { .redis_url = "redis://127.0.0.1:1/0" };
     worker_t w2 = { .cfg = &dead };
     ratelimit_local_clear(16);
-    L = state_for(&w2);
-    CHECK_INT(run(L, "local t = {} for i = 1, 3 do local ok, info = ratelimit.check('dead', 'k', '2/min')\n"
+    L = test_state(&w2, "ratelimit");
+    CHECK_INT(test_run(L, "local t = {} for i = 1, 3 do local ok, info = ratelimit.check('dead', 'k', '2/min')\n"
                      "t[i] = (ok and 'y' or 'n') .. info.backend:sub(1, 1) end return table.concat(t, ' ')"), 0);
     CHECK_STR(lua_tostring(L, -1), "yl yl nl");
     lua_close(L);
