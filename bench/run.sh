@@ -36,6 +36,9 @@
 #   BENCH_PGBENCH            1 = the pg scenarios also run `pgbench -S -M prepared` (same client
 #                            count, capped by the free PostgreSQL connection slots) each round as
 #                            the database's own ceiling [1]
+#   BENCH_SVC                1 = also the service scenarios (issues 4 and 5, mercato only, run
+#                            last): the user and product services on scripts/ against throw-away
+#                            databases; see bench/services.sh for them and their BENCH_SVC_* [1]
 #
 # Adding a scenario: one `bench_scenario NAME PATH EXPECTED_JSON [SERVERS]` line in main() (every
 # server listed, all by default, must serve PATH with that payload: add the route to
@@ -149,6 +152,7 @@ on_exit() {
   trap - EXIT INT TERM
   if [[ -n $WRK_PID ]] && alive "$WRK_PID"; then kill -TERM "$WRK_PID" 2>/dev/null || true; wait "$WRK_PID" 2>/dev/null || true; fi
   stop_servers
+  if declare -F svc_cleanup >/dev/null; then svc_cleanup; fi
   [[ $rc -eq 0 ]] || log "failed (exit $rc); server logs in ${BENCH_DIR#"$ROOT"/}/"
   exit "$rc"
 }
@@ -346,9 +350,11 @@ proc_sample() {
 
 # run_wrk DURATION URL OUTFILE. wrk runs in the background and is waited for, so that a
 # TERM/INT to this script is handled at once (and on_exit stops wrk too).
+# WRK_SCRIPT (optional, dynamically scoped): a wrk Lua script (-s), for requests other than GET.
 WRK_PID=""
+WRK_SCRIPT=""
 run_wrk() {
-  wrk -t"$BENCH_THREADS" -c"$BENCH_CONNECTIONS" -d"$1" --latency "$2" >"$3" 2>&1 &
+  wrk -t"$BENCH_THREADS" -c"$BENCH_CONNECTIONS" -d"$1" --latency ${WRK_SCRIPT:+-s "$WRK_SCRIPT"} "$2" >"$3" 2>&1 &
   WRK_PID=$!
   wait "$WRK_PID" || die "wrk failed against $2: $(cat "$3")"
   WRK_PID=""
@@ -625,6 +631,12 @@ write_results() {
   cat "$f"
 }
 
+# ---------------------------------------------------------------------------- service scenarios
+
+# Issues 4 and 5 (user and product services): svc_run, svc_cleanup and their BENCH_SVC_* settings.
+# shellcheck source=bench/services.sh disable=SC1091 # checked on its own: shellcheck bench/services.sh
+. "$ROOT/bench/services.sh"
+
 # ---------------------------------------------------------------------------- main
 
 main() {
@@ -678,6 +690,12 @@ main() {
       warm=0
     done
     io_summary
+  fi
+  # Services (issues 4 and 5): the user and product services themselves, mercato only.
+  if [[ $BENCH_SVC == 1 && " $BENCH_SERVERS " == *" mercato "* && -x $MERCATO ]]; then
+    svc_run
+  elif [[ $BENCH_SVC == 1 ]]; then
+    warn "service scenarios skipped: mercato is not selected or not built"
   fi
 
   write_results
