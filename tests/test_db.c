@@ -12,6 +12,7 @@
 #include "../host/metrics.h"
 #include "../host/worker.h"
 #include "test.h"
+#include "test_lua.h"
 
 int luaopen_db(lua_State *L);
 
@@ -137,41 +138,15 @@ TEST(urls_are_redacted_before_they_are_logged)
 
 static config_t g_cfg;
 
-/* A state with the db module as `db`, opened for worker w (NULL: the scratch check state). */
-static lua_State *state_for(worker_t *w)
-{
-    lua_State *L = luaL_newstate();
-    luaL_openlibs(L);
-    lua_pushlightuserdata(L, w);
-    lua_setfield(L, LUA_REGISTRYINDEX, "mercato.worker");
-    CHECK(worker_from_lua(L) == w);
-    bindings_preload(L);   /* as in a worker's state: db requires json */
-    lua_pushcfunction(L, luaopen_db);
-    lua_call(L, 0, 1);
-    lua_setglobal(L, "db");
-    return L;
-}
-
-/* Run chunk; returns its first result as a string ("error: ..." when it raised). */
-static const char *run(lua_State *L, const char *chunk)
-{
-    static char out[512];
-    if (luaL_loadstring(L, chunk) != 0 || lua_pcall(L, 0, 1, 0) != 0)
-        snprintf(out, sizeof out, "error: %s", lua_tostring(L, -1));
-    else
-        snprintf(out, sizeof out, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "(nil)");
-    lua_pop(L, 1);
-    return out;
-}
 
 TEST(calls_raise_where_there_is_no_worker)
 {
-    lua_State *L = state_for(NULL);
-    const char *r = run(L, "return db.query('SELECT 1')");
+    lua_State *L = test_state(NULL, "db");
+    const char *r = test_eval(L, "return db.query('SELECT 1')");
     CHECK(strstr(r, "error: ") && strstr(r, "db.query: no database here"));
-    r = run(L, "return db.tx(function() end)");
+    r = test_eval(L, "return db.tx(function() end)");
     CHECK(strstr(r, "db.tx: no database here") != NULL);
-    CHECK_STR(run(L, "return tostring(db.null == require('cjson').null)"), "true");
+    CHECK_STR(test_eval(L, "return tostring(db.null == require('cjson').null)"), "true");
     lua_close(L);
 }
 
@@ -179,14 +154,14 @@ TEST(misuse_raises_before_anything_is_sent)
 {
     worker_t w = { .cfg = &g_cfg, .kind = "cli" };
     g_cfg.database_url = "postgresql://postgres@127.0.0.1:1/none";
-    lua_State *L = state_for(&w);
-    CHECK(strstr(run(L, "return db.query(nil)"), "db.query: expecting SQL string, got nil") != NULL);
-    CHECK(strstr(run(L, "return db.query_one(42)"), "db.query_one: expecting SQL string, got number") != NULL);
-    CHECK(strstr(run(L, "return db.exec('SELECT $1', print)"), "parameter $1: cannot send a function") != NULL);
-    CHECK(strstr(run(L, "return db.query('SELECT $1', coroutine.create(print))"), "cannot send a thread") != NULL);
-    CHECK(strstr(run(L, "return db.query('SELECT $1', { f = print })"), "parameter $1:") != NULL);
-    CHECK(strstr(run(L, "return db.query('SELECT 1\\0; DROP TABLE x')"), "NUL byte") != NULL);
-    CHECK(strstr(run(L, "return db.tx(42)"), "function expected") != NULL);
+    lua_State *L = test_state(&w, "db");
+    CHECK(strstr(test_eval(L, "return db.query(nil)"), "db.query: expecting SQL string, got nil") != NULL);
+    CHECK(strstr(test_eval(L, "return db.query_one(42)"), "db.query_one: expecting SQL string, got number") != NULL);
+    CHECK(strstr(test_eval(L, "return db.exec('SELECT $1', print)"), "parameter $1: cannot send a function") != NULL);
+    CHECK(strstr(test_eval(L, "return db.query('SELECT $1', coroutine.create(print))"), "cannot send a thread") != NULL);
+    CHECK(strstr(test_eval(L, "return db.query('SELECT $1', { f = print })"), "parameter $1:") != NULL);
+    CHECK(strstr(test_eval(L, "return db.query('SELECT 1\\0; DROP TABLE x')"), "NUL byte") != NULL);
+    CHECK(strstr(test_eval(L, "return db.tx(42)"), "function expected") != NULL);
     CHECK(w.binding[BIND_DB] == NULL || ((db_conn_t *)w.binding[BIND_DB])->pg == NULL);
     lua_close(L);
     db_worker_free(&w);
@@ -196,26 +171,26 @@ TEST(a_missing_or_unreachable_database_returns_unavailable_fast)
 {
     worker_t w = { .cfg = &g_cfg, .kind = "cli" };
     g_cfg.database_url = NULL;
-    lua_State *L = state_for(&w);
-    CHECK_STR(run(L, "local ok, err, code = db.query('SELECT 1'); return code .. ': ' .. err"),
+    lua_State *L = test_state(&w, "db");
+    CHECK_STR(test_eval(L, "local ok, err, code = db.query('SELECT 1'); return code .. ': ' .. err"),
               "unavailable: database unavailable: DATABASE_URL is not set");
     db_worker_free(&w);
 
     g_cfg.database_url = "postgresql://postgres@127.0.0.1:1/none";
-    const char *r = run(L, "local ok, err, code, state = db.query_one('SELECT $1::int', 1);"
+    const char *r = test_eval(L, "local ok, err, code, state = db.query_one('SELECT $1::int', 1);"
                            "return tostring(ok) .. '|' .. code .. '|' .. tostring(state) .. '|' .. err");
     CHECK(strncmp(r, "nil|unavailable|nil|database unavailable: ", 42) == 0);
     CHECK(strstr(r, "SELECT") == NULL);
     /* The next attempts within the back-off fail at once instead of connecting again. */
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    r = run(L, "for i = 1, 100 do local _, _, code = db.query('SELECT 1'); assert(code == 'unavailable') end;"
+    r = test_eval(L, "for i = 1, 100 do local _, _, code = db.query('SELECT 1'); assert(code == 'unavailable') end;"
                "local _, err, code = db.tx(function() error('never runs') end); return code .. ': ' .. err");
     clock_gettime(CLOCK_MONOTONIC, &t1);
     CHECK(strncmp(r, "unavailable: database unavailable", 33) == 0);
     double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
     CHECK(ms < 50);
-    CHECK_STR(run(L, "local ok, err, code = db.exec('SELECT $1::text', 'a\\0b'); return code .. ': ' .. err"),
+    CHECK_STR(test_eval(L, "local ok, err, code = db.exec('SELECT $1::text', 'a\\0b'); return code .. ': ' .. err"),
               "invalid: parameter $1 contains a NUL byte, which text cannot hold");
     lua_close(L);
     db_worker_free(&w);

@@ -11,6 +11,7 @@
 #include "../host/metrics.h"
 #include "../host/worker.h"
 #include "test.h"
+#include "test_lua.h"
 
 int luaopen_inventory(lua_State *L);
 
@@ -47,37 +48,15 @@ TEST(items_are_sorted_by_product_and_duplicates_merged)
 
 static config_t g_cfg;
 
-static lua_State *state_for(worker_t *w)
-{
-    lua_State *L = luaL_newstate();
-    luaL_openlibs(L);
-    lua_pushlightuserdata(L, w);
-    lua_setfield(L, LUA_REGISTRYINDEX, "mercato.worker");
-    lua_pushcfunction(L, luaopen_inventory);
-    lua_call(L, 0, 1);
-    lua_setglobal(L, "inventory");
-    return L;
-}
-
-static const char *run(lua_State *L, const char *chunk)
-{
-    static char out[512];
-    if (luaL_loadstring(L, chunk) != 0 || lua_pcall(L, 0, 1, 0) != 0)
-        snprintf(out, sizeof out, "error: %s", lua_tostring(L, -1));
-    else
-        snprintf(out, sizeof out, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "(nil)");
-    lua_pop(L, 1);
-    return out;
-}
 
 #define RID "'0b7e4a1c-1d2e-4f00-8a9b-abcdef012345'"
 #define PID "'1b7e4a1c-1d2e-4f00-8a9b-abcdef012345'"
 
 TEST(calls_raise_where_there_is_no_worker)
 {
-    lua_State *L = state_for(NULL);
-    CHECK(strstr(run(L, "return inventory.get(" PID ")"), "inventory.get: no database here") != NULL);
-    CHECK(strstr(run(L, "return inventory.reserve(" RID ", {})"), "inventory.reserve: no database here") != NULL);
+    lua_State *L = test_state(NULL, "inventory");
+    CHECK(strstr(test_eval(L, "return inventory.get(" PID ")"), "inventory.get: no database here") != NULL);
+    CHECK(strstr(test_eval(L, "return inventory.reserve(" RID ", {})"), "inventory.reserve: no database here") != NULL);
     lua_close(L);
 }
 
@@ -85,35 +64,35 @@ TEST(misuse_raises_and_bad_values_return_invalid_before_anything_is_sent)
 {
     worker_t w = { .cfg = &g_cfg, .kind = "cli" };
     g_cfg.database_url = "postgresql://postgres@127.0.0.1:1/none";
-    lua_State *L = state_for(&w);
-    CHECK(strstr(run(L, "return inventory.reserve(nil, {})"), "expecting a reservation_id string, got nil") != NULL);
-    CHECK(strstr(run(L, "return inventory.reserve(" RID ", 'x')"), "table expected") != NULL);
-    CHECK(strstr(run(L, "return inventory.reserve(" RID ", { 'x' })"), "item 1 is not a table") != NULL);
-    CHECK(strstr(run(L, "return inventory.reserve(" RID ", { { product_id = 1, quantity = 1 } })"),
+    lua_State *L = test_state(&w, "inventory");
+    CHECK(strstr(test_eval(L, "return inventory.reserve(nil, {})"), "expecting a reservation_id string, got nil") != NULL);
+    CHECK(strstr(test_eval(L, "return inventory.reserve(" RID ", 'x')"), "table expected") != NULL);
+    CHECK(strstr(test_eval(L, "return inventory.reserve(" RID ", { 'x' })"), "item 1 is not a table") != NULL);
+    CHECK(strstr(test_eval(L, "return inventory.reserve(" RID ", { { product_id = 1, quantity = 1 } })"),
                  "expecting an item's product_id string, got number") != NULL);
-    CHECK(strstr(run(L, "return inventory.reserve(" RID ", { { product_id = " PID ", quantity = '1' } })"),
+    CHECK(strstr(test_eval(L, "return inventory.reserve(" RID ", { { product_id = " PID ", quantity = '1' } })"),
                  "expecting an item's quantity number, got string") != NULL);
-    CHECK(strstr(run(L, "return inventory.reserve(" RID ", { { product_id = " PID ", quantity = 1 } }, 'x')"),
+    CHECK(strstr(test_eval(L, "return inventory.reserve(" RID ", { { product_id = " PID ", quantity = 1 } }, 'x')"),
                  "expecting a ttl_seconds number") != NULL);
-    CHECK(strstr(run(L, "return inventory.set_stock(" PID ", nil)"), "expecting a stock number, got nil") != NULL);
-    CHECK(strstr(run(L, "return inventory.commit({})"), "expecting a reservation_id string, got table") != NULL);
+    CHECK(strstr(test_eval(L, "return inventory.set_stock(" PID ", nil)"), "expecting a stock number, got nil") != NULL);
+    CHECK(strstr(test_eval(L, "return inventory.commit({})"), "expecting a reservation_id string, got table") != NULL);
 
-    CHECK_STR(run(L, "local ok, err, code = inventory.reserve('nope', { { product_id = " PID ", quantity = 1 } });"
+    CHECK_STR(test_eval(L, "local ok, err, code = inventory.reserve('nope', { { product_id = " PID ", quantity = 1 } });"
                      "return code .. ': ' .. err"), "invalid: reservation_id is not a UUID");
-    CHECK_STR(run(L, "local ok, err, code = inventory.reserve(" RID ", {}); return code .. ': ' .. err"),
+    CHECK_STR(test_eval(L, "local ok, err, code = inventory.reserve(" RID ", {}); return code .. ': ' .. err"),
               "invalid: a reservation needs at least one item");
-    CHECK_STR(run(L, "local ok, err, code = inventory.reserve(" RID ", { { product_id = " PID ", quantity = 0 } });"
+    CHECK_STR(test_eval(L, "local ok, err, code = inventory.reserve(" RID ", { { product_id = " PID ", quantity = 0 } });"
                      "return code"), "invalid");
-    CHECK_STR(run(L, "local ok, err, code = inventory.reserve(" RID ", { { product_id = " PID ", quantity = 1.5 } });"
+    CHECK_STR(test_eval(L, "local ok, err, code = inventory.reserve(" RID ", { { product_id = " PID ", quantity = 1.5 } });"
                      "return code"), "invalid");
-    CHECK_STR(run(L, "local ok, err, code = inventory.reserve(" RID ", { { product_id = " PID ", quantity = 600000 },"
+    CHECK_STR(test_eval(L, "local ok, err, code = inventory.reserve(" RID ", { { product_id = " PID ", quantity = 600000 },"
                      "{ product_id = " PID ", quantity = 600000 } }); return code .. ': ' .. err"),
               "invalid: an item's quantity must be a whole number from 1 to 1000000");
-    CHECK_STR(run(L, "local ok, err, code = inventory.reserve(" RID ", { { product_id = " PID ", quantity = 1 } }, 0);"
+    CHECK_STR(test_eval(L, "local ok, err, code = inventory.reserve(" RID ", { { product_id = " PID ", quantity = 1 } }, 0);"
                      "return code"), "invalid");
-    CHECK_STR(run(L, "local ok, err, code = inventory.set_stock(" PID ", -1); return code"), "invalid");
-    CHECK_STR(run(L, "return select('#', inventory.get('not-a-uuid')) .. tostring(inventory.get('not-a-uuid'))"), "1nil");
-    CHECK_STR(run(L, "return tostring(inventory.release('x'))"), "nil");
+    CHECK_STR(test_eval(L, "local ok, err, code = inventory.set_stock(" PID ", -1); return code"), "invalid");
+    CHECK_STR(test_eval(L, "return select('#', inventory.get('not-a-uuid')) .. tostring(inventory.get('not-a-uuid'))"), "1nil");
+    CHECK_STR(test_eval(L, "return tostring(inventory.release('x'))"), "nil");
     CHECK(w.binding[BIND_DB] == NULL || ((db_conn_t *)w.binding[BIND_DB])->pg == NULL);
     lua_close(L);
     db_worker_free(&w);
@@ -123,11 +102,11 @@ TEST(an_unreachable_database_returns_unavailable)
 {
     worker_t w = { .cfg = &g_cfg, .kind = "cli" };
     g_cfg.database_url = "postgresql://postgres@127.0.0.1:1/none";
-    lua_State *L = state_for(&w);
-    CHECK_STR(run(L, "local ok, err, code = inventory.reserve(" RID ", { { product_id = " PID ", quantity = 1 } });"
+    lua_State *L = test_state(&w, "inventory");
+    CHECK_STR(test_eval(L, "local ok, err, code = inventory.reserve(" RID ", { { product_id = " PID ", quantity = 1 } });"
                      "return tostring(ok) .. ' ' .. code"), "nil unavailable");
-    CHECK_STR(run(L, "local ok, err, code = inventory.get(" PID "); return code"), "unavailable");
-    CHECK_STR(run(L, "local n, err, code = inventory.expire(10); return code"), "unavailable");
+    CHECK_STR(test_eval(L, "local ok, err, code = inventory.get(" PID "); return code"), "unavailable");
+    CHECK_STR(test_eval(L, "local n, err, code = inventory.expire(10); return code"), "unavailable");
     db_conn_t *c = w.binding[BIND_DB];
     CHECK(c && c->tx_depth == 0);
     lua_close(L);

@@ -5,6 +5,7 @@
 
 #include <lauxlib.h>
 #include <lualib.h>
+#include <stdio.h>
 
 #include "bindings.h"
 #include "worker.h"
@@ -32,6 +33,19 @@ static inline int test_run(lua_State *L, const char *chunk)
     lua_settop(L, 0);
     if (luaL_loadstring(L, chunk) != 0) return -1;
     return lua_pcall(L, 0, LUA_MULTRET, 0) == 0 ? 0 : -1;
+}
+
+/* Run chunk; its first result as a string ("error: ..." when it raised, "(nil)" for none).
+ * The buffer is static: use the result before the next call. */
+static inline const char *test_eval(lua_State *L, const char *chunk)
+{
+    static char out[512];
+    if (luaL_loadstring(L, chunk) != 0 || lua_pcall(L, 0, 1, 0) != 0)
+        snprintf(out, sizeof out, "error: %s", lua_tostring(L, -1));
+    else
+        snprintf(out, sizeof out, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "(nil)");
+    lua_pop(L, 1);
+    return out;
 }
 
 #endif

@@ -15,6 +15,7 @@
 #include "../bindings/http.h"
 #include "../bindings/s3.h"
 #include "test.h"
+#include "test_lua.h"
 #include "worker.h"
 
 int luaopen_s3(lua_State *L);
@@ -190,28 +191,6 @@ TEST(urls_are_path_style_for_custom_endpoints_and_local_for_disk)
 
 static config_t g_wcfg;
 
-static lua_State *state_for(worker_t *w)
-{
-    lua_State *L = luaL_newstate();
-    luaL_openlibs(L);
-    lua_pushlightuserdata(L, w);
-    lua_setfield(L, LUA_REGISTRYINDEX, "mercato.worker");
-    lua_pushcfunction(L, luaopen_s3);
-    lua_call(L, 0, 1);
-    lua_setglobal(L, "s3");
-    return L;
-}
-
-static const char *run(lua_State *L, const char *chunk)
-{
-    static char out[512];
-    if (luaL_loadstring(L, chunk) != 0 || lua_pcall(L, 0, 1, 0) != 0)
-        snprintf(out, sizeof out, "error: %s", lua_tostring(L, -1));
-    else
-        snprintf(out, sizeof out, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "(nil)");
-    lua_pop(L, 1);
-    return out;
-}
 
 extern const binding_t binding_s3;
 
@@ -223,24 +202,24 @@ TEST(the_disk_store_round_trips_and_misuse_raises)
     setenv("S3_BUCKET", "", 1);
     CHECK(binding_s3.global_init() == 0);
     worker_t w = { .cfg = &g_wcfg, .kind = "cli" };
-    lua_State *L = state_for(&w);
-    CHECK_STR(run(L, "return s3.backend()"), "disk");
-    CHECK_STR(run(L, "assert(s3.put('products/p1/a.png', 'PNG\\0bytes', 'image/png'));"
+    lua_State *L = test_state(&w, "s3");
+    CHECK_STR(test_eval(L, "return s3.backend()"), "disk");
+    CHECK_STR(test_eval(L, "assert(s3.put('products/p1/a.png', 'PNG\\0bytes', 'image/png'));"
                      "local b, ct = s3.get('products/p1/a.png'); return #b .. ' ' .. ct"), "9 image/png");
-    CHECK_STR(run(L, "return tostring(s3.get('products/p1/none.png'))"), "nil");
-    CHECK_STR(run(L, "return select('#', s3.get('../../etc/passwd')) .. tostring(s3.get('../../etc/passwd'))"), "1nil");
-    CHECK_STR(run(L, "local ok, err, code = s3.put('../x', 'y'); return code"), "invalid");
-    CHECK_STR(run(L, "local ok, err, code = s3.delete('/etc/passwd'); return code"), "invalid");
-    CHECK_STR(run(L, "assert(s3.delete('products/p1/a.png')); assert(s3.delete('products/p1/a.png'));"
+    CHECK_STR(test_eval(L, "return tostring(s3.get('products/p1/none.png'))"), "nil");
+    CHECK_STR(test_eval(L, "return select('#', s3.get('../../etc/passwd')) .. tostring(s3.get('../../etc/passwd'))"), "1nil");
+    CHECK_STR(test_eval(L, "local ok, err, code = s3.put('../x', 'y'); return code"), "invalid");
+    CHECK_STR(test_eval(L, "local ok, err, code = s3.delete('/etc/passwd'); return code"), "invalid");
+    CHECK_STR(test_eval(L, "assert(s3.delete('products/p1/a.png')); assert(s3.delete('products/p1/a.png'));"
                      "return tostring(s3.get('products/p1/a.png'))"), "nil");
-    CHECK_STR(run(L, "return s3.url('products/p1/a.png')"), "/images/products/p1/a.png");
-    CHECK(strstr(run(L, "return s3.put(nil, 'x')"), "s3.put: expecting a key string, got nil") != NULL);
-    CHECK(strstr(run(L, "return s3.put('k', {})"), "expecting the bytes as a string") != NULL);
-    CHECK(strstr(run(L, "return s3.put('k', 'x', 'a\\r\\nb')"), "one short line") != NULL);
-    CHECK(strstr(run(L, "return s3.url('../x')"), "not a valid object key") != NULL);
+    CHECK_STR(test_eval(L, "return s3.url('products/p1/a.png')"), "/images/products/p1/a.png");
+    CHECK(strstr(test_eval(L, "return s3.put(nil, 'x')"), "s3.put: expecting a key string, got nil") != NULL);
+    CHECK(strstr(test_eval(L, "return s3.put('k', {})"), "expecting the bytes as a string") != NULL);
+    CHECK(strstr(test_eval(L, "return s3.put('k', 'x', 'a\\r\\nb')"), "one short line") != NULL);
+    CHECK(strstr(test_eval(L, "return s3.url('../x')"), "not a valid object key") != NULL);
     lua_close(L);
-    L = state_for(NULL);
-    CHECK(strstr(run(L, "return s3.get('k')"), "no object store here") != NULL);
+    L = test_state(NULL, "s3");
+    CHECK(strstr(test_eval(L, "return s3.get('k')"), "no object store here") != NULL);
     lua_close(L);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
@@ -255,11 +234,11 @@ TEST(an_unreachable_store_returns_unavailable_with_no_status)
     setenv("S3_SECRET_KEY", "s", 1);
     CHECK(binding_s3.global_init() == 0);
     worker_t w = { .cfg = &g_wcfg, .kind = "cli" };
-    lua_State *L = state_for(&w);
-    CHECK_STR(run(L, "local ok, err, code, st = s3.put('k.png', 'x', 'image/png'); return code .. ' ' .. tostring(st)"),
+    lua_State *L = test_state(&w, "s3");
+    CHECK_STR(test_eval(L, "local ok, err, code, st = s3.put('k.png', 'x', 'image/png'); return code .. ' ' .. tostring(st)"),
               "unavailable nil");
-    CHECK_STR(run(L, "local ok, err, code = s3.get('k.png'); return tostring(ok) .. ' ' .. code"), "nil unavailable");
-    CHECK_STR(run(L, "return s3.url('k.png')"), "http://127.0.0.1:1/b/k.png");
+    CHECK_STR(test_eval(L, "local ok, err, code = s3.get('k.png'); return tostring(ok) .. ' ' .. code"), "nil unavailable");
+    CHECK_STR(test_eval(L, "return s3.url('k.png')"), "http://127.0.0.1:1/b/k.png");
     lua_close(L);
     if (w.binding[BIND_HTTP]) curl_easy_cleanup(w.binding[BIND_HTTP]);
 }
