@@ -18,5 +18,5 @@ if command -v clang-tidy >/dev/null; then
         --checks='-*,bugprone-*,-bugprone-easily-swappable-parameters,-bugprone-reserved-identifier,-bugprone-narrowing-conversions,-bugprone-assignment-in-if-condition,clang-analyzer-*,-clang-analyzer-security.insecureAPI.*' \
         host/*.c bindings/*.c -- -std=gnu11 -D_GNU_SOURCE -Ihost -Ibuild/gen $cflags
 fi
-step shellcheck scripts/dev/*.sh bench/run.sh bench/services.sh .ci/run
+step shellcheck scripts/dev/*.sh bench/run.sh bench/services.sh bench/pg_outage.sh .ci/run
 exit $rc
