@@ -202,10 +202,11 @@ static void handler_failed(request_t *r, const char *what, const char *msg)
                    "The server failed to handle this request; quote the request id when reporting it.", NULL, NULL);
 }
 
-/* Turn the handler's (status, body, headers) at stack index base..base+2 into a response; rl
- * (a limited route's check, or NULL) adds RateLimit-* unless the handler set its own. */
-static void send_lua_response(request_t *r, int base, const ratelimit_result_t *rl)
+/* Turn the handler's (status, body, headers) at stack index base..base+2 into a response; a
+ * limited route's check (r->rl) adds RateLimit-* unless the handler set its own. */
+static void send_lua_response(request_t *r, int base)
 {
+    const ratelimit_result_t *rl = r->has_rl ? &r->rl : NULL;
     lua_State *L = r->w->L;
     int isnum = lua_type(L, base) == LUA_TNUMBER;
     lua_Number st = lua_tonumber(L, base);
@@ -361,7 +362,7 @@ static void run_coroutine(request_t *r, int nargs)
     } else {
         lua_settop(co, 3);
         lua_xmove(co, L, 3);
-        send_lua_response(r, 1, r->has_rl ? &r->rl : NULL);
+        send_lua_response(r, 1);
     }
     lua_settop(L, 0);
     if (retired) worker_swap_retired(w);
@@ -404,7 +405,7 @@ static void cancel_parked(worker_t *w)
     }
 }
 
-static void dispatch_lua(request_t *r, const ratelimit_result_t *rl)
+static void dispatch_lua(request_t *r)
 {
     worker_t *w = r->w;
     lua_State *L = w->L;
@@ -420,7 +421,6 @@ static void dispatch_lua(request_t *r, const ratelimit_result_t *rl)
             r->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
         }
         r->co = co;
-        if (rl) { r->rl = *rl; r->has_rl = 1; }
         lua_rawgeti(co, LUA_REGISTRYINDEX, w->handlers_ref);
         lua_rawgeti(co, -1, r->route + 1);
         lua_remove(co, -2);
@@ -434,7 +434,7 @@ static void dispatch_lua(request_t *r, const ratelimit_result_t *rl)
     push_request(L, r);
     w->cur = r;
     if (worker_pcall(L, w->traceback_ref, 1, 3) != 0) handler_failed(r, "handler raised an error", lua_tostring(L, -1));
-    else send_lua_response(r, 1, rl);
+    else send_lua_response(r, 1);
     w->cur = NULL;
     if (r->claims_ref != LUA_NOREF) {
         luaL_unref(L, LUA_REGISTRYINDEX, r->claims_ref);
@@ -585,11 +585,13 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
     /* A route's rate limit: by client IP before the token is looked at (refusing cheaply),
      * by token subject after it (host-enforced, so no handler can forget it). */
     const route_info_t *ri = &w->snap->routes[r->route];
-    ratelimit_result_t rl = { .limit = 0 };
-    if (ri->rate_limit.key && ratelimit_route(r, &ri->rate_limit, 0, &rl) != 0) return MHD_YES;   /* 429 */
+    /* The check's result stays on the request: the response (maybe after a parked wait)
+     * carries its RateLimit-* headers. */
+    if (ri->rate_limit.key && ratelimit_route(r, &ri->rate_limit, 0, &r->rl) != 0) return MHD_YES;   /* 429 */
     if (auth_check(r, ri) != 0) return MHD_YES;   /* answered 401/403 */
-    if (ri->rate_limit.key && ratelimit_route(r, &ri->rate_limit, 1, &rl) != 0) return MHD_YES;   /* 429 */
-    dispatch_lua(r, rl.limit ? &rl : NULL);
+    if (ri->rate_limit.key && ratelimit_route(r, &ri->rate_limit, 1, &r->rl) != 0) return MHD_YES;   /* 429 */
+    r->has_rl = r->rl.limit != 0;
+    dispatch_lua(r);
     if (!r->status && !r->suspended) server_problem(r, 500, "Internal Server Error", "No response was produced.", NULL, NULL);
     return MHD_YES;
 }
