@@ -159,7 +159,13 @@ int loop_watch(loop_t *l, int fd, int events, loop_io_cb cb, void *arg)
     }
     watch_t *w = &l->watches[fd];
     struct epoll_event ev = { .events = epoll_events(events), .data.u64 = (uint64_t)w->gen << 32 | (uint32_t)fd };
-    if (epoll_ctl(l->ep, w->active ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) < 0) return -1;
+    /* The kernel forgets a closed fd by itself, and a library may close and reopen a socket
+     * under the same number (libpq while connecting): trust epoll over the table. */
+    int op = w->active ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (epoll_ctl(l->ep, op, fd, &ev) < 0) {
+        if (errno != (op == EPOLL_CTL_MOD ? ENOENT : EEXIST)) return -1;
+        if (epoll_ctl(l->ep, op == EPOLL_CTL_MOD ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev) < 0) return -1;
+    }
     w->cb = cb;
     w->arg = arg;
     w->events = events;
