@@ -37,7 +37,7 @@ MAIN_OBJ    := $(BUILD)/obj/host/main.o
 LIB         := $(BUILD)/libmercato.a
 TEST_SRC    := $(wildcard tests/test_*.c)
 TEST_BIN    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
-GEN         := $(BUILD)/gen/prelude.h
+GEN         := $(BUILD)/gen/prelude.h $(BUILD)/gen/db_lua.h
 
 .PHONY: all test test-unit test-spec run bench lint asan valgrind coverage clean deps stack-up stack-down
 all: $(BUILD)/mercato $(TEST_BIN)
@@ -46,6 +46,11 @@ $(BUILD)/gen/prelude.h: host/lua/prelude.lua
 	@mkdir -p $(@D)
 	@echo "  LUAJIT  $<"
 	$(Q)luajit -bg -n prelude -t h $< $@
+
+$(BUILD)/gen/%_lua.h: bindings/lua/%.lua
+	@mkdir -p $(@D)
+	@echo "  LUAJIT  $<"
+	$(Q)luajit -bg -n $* -t h $< $@
 
 $(BUILD)/obj/%.o: %.c | $(GEN)
 	@mkdir -p $(@D)

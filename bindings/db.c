@@ -1,4 +1,6 @@
-/* db: PostgreSQL for Lua, on the worker thread's own connection (libpq).
+/* db: PostgreSQL for Lua (libpq). The functions Lua sees are in bindings/lua/db.lua, over the
+ * primitives here; a handler's statements run on the HTTP thread's pool without blocking it
+ * (bindings/db_pool.c), everything else on the worker's own connection.
  *
  *   local rows, err, code = db.query("SELECT id, price FROM products WHERE seller = $1", seller)
  *   local row, err, code = db.query_one("SELECT * FROM products WHERE id = $1", id)  -- nil: none
@@ -24,10 +26,13 @@
 #include "../host/bindings.h"
 #include "../host/log.h"
 #include "../host/metrics.h"
+#include "../host/request.h"
 #include "../host/worker.h"
 #include "db.h"
 
-enum { MODE_ROWS, MODE_ONE, MODE_EXEC };
+#include "db_lua.h"   /* generated: luaJIT_BC_db, the compiled bindings/lua/db.lua */
+
+#define RESULT_MT "mercato.db.result"
 
 /* Upvalues of every function: the worker (NULL in the scratch state that checks scripts),
  * json.encode, json.decode (the json binding: arrays stay arrays, integers stay exact). */
@@ -39,7 +44,7 @@ static const char *const outcomes[] = { "ok", "conflict", "invalid", "timeout", 
 #define NOUTCOMES ((int)(sizeof outcomes / sizeof outcomes[0]))
 static metric_cell_t *g_queries[NOUTCOMES];
 
-static void count(const char *outcome)
+void db_count(const char *outcome)
 {
     for (int i = 0; i < NOUTCOMES; i++)
         if (!strcmp(outcomes[i], outcome)) { metrics_cell_add(g_queries[i], 1); return; }
@@ -87,21 +92,18 @@ static void push_value(lua_State *L, const PGresult *res, int row, int col, int 
     lua_pushlstring(L, v, len);
 }
 
-/* lua_CFunction run under lua_pcall so that the PGresult is freed whatever happens:
- * (result, mode, decode) → rows array, or the first row (nil when none). */
-static int push_result(lua_State *L)
+/* res as rows (an array), or its first row (nil when none); decode is json.decode's index. */
+static int push_rows(lua_State *L, const PGresult *res, int mode, int decode)
 {
-    const PGresult *res = lua_touserdata(L, 1);
-    int mode = (int)lua_tointeger(L, 2);
     int nrows = PQntuples(res), ncols = PQnfields(res);
-    if (mode == MODE_ONE) {
+    if (mode == DB_MODE_ONE) {
         if (nrows == 0) { lua_pushnil(L); return 1; }
         nrows = 1;
     }
     luaL_checkstack(L, ncols + 8, "too many columns");
     int names = lua_gettop(L) + 1;
     for (int j = 0; j < ncols; j++) lua_pushstring(L, PQfname(res, j));   /* interned once */
-    if (mode == MODE_ROWS) {
+    if (mode == DB_MODE_ROWS) {
         /* Marked as a JSON array, so `return 200, { items = rows }` says [] when empty. */
         lua_createtable(L, nrows, 0);
         luaL_getmetatable(L, "mercato.json.array");
@@ -111,15 +113,77 @@ static int push_result(lua_State *L)
         lua_createtable(L, 0, ncols);
         for (int j = 0; j < ncols; j++) {
             lua_pushvalue(L, names + j);
-            push_value(L, res, i, j, 3);
+            push_value(L, res, i, j, decode);
             lua_rawset(L, -3);
         }
-        if (mode == MODE_ROWS) lua_rawseti(L, -2, i + 1);
+        if (mode == DB_MODE_ROWS) lua_rawseti(L, -2, i + 1);
     }
     return 1;
 }
 
-/* ---- Lua bindings ------------------------------------------------------------------------ */
+/* ---- results and failures as the primitives return them ---------------------------------- */
+
+typedef struct { PGresult *res; } result_ud_t;
+
+void db_push_result(lua_State *L, PGresult *res, int mode)
+{
+    if (mode == DB_MODE_EXEC || mode == DB_MODE_COMMAND) {
+        const char *tuples = PQcmdTuples(res);
+        lua_Number affected = *tuples ? (lua_Number)strtoll(tuples, NULL, 10) : 0;
+        PQclear(res);
+        if (mode == DB_MODE_EXEC) lua_pushnumber(L, affected); else lua_pushboolean(L, 1);
+        return;
+    }
+    result_ud_t *u = lua_newuserdata(L, sizeof *u);   /* on a memory error res leaks: nothing else can */
+    u->res = res;
+    luaL_getmetatable(L, RESULT_MT);
+    lua_setmetatable(L, -2);
+}
+
+int db_push_failure(lua_State *L, const char *fn, const db_error_t *err)
+{
+    if (err->misuse) {
+        lua_pushboolean(L, 0);
+        lua_pushfstring(L, "%s: %s (SQLSTATE %s)%s", fn, err->msg, err->sqlstate,
+                        strcmp(err->sqlstate, "25P02") ? "" : "; a nested db.tx recovers from a failed statement");
+        return 2;
+    }
+    lua_pushnil(L);
+    lua_pushstring(L, err->msg);
+    lua_pushstring(L, err->code);
+    if (err->sqlstate[0]) lua_pushstring(L, err->sqlstate); else lua_pushnil(L);
+    return 4;
+}
+
+static int misuse(lua_State *L, const char *fn, const char *msg)
+{
+    lua_pushboolean(L, 0);
+    lua_pushfstring(L, "%s: %s", fn, msg);
+    return 2;
+}
+
+static int result_gc(lua_State *L)
+{
+    result_ud_t *u = luaL_checkudata(L, 1, RESULT_MT);
+    PQclear(u->res);
+    u->res = NULL;
+    return 0;
+}
+
+/* C.take(result, mode) → rows / row / nil; the result is freed at once. */
+static int l_take(lua_State *L)
+{
+    result_ud_t *u = luaL_checkudata(L, 1, RESULT_MT);
+    int mode = (int)luaL_checkinteger(L, 2);
+    if (!u->res) return luaL_error(L, "db: a result taken twice");
+    lua_settop(L, 2);
+    push_rows(L, u->res, mode, UV_DECODE);   /* a raising decoder leaves res to __gc */
+    PQclear(u->res);
+    u->res = NULL;
+    return 1;
+}
+
+/* ---- the primitives ------------------------------------------------------------------------ */
 
 static worker_t *worker_of(lua_State *L, const char *fn)
 {
@@ -128,20 +192,21 @@ static worker_t *worker_of(lua_State *L, const char *fn)
     return w;
 }
 
-static db_conn_t *conn_of(lua_State *L, const char *fn)
+db_conn_t *db_blocking_conn(worker_t *w, db_error_t *err)
 {
-    db_conn_t *c = db_conn_of(worker_of(L, fn));
-    if (!c) luaL_error(L, "%s: out of memory", fn);
+    request_t *r = w->loop ? w->cur : NULL;
+    if (r && r->db) return r->db;
+    db_conn_t *c = r ? db_pool_idle(w) : NULL;
+    if (!c) c = db_conn_of(w);
+    if (!c) {
+        db_set_error(err, "unavailable", "database unavailable: %s", "out of memory");
+        return NULL;
+    }
+    if (c->owner && c->owner != r) {
+        db_set_error(err, "unavailable", "database busy: %s", "every connection of this thread is in use");
+        return NULL;
+    }
     return c;
-}
-
-static int push_error(lua_State *L, const db_error_t *err)
-{
-    lua_pushnil(L);
-    lua_pushstring(L, err->msg);
-    lua_pushstring(L, err->code);
-    if (err->sqlstate[0]) lua_pushstring(L, err->sqlstate); else lua_pushnil(L);
-    return 4;
 }
 
 /* The arguments first..first+n-1 as text parameters into values (NULL = SQL NULL). The texts
@@ -188,78 +253,59 @@ static int params_to_text(lua_State *L, const char *fn, int first, int n, const 
     return 0;
 }
 
-/* After a statement: the connection must be in the transaction state db.tx expects. A raw
- * BEGIN would leave the worker's connection in a transaction across requests. */
-static const char *tx_state_misuse(db_conn_t *c)
+const char *db_tx_state_misuse(db_conn_t *c)
 {
     PGTransactionStatusType ts = PQtransactionStatus(c->pg);
     int in_tx = ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
     if (c->tx_depth == 0 && in_tx) {
+        /* A raw BEGIN would leave the connection in a transaction across requests. */
         db_error_t ignored;
-        if (db_conn_command(c, "ROLLBACK", &ignored) < 0) db_conn_close(c);
+        if (c->pool || db_conn_command(c, "ROLLBACK", &ignored) < 0) db_conn_close(c);
         return "transaction control statements are not allowed; use db.tx(function() ... end)";
     }
     if (c->tx_depth > 0 && ts == PQTRANS_IDLE) return "the statement ended the transaction of db.tx; let db.tx commit or roll back";
     return NULL;
 }
 
-/* db.query / db.query_one / db.exec: one implementation, `mode` picks what is returned. */
-static int run(lua_State *L, int mode, const char *fn)
+/* C.run(mode, fn, sql, ...) → a result (ROWS, ONE) | count (EXEC), or nil, message, code,
+ * sqlstate, or false, message (misuse: db.lua raises it). Parks in handlers. */
+static int l_run(lua_State *L)
 {
-    db_conn_t *c = conn_of(L, fn);
-    if (lua_type(L, 1) != LUA_TSTRING) return luaL_error(L, "%s: expecting SQL string, got %s", fn, luaL_typename(L, 1));
+    int mode = (int)luaL_checkinteger(L, 1);
+    const char *fn = luaL_checkstring(L, 2);
+    worker_t *w = worker_of(L, fn);
+    if (lua_type(L, 3) != LUA_TSTRING) return luaL_error(L, "%s: expecting SQL string, got %s", fn, luaL_typename(L, 3));
     size_t len;
-    const char *sql = lua_tolstring(L, 1, &len);
+    const char *sql = lua_tolstring(L, 3, &len);
     if (strlen(sql) != len) return luaL_error(L, "%s: the SQL contains a NUL byte", fn);
-    int n = lua_gettop(L) - 1;
+    int n = lua_gettop(L) - 3;
     if (n > DB_MAX_PARAMS) return luaL_error(L, "%s: at most %d parameters", fn, DB_MAX_PARAMS);
     const char **values = n ? lua_newuserdata(L, (size_t)n * sizeof *values) : NULL;
     db_error_t err = { .code = "invalid" };
-    if (params_to_text(L, fn, 2, n, values, &err) < 0) { count("invalid"); return push_error(L, &err); }
+    if (params_to_text(L, fn, 4, n, values, &err) < 0) { db_count("invalid"); return db_push_failure(L, fn, &err); }
 
+    db_pool_t *p = db_pool_for(L, w);
+    if (p) return db_pool_run(L, p, mode, fn, sql, len, n, values);
+
+    db_conn_t *c = db_blocking_conn(w, &err);
+    if (!c) { db_count(err.code); return db_push_failure(L, fn, &err); }
     PGresult *res = db_conn_query(c, sql, len, n, values, &err);
     if (!res) {
-        count(err.misuse ? "error" : err.code);
+        db_count(err.misuse ? "error" : err.code);
         log_debug("db: %s failed: %s (%s %s); sql: %s", fn, err.msg, err.code, err.sqlstate, sql);
         if (c->tx_depth > 0) c->tx_err = err;
-        if (err.misuse)
-            return luaL_error(L, "%s: %s (SQLSTATE %s)%s", fn, err.msg, err.sqlstate,
-                              strcmp(err.sqlstate, "25P02") ? "" : "; a nested db.tx recovers from a failed statement");
-        return push_error(L, &err);
+        return db_push_failure(L, fn, &err);
     }
-    const char *misuse = tx_state_misuse(c);
-    if (misuse) {
+    const char *bad = db_tx_state_misuse(c);
+    if (bad) {
         PQclear(res);
-        count("error");
-        return luaL_error(L, "%s: %s", fn, misuse);
+        db_count("error");
+        return misuse(L, fn, bad);
     }
-    count("ok");
-    const char *tuples = PQcmdTuples(res);
-    lua_Number affected = *tuples ? (lua_Number)strtoll(tuples, NULL, 10) : 0;
-    int rc = 0;
-    if (mode != MODE_EXEC) {
-        lua_pushcfunction(L, push_result);
-        lua_pushlightuserdata(L, res);
-        lua_pushinteger(L, mode);
-        lua_pushvalue(L, UV_DECODE);
-        rc = lua_pcall(L, 3, 1, 0);
-    }
-    PQclear(res);
-    if (rc != 0) return lua_error(L);
-    if (mode == MODE_EXEC) lua_pushnumber(L, affected);
+    db_count("ok");
+    db_push_result(L, res, mode);
     return 1;
 }
-
-/* db.query(sql, ...) → rows (an array, empty for a command without RETURNING). The count of
- * a command comes from db.exec: a number in second place would read as an error to the
- * `local rows, err, code = db.query(...)` / `if err then` convention. */
-static int l_query(lua_State *L) { return run(L, MODE_ROWS, "db.query"); }
-
-/* db.query_one(sql, ...) → the first row, or a bare nil when there is none. */
-static int l_query_one(lua_State *L) { return run(L, MODE_ONE, "db.query_one"); }
-
-/* db.exec(sql, ...) → the affected row count. */
-static int l_exec(lua_State *L) { return run(L, MODE_EXEC, "db.exec"); }
 
 /* End the db.tx level that started at `depth`: COMMIT / RELEASE, or ROLLBACK / ROLLBACK TO.
  * Whatever fails, the connection leaves no transaction behind at depth 0. 0 or -1 with err. */
@@ -299,33 +345,65 @@ static int tx_end(db_conn_t *c, int depth, int commit, db_error_t *err)
     return rc;
 }
 
-/* db.tx(fn, ...) → fn's results. BEGIN (SAVEPOINT when nested), run fn(...) on this worker's
- * connection, COMMIT when it returns, ROLLBACK when it raises (the error is raised again) or
- * returns nil, err. A failed BEGIN or COMMIT returns nil, message, code, sqlstate. */
-static int l_tx(lua_State *L)
+/* The connection of the request's (or, off the loop, the worker's) open db.tx, or NULL. */
+static db_conn_t *tx_conn(worker_t *w)
 {
-    db_conn_t *c = conn_of(L, "db.tx");
-    luaL_checktype(L, 1, LUA_TFUNCTION);
+    request_t *r = w->loop ? w->cur : NULL;
+    if (r) return r->db;
+    db_conn_t *c = w->binding[BIND_DB];
+    return c && c->tx_depth > 0 ? c : NULL;
+}
+
+/* C.begin() → the depth the transaction starts at (0 at the top, n inside n open ones), or
+ * nil, message, code, sqlstate. BEGIN, or SAVEPOINT when nested. */
+static int l_begin(lua_State *L)
+{
+    worker_t *w = worker_of(L, "db.tx");
     db_error_t err = { .code = "unavailable" };
+    db_conn_t *c = tx_conn(w);
+    db_pool_t *p = db_pool_for(L, w);
+    if (p && (!c || c->pool)) return db_pool_begin(L, p);
+    if (!c && !(c = db_blocking_conn(w, &err))) { db_count(err.code); return db_push_failure(L, "db.tx", &err); }
     int depth = c->tx_depth;
     char sql[48];
     if (depth == 0) snprintf(sql, sizeof sql, "BEGIN");
     else snprintf(sql, sizeof sql, "SAVEPOINT mercato_sp%d", depth);
     if (db_conn_command(c, sql, &err) < 0) {
-        count(err.code);
-        return push_error(L, &err);
+        db_count(err.code);
+        return db_push_failure(L, "db.tx", &err);
     }
     c->tx_depth = depth + 1;
-    int rc = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
-    int nres = lua_gettop(L);
-    int commit = rc == 0 && !(nres >= 2 && lua_isnil(L, 1) && !lua_isnil(L, 2));
-    int end = tx_end(c, depth, commit, &err);
-    if (rc != 0) return lua_error(L);
-    if (end < 0 && commit) {
-        count(err.code);
-        return push_error(L, &err);
+    request_t *r = w->loop ? w->cur : NULL;
+    if (r && depth == 0) {
+        r->db = c;
+        if (c->pool) db_pool_lend(c, r); else c->owner = r;
     }
-    return nres;
+    lua_pushinteger(L, depth);
+    return 1;
+}
+
+/* C.finish(depth, commit) → true, or nil, message, code, sqlstate. */
+static int l_finish(lua_State *L)
+{
+    worker_t *w = worker_of(L, "db.tx");
+    int depth = (int)luaL_checkinteger(L, 1), commit = lua_toboolean(L, 2);
+    db_conn_t *c = tx_conn(w);
+    if (!c || c->tx_depth != depth + 1) return luaL_error(L, "db.tx: the transaction ended out of order");
+    db_pool_t *p = db_pool_for(L, w);
+    if (p && c->pool) return db_pool_end(L, p, c, depth, commit);
+    db_error_t err = { .code = "unavailable" };
+    int rc = tx_end(c, depth, commit, &err);
+    request_t *r = w->loop ? w->cur : NULL;
+    if (depth == 0 && r && r->db == c) {
+        r->db = NULL;
+        if (c->pool) db_pool_give_back(c); else c->owner = NULL;
+    }
+    if (rc < 0) {
+        if (commit) db_count(err.code);
+        return db_push_failure(L, "db.tx", &err);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
 /* ---- binding ------------------------------------------------------------------------------ */
@@ -341,11 +419,12 @@ static int db_global_init(void)
     return 0;
 }
 
-/* Readiness: `SELECT 1` on this worker's own connection. */
+/* Readiness: `SELECT 1` on a free pooled connection, else on the worker's own. */
 static int db_ready(worker_t *w, char *why, size_t whylen)
 {
     if (!w->cfg || !w->cfg->database_url) return -1;
-    db_conn_t *c = db_conn_of(w);
+    db_conn_t *c = w->loop ? db_pool_idle(w) : NULL;
+    if (!c) c = db_conn_of(w);
     if (!c) { snprintf(why, whylen, "out of memory"); return 0; }
     db_error_t err;
     PGresult *res = db_conn_query(c, "SELECT 1", 8, 0, NULL, &err);
@@ -359,11 +438,12 @@ static int db_ready(worker_t *w, char *why, size_t whylen)
  * undefined, and the weak default already defines this one. */
 int bindings_migrate(const struct config *cfg) { return db_migrate(cfg); }
 
-/* db.in_tx() → whether this worker is inside db.tx (outbox.add refuses to run outside one). */
+/* db.in_tx() → whether this request (or, off the loop, this worker) is inside db.tx
+ * (outbox.add refuses to run outside one). */
 static int l_in_tx(lua_State *L)
 {
     worker_t *w = lua_touserdata(L, UV_WORKER);
-    db_conn_t *c = w ? w->binding[BIND_DB] : NULL;
+    db_conn_t *c = w ? tx_conn(w) : NULL;
     lua_pushboolean(L, c && c->tx_depth > 0);
     return 1;
 }
@@ -371,27 +451,51 @@ static int l_in_tx(lua_State *L)
 int luaopen_db(lua_State *L)
 {
     static const luaL_Reg fns[] = {
-        { "query", l_query }, { "query_one", l_query_one }, { "exec", l_exec }, { "tx", l_tx }, { "in_tx", l_in_tx }, { NULL, NULL },
+        { "run", l_run }, { "take", l_take }, { "begin", l_begin }, { "finish", l_finish }, { "in_tx", l_in_tx },
+        { NULL, NULL },
     };
+    if (luaL_newmetatable(L, RESULT_MT)) {
+        lua_pushcfunction(L, result_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_pop(L, 1);
     worker_t *w = worker_from_lua(L);
+    if (luaL_loadbuffer(L, (const char *)luaJIT_BC_db, luaJIT_BC_db_SIZE, "=db.lua") != 0) return lua_error(L);
     lua_getglobal(L, "require");
     lua_pushstring(L, "json");
     lua_call(L, 1, 1);
     int json = lua_gettop(L);
-    lua_newtable(L);
+    lua_newtable(L);   /* C: the primitives */
     lua_pushlightuserdata(L, w);
     lua_getfield(L, json, "encode");
     lua_getfield(L, json, "decode");
     luaL_setfuncs(L, fns, 3);
     lua_getfield(L, json, "null");   /* db.null == json.null == cjson.null: NULL encodes as null */
     lua_setfield(L, -2, "null");
+    lua_remove(L, json);
+    lua_pushinteger(L, DB_MODE_ROWS);
+    lua_pushinteger(L, DB_MODE_ONE);
+    lua_pushinteger(L, DB_MODE_EXEC);
+    lua_call(L, 4, 1);   /* db.lua(C, ROWS, ONE, EXEC) → the module */
     return 1;
+}
+
+static void db_request_end_hook(worker_t *w, request_t *r)
+{
+    if (r->db) db_request_end(w, r);
+}
+
+static void db_worker_free_all(worker_t *w)
+{
+    db_pool_free(w);
+    db_worker_free(w);
 }
 
 const binding_t binding_db = {
     .name = "db",
     .open = luaopen_db,
     .global_init = db_global_init,
-    .worker_free = db_worker_free,
+    .worker_free = db_worker_free_all,
+    .request_end = db_request_end_hook,
     .ready = db_ready,
 };

@@ -1,13 +1,17 @@
 /* db: the internal API shared by bindings/db*.c (the `db` Lua module) and tests/test_db.c.
  *
- * One connection per worker thread, in w->binding[BIND_DB]: made on first use, kept across
- * requests and Lua state swaps, closed by bindings_worker_free. A worker runs one request at a
- * time and a db.tx pins the connection for its whole run, so a second connection per worker
- * would never be used; the process holds WORKERS connections (plus one while migrating). */
+ * Two kinds of connection, both made on first use and kept across requests and Lua state swaps:
+ *  - each worker's own blocking connection, in w->binding[BIND_DB] (runners, `mercato lua`,
+ *    the inventory hot path, and handler code that cannot park);
+ *  - on HTTP threads, a pool of non-blocking connections driven by the thread's loop
+ *    (w->binding[BIND_DB_POOL], bindings/db_pool.c): a handler's statement borrows one, parks
+ *    until the answer is in and gives it back; a db.tx keeps it until COMMIT or ROLLBACK.
+ * Closed by bindings_worker_free. */
 #ifndef MERCATO_DB_H
 #define MERCATO_DB_H
 
 #include <libpq-fe.h>
+#include <lua.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -19,6 +23,9 @@ struct worker;
 /* Read once from the environment by db_settings_load (binding global_init). */
 typedef struct db_settings {
     int statement_timeout_ms;      /* DB_STATEMENT_TIMEOUT_MS, default 5000; 0 = none */
+    int pool_size;                 /* DB_POOL_SIZE: pooled connections per process (split over
+                                    * the HTTP threads, at least one each); default 4 per thread */
+    int pool_wait_ms;              /* DB_POOL_WAIT_MS, default 1000: then `unavailable` (503) */
     int connect_timeout_s;         /* DB_CONNECT_TIMEOUT_S, default 3 (libpq's minimum is 2) */
     int stmt_cache_max;            /* DB_STMT_CACHE, default and cap DB_STMT_CACHE_MAX */
 } db_settings_t;
@@ -45,6 +52,11 @@ typedef struct db_stmt {
     unsigned id;                   /* server-side name "mercato_<id>" */
 } db_stmt_t;
 
+struct request;
+struct loop;
+struct db_pool;
+struct db_op;
+
 typedef struct db_conn {
     PGconn *pg;                    /* NULL while not connected */
     int tx_depth;                  /* db.tx nesting (0: autocommit) */
@@ -59,10 +71,24 @@ typedef struct db_conn {
     const char *url;               /* DATABASE_URL (the config's, not owned) */
     const char *app_name;          /* the service, for application_name (not owned) */
     int timeout_ms;                /* statement_timeout of the session; 0 = none (migrations) */
+    /* Pooled connections only (NULL / -1 for a worker's own): */
+    struct db_pool *pool;
+    struct loop *loop;             /* the HTTP thread's loop its socket is watched on */
+    int fd;                        /* the watched socket, or -1 */
+    int events;                    /* LOOP_* it is watched for */
+    struct request *owner;         /* the request whose db.tx holds it, or NULL (shared) */
+    PGconn *connecting;            /* being connected on the loop (not yet pg) */
+    struct db_op *head, *tail;     /* statements sent (or waiting for the connection), in order */
+    int inflight;
 } db_conn_t;
 
 /* The worker's connection slot (made on first call; NULL only when out of memory). */
 db_conn_t *db_conn_of(struct worker *w);
+
+/* The connection a blocking statement runs on: the one lent to the request being served for
+ * its db.tx, a free pooled one, else the worker's own. NULL with err (unavailable) when that
+ * one is lent to another request's db.tx. */
+db_conn_t *db_blocking_conn(struct worker *w, db_error_t *err);
 
 /* Free the worker's connection (bindings_worker_free). */
 void db_worker_free(struct worker *w);
@@ -80,6 +106,70 @@ PGresult *db_conn_query(db_conn_t *c, const char *sql, size_t len, int nparams, 
 /* Run a parameterless command (BEGIN, SAVEPOINT, a migration file) with the simple protocol.
  * 0, or -1 with err. Never reconnects inside a transaction. */
 int db_conn_command(db_conn_t *c, const char *sql, db_error_t *err);
+
+/* ---- shared by db_conn.c and db_pool.c (not for other callers) ---- */
+
+/* The connection parameters of c (keys/vals NULL-terminated; the texts live in bufs). */
+typedef struct db_params {
+    const char *keys[12], *vals[12];
+    char connect_timeout[16], options[160], app[80], user_timeout[16];
+} db_params_t;
+void db_conn_params(const db_conn_t *c, db_params_t *p);
+/* 0 when a connection may be attempted now; -1 with err while a failed attempt backs off. */
+int db_conn_may_connect(db_conn_t *c, db_error_t *err);
+/* pg (made by either connect API, OK or not) becomes c's connection: 0, or -1 with err (pg
+ * finished, the back-off started). */
+int db_conn_adopt(db_conn_t *c, PGconn *pg, db_error_t *err);
+/* Whether the idle connection was closed by the server (costs one poll(2)). */
+int db_conn_dead(db_conn_t *c);
+/* The server gave up on the session before running the statement (it may be retried). */
+int db_not_run(const db_error_t *err);
+void db_set_error(db_error_t *err, const char *code, const char *fmt, const char *detail);
+/* The prepared statement cache of a connection. */
+uint64_t db_hash(const char *s, size_t n);
+db_stmt_t *db_stmt_find(db_conn_t *c, const char *sql, size_t len, uint64_t h);
+db_stmt_t *db_stmt_add(db_conn_t *c, const char *sql, size_t len, uint64_t h, unsigned id);   /* NULL: no memory */
+void db_stmt_forget(db_conn_t *c, db_stmt_t *s);
+void db_stmt_forget_all(db_conn_t *c);
+db_stmt_t *db_stmt_lru(db_conn_t *c);
+/* Count a dead connection replaced, in db_reconnects_total. */
+void db_count_reconnect(void);
+/* Count a statement's outcome in db_queries_total. */
+void db_count(const char *outcome);
+/* Misuse of the transaction protocol seen after a statement (a raw BEGIN, COMMIT inside
+ * db.tx), or NULL. A stray open transaction is ended by closing (pooled) or rolling back. */
+const char *db_tx_state_misuse(db_conn_t *c);
+
+/* ---- the HTTP thread's pool (db_pool.c) ---- */
+
+typedef struct db_pool db_pool_t;
+/* The pool of the worker running L's handler, when the statement may park there; else NULL. */
+db_pool_t *db_pool_for(lua_State *L, struct worker *w);
+/* A free pooled connection to use without parking (blocking), or NULL. Not lent. */
+db_conn_t *db_pool_idle(struct worker *w);
+/* Lend c to r for a db.tx / give it back (handing it to the next waiting statement). */
+void db_pool_lend(db_conn_t *c, struct request *r);
+void db_pool_give_back(db_conn_t *c);
+/* Run a statement (sql, or a BEGIN/COMMIT text when mode is DB_MODE_COMMAND) from a
+ * handler: borrows a connection (r->db's, a free one, or waits up to DB_POOL_WAIT_MS),
+ * parks the handler, and resumes it with what db_push_outcome pushes. */
+int db_pool_run(lua_State *L, db_pool_t *p, int mode, const char *fn, const char *sql, size_t len, int n,
+                const char *const *values);
+/* db.tx's BEGIN / end on the pool: resumes with depth | true, or nil, err, code, sqlstate. */
+int db_pool_begin(lua_State *L, db_pool_t *p);
+int db_pool_end(lua_State *L, db_pool_t *p, db_conn_t *c, int depth, int commit);
+/* The request ends: a connection still lent to it (its handler never finished the db.tx) is
+ * closed, which rolls the transaction back, and returned. */
+void db_request_end(struct worker *w, struct request *r);
+void db_pool_free(struct worker *w);
+
+enum { DB_MODE_ROWS, DB_MODE_ONE, DB_MODE_EXEC, DB_MODE_COMMAND };
+
+/* Push what a db primitive returns for a finished statement onto L (see db.c):
+ * ROWS / ONE → a result userdata (owns res); EXEC → the count (res cleared). */
+void db_push_result(lua_State *L, PGresult *res, int mode);
+/* nil, message, code, sqlstate — or, for misuse, false, "fn: message". Returns the count. */
+int db_push_failure(lua_State *L, const char *fn, const db_error_t *err);
 
 /* Fill err from a failed result or from the connection state. */
 void db_error_from(db_error_t *err, PGconn *pg, const PGresult *res);

@@ -10,10 +10,12 @@
 #include <time.h>
 
 #include "../host/log.h"
+#include "../host/loop.h"
 #include "../host/metrics.h"
 #include "../host/worker.h"
 
-db_settings_t db_settings = { .statement_timeout_ms = 5000, .connect_timeout_s = 3, .stmt_cache_max = DB_STMT_CACHE_MAX };
+db_settings_t db_settings = { .statement_timeout_ms = 5000, .connect_timeout_s = 3, .stmt_cache_max = DB_STMT_CACHE_MAX,
+                               .pool_wait_ms = 1000 };
 
 static metric_cell_t *g_connections, *g_reconnects, *g_connect_failures;
 
@@ -38,9 +40,16 @@ void db_settings_load(void)
     db_settings.statement_timeout_ms = (int)env_long("DB_STATEMENT_TIMEOUT_MS", 5000, 0, 3600000L);
     db_settings.connect_timeout_s = (int)env_long("DB_CONNECT_TIMEOUT_S", 3, 2, 60);
     db_settings.stmt_cache_max = (int)env_long("DB_STMT_CACHE", DB_STMT_CACHE_MAX, 0, DB_STMT_CACHE_MAX);
-    g_connections = metrics_gauge0("db_connections", "Open PostgreSQL connections (one per worker thread at most).");
+    db_settings.pool_size = (int)env_long("DB_POOL_SIZE", 0, 0, 10000);   /* 0: 4 per HTTP thread */
+    db_settings.pool_wait_ms = (int)env_long("DB_POOL_WAIT_MS", 1000, 0, 600000L);
+    g_connections = metrics_gauge0("db_connections", "Open PostgreSQL connections (pooled and per worker).");
     g_reconnects = metrics_counter0("db_reconnects_total", "PostgreSQL connections found dead and replaced.");
     g_connect_failures = metrics_counter0("db_connect_failures_total", "Failed attempts to connect to PostgreSQL.");
+}
+
+void db_count_reconnect(void)
+{
+    metrics_cell_add(g_reconnects, 1);
 }
 
 static uint64_t now_ms(void)
@@ -81,7 +90,7 @@ static void one_line(char *dst, size_t cap, const char *src)
     dst[n] = 0;
 }
 
-static void set_error(db_error_t *err, const char *code, const char *fmt, const char *detail)
+void db_set_error(db_error_t *err, const char *code, const char *fmt, const char *detail)
 {
     char line[200];
     one_line(line, sizeof line, detail);
@@ -107,7 +116,7 @@ void db_error_from(db_error_t *err, PGconn *pg, const PGresult *res)
         err->code = db_code_for_sqlstate(state, &err->misuse);
         return;
     }
-    set_error(err, "unavailable", "database unavailable: %s", primary);
+    db_set_error(err, "unavailable", "database unavailable: %s", primary);
     if (state) snprintf(err->sqlstate, sizeof err->sqlstate, "%s", state);
 }
 
@@ -156,12 +165,13 @@ db_conn_t *db_conn_of(worker_t *w)
         c->url = w->cfg ? w->cfg->database_url : NULL;
         c->app_name = w->cfg && w->cfg->service ? w->cfg->service : w->kind;
         c->timeout_ms = db_settings.statement_timeout_ms;
+        c->fd = -1;
         w->binding[BIND_DB] = c;
     }
     return w->binding[BIND_DB];
 }
 
-static void stmt_forget_all(db_conn_t *c)
+void db_stmt_forget_all(db_conn_t *c)
 {
     for (int i = 0; i < c->nstmts; i++) free(c->stmts[i].sql);
     c->nstmts = 0;
@@ -169,13 +179,15 @@ static void stmt_forget_all(db_conn_t *c)
 
 void db_conn_close(db_conn_t *c)
 {
+    if (c->fd >= 0 && c->loop) loop_unwatch(c->loop, c->fd);
+    c->fd = -1;
     if (c->pg) {
         PQfinish(c->pg);
         c->pg = NULL;
         metrics_cell_add(g_connections, -1);
         if (c->tx_depth > 0) c->tx_lost = 1;
     }
-    stmt_forget_all(c);
+    db_stmt_forget_all(c);
 }
 
 void db_worker_free(worker_t *w)
@@ -187,32 +199,40 @@ void db_worker_free(worker_t *w)
     w->binding[BIND_DB] = NULL;
 }
 
-/* Connect; the session runs in UTC with ISO dates and the statement timeout. Settings in the
- * URL win over these defaults (they come later in the expanded parameter list). */
-static int conn_open(db_conn_t *c, db_error_t *err)
+/* The session runs in UTC with ISO dates and the statement timeout. Settings in the URL win
+ * over these defaults (they come later in the expanded parameter list). */
+void db_conn_params(const db_conn_t *c, db_params_t *p)
 {
-    if (!c->url || !*c->url) {
-        set_error(err, "unavailable", "database unavailable: %s", "DATABASE_URL is not set");
-        return -1;
-    }
-    uint64_t now = now_ms();
-    if (now < c->retry_at_ms) {
-        set_error(err, "unavailable", "database unavailable: %s", "the last connection attempt failed, retrying shortly");
-        return -1;
-    }
-    char connect_timeout[16], options[160], app[80], user_timeout[16];
-    snprintf(connect_timeout, sizeof connect_timeout, "%d", db_settings.connect_timeout_s);
-    snprintf(options, sizeof options, "-c statement_timeout=%d -c TimeZone=UTC -c DateStyle=ISO,YMD", c->timeout_ms);
-    snprintf(app, sizeof app, "mercato-%s", c->app_name ? c->app_name : "host");
-    snprintf(user_timeout, sizeof user_timeout, "%d", c->timeout_ms ? c->timeout_ms + 10000 : 0);
+    snprintf(p->connect_timeout, sizeof p->connect_timeout, "%d", db_settings.connect_timeout_s);
+    snprintf(p->options, sizeof p->options, "-c statement_timeout=%d -c TimeZone=UTC -c DateStyle=ISO,YMD", c->timeout_ms);
+    snprintf(p->app, sizeof p->app, "mercato-%s", c->app_name ? c->app_name : "host");
+    snprintf(p->user_timeout, sizeof p->user_timeout, "%d", c->timeout_ms ? c->timeout_ms + 10000 : 0);
     const char *keys[] = { "connect_timeout", "options", "application_name", "client_encoding", "keepalives_idle",
                            "keepalives_interval", "keepalives_count", "tcp_user_timeout", "dbname", NULL };
-    const char *vals[] = { connect_timeout, options, app, "UTF8", "30", "10", "3", user_timeout, c->url, NULL };
-    PGconn *pg = PQconnectdbParams(keys, vals, 1);
+    const char *vals[] = { p->connect_timeout, p->options, p->app, "UTF8", "30", "10", "3", p->user_timeout, c->url, NULL };
+    memcpy(p->keys, keys, sizeof keys);
+    memcpy(p->vals, vals, sizeof vals);
+}
+
+int db_conn_may_connect(db_conn_t *c, db_error_t *err)
+{
+    if (!c->url || !*c->url) {
+        db_set_error(err, "unavailable", "database unavailable: %s", "DATABASE_URL is not set");
+        return -1;
+    }
+    if (now_ms() < c->retry_at_ms) {
+        db_set_error(err, "unavailable", "database unavailable: %s", "the last connection attempt failed, retrying shortly");
+        return -1;
+    }
+    return 0;
+}
+
+int db_conn_adopt(db_conn_t *c, PGconn *pg, db_error_t *err)
+{
     if (!pg || PQstatus(pg) != CONNECTION_OK) {
         char redacted[512];
         db_redact_url(c->url, redacted, sizeof redacted);
-        set_error(err, "unavailable", "database unavailable: %s", pg ? PQerrorMessage(pg) : "out of memory");
+        db_set_error(err, "unavailable", "database unavailable: %s", pg ? PQerrorMessage(pg) : "out of memory");
         log_warn("db: cannot connect to %s: %s", redacted, err->msg);
         PQfinish(pg);
         c->backoff_ms = c->backoff_ms ? (c->backoff_ms * 2 > 2000 ? 2000 : c->backoff_ms * 2) : 100;
@@ -228,9 +248,18 @@ static int conn_open(db_conn_t *c, db_error_t *err)
     return 0;
 }
 
+/* Connect, blocking up to connect_timeout. */
+static int conn_open(db_conn_t *c, db_error_t *err)
+{
+    if (db_conn_may_connect(c, err) < 0) return -1;
+    db_params_t p;
+    db_conn_params(c, &p);
+    return db_conn_adopt(c, PQconnectdbParams(p.keys, p.vals, 1), err);
+}
+
 /* Whether the idle connection was closed by the server (restart, pg_terminate_backend): its
  * socket is readable while no statement is outstanding. Costs one poll(2). */
-static int conn_dead(db_conn_t *c)
+int db_conn_dead(db_conn_t *c)
 {
     if (PQstatus(c->pg) != CONNECTION_OK) return 1;
     struct pollfd p = { .fd = PQsocket(c->pg), .events = POLLIN };
@@ -249,13 +278,13 @@ static int conn_dead(db_conn_t *c)
 static int conn_ensure(db_conn_t *c, db_error_t *err)
 {
     if (c->tx_depth > 0) {
-        if (!c->tx_lost && c->pg && !conn_dead(c)) return 0;
+        if (!c->tx_lost && c->pg && !db_conn_dead(c)) return 0;
         if (c->pg) db_conn_close(c);
         c->tx_lost = 1;
-        set_error(err, "unavailable", "database unavailable: %s", "the connection was lost inside the transaction");
+        db_set_error(err, "unavailable", "database unavailable: %s", "the connection was lost inside the transaction");
         return -1;
     }
-    if (c->pg && conn_dead(c)) {
+    if (c->pg && db_conn_dead(c)) {
         log_info("db: the connection was closed by the server; reconnecting");
         db_conn_close(c);
         metrics_cell_add(g_reconnects, 1);
@@ -298,7 +327,7 @@ static uint64_t deadline_for(const db_conn_t *c)
 }
 
 /* The server gave up on the session before running anything (terminated backend, shutdown). */
-static int not_run(const db_error_t *err)
+int db_not_run(const db_error_t *err)
 {
     const char *s = err->sqlstate;
     return !strcmp(s, "57P01") || !strcmp(s, "57P02") || !strcmp(s, "57P03") || (!strncmp(s, "08", 2) && strcmp(s, "08P01") != 0);
@@ -315,12 +344,18 @@ static PGresult *finish(db_conn_t *c, int sent, uint64_t deadline, db_error_t *e
         db_conn_close(c);
         return NULL;
     }
-    int timed_out;
+    int timed_out, f;
+    /* A pooled connection is non-blocking: push the whole statement out first. */
+    while ((f = PQflush(pg)) == 1) {
+        struct pollfd p = { .fd = PQsocket(pg), .events = POLLOUT | POLLIN };
+        if (poll(&p, 1, 1000) < 0 && errno != EINTR) break;
+        if ((p.revents & POLLIN) && !PQconsumeInput(pg)) break;
+    }
     PGresult *res = wait_result(pg, deadline, &timed_out);
     if (timed_out) {
         /* The server did not answer within statement_timeout plus grace: the session cannot be
          * trusted to be idle again, so drop it (the next call reconnects). */
-        set_error(err, "timeout", "database timeout: %s", "no answer within the statement timeout");
+        db_set_error(err, "timeout", "database timeout: %s", "no answer within the statement timeout");
         db_conn_close(c);
         return NULL;
     }
@@ -329,7 +364,7 @@ static PGresult *finish(db_conn_t *c, int sent, uint64_t deadline, db_error_t *e
     db_error_from(err, pg, res);
     PQclear(res);
     if (PQstatus(pg) == CONNECTION_BAD) {
-        *safe = not_run(err);
+        *safe = db_not_run(err);
         db_conn_close(c);
     }
     return NULL;
@@ -337,14 +372,14 @@ static PGresult *finish(db_conn_t *c, int sent, uint64_t deadline, db_error_t *e
 
 /* ---- prepared statements --------------------------------------------------------------- */
 
-static uint64_t fnv1a(const char *s, size_t n)
+uint64_t db_hash(const char *s, size_t n)
 {
     uint64_t h = 1469598103934665603ull;
     for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
     return h;
 }
 
-static db_stmt_t *stmt_find(db_conn_t *c, const char *sql, size_t len, uint64_t h)
+db_stmt_t *db_stmt_find(db_conn_t *c, const char *sql, size_t len, uint64_t h)
 {
     for (int i = 0; i < c->nstmts; i++) {
         db_stmt_t *s = &c->stmts[i];
@@ -354,10 +389,29 @@ static db_stmt_t *stmt_find(db_conn_t *c, const char *sql, size_t len, uint64_t 
 }
 
 /* Forget a statement the server no longer has. */
-static void stmt_forget(db_conn_t *c, db_stmt_t *s)
+void db_stmt_forget(db_conn_t *c, db_stmt_t *s)
 {
     free(s->sql);
     *s = c->stmts[--c->nstmts];
+}
+
+db_stmt_t *db_stmt_add(db_conn_t *c, const char *sql, size_t len, uint64_t h, unsigned id)
+{
+    char *copy = malloc(len + 1);
+    if (!copy) return NULL;
+    memcpy(copy, sql, len);
+    copy[len] = 0;
+    db_stmt_t *s = &c->stmts[c->nstmts++];
+    *s = (db_stmt_t){ .sql = copy, .len = len, .hash = h, .id = id };
+    return s;
+}
+
+db_stmt_t *db_stmt_lru(db_conn_t *c)
+{
+    int lru = 0;
+    for (int i = 1; i < c->nstmts; i++)
+        if (c->stmts[i].used < c->stmts[lru].used) lru = i;
+    return &c->stmts[lru];
 }
 
 /* Drop a statement from the cache and from the server (only outside a transaction: inside an
@@ -366,7 +420,7 @@ static int stmt_drop(db_conn_t *c, db_stmt_t *s, db_error_t *err)
 {
     char sql[48];
     snprintf(sql, sizeof sql, "DEALLOCATE mercato_%u", s->id);
-    stmt_forget(c, s);
+    db_stmt_forget(c, s);
     int safe = 0;
     PGresult *res = finish(c, PQsendQuery(c->pg, sql), deadline_for(c), err, &safe);
     if (!res) return -1;
@@ -380,10 +434,7 @@ static int stmt_room(db_conn_t *c, db_error_t *err)
 {
     if (c->nstmts < db_settings.stmt_cache_max) return 1;
     if (!db_settings.stmt_cache_max || PQtransactionStatus(c->pg) != PQTRANS_IDLE) return 0;
-    int lru = 0;
-    for (int i = 1; i < c->nstmts; i++)
-        if (c->stmts[i].used < c->stmts[lru].used) lru = i;
-    return stmt_drop(c, &c->stmts[lru], err) < 0 ? -1 : 1;
+    return stmt_drop(c, db_stmt_lru(c), err) < 0 ? -1 : 1;
 }
 
 /* One attempt: prepare (once per connection and SQL text), then execute. */
@@ -391,8 +442,8 @@ static PGresult *query_once(db_conn_t *c, const char *sql, size_t len, int n, co
                             db_error_t *err, int *safe, int *stale)
 {
     if (conn_ensure(c, err) < 0) return NULL;
-    uint64_t deadline = deadline_for(c), h = fnv1a(sql, len);
-    db_stmt_t *s = stmt_find(c, sql, len, h);
+    uint64_t deadline = deadline_for(c), h = db_hash(sql, len);
+    db_stmt_t *s = db_stmt_find(c, sql, len, h);
     char name[32] = "";
     if (s) {
         snprintf(name, sizeof name, "mercato_%u", s->id);
@@ -409,12 +460,7 @@ static PGresult *query_once(db_conn_t *c, const char *sql, size_t len, int n, co
             return NULL;
         }
         PQclear(res);
-        char *copy = malloc(len + 1);
-        if (copy) {   /* else (out of memory) it runs once under its name, uncached */
-            memcpy(copy, sql, len + 1);
-            s = &c->stmts[c->nstmts++];
-            *s = (db_stmt_t){ .sql = copy, .len = len, .hash = h, .id = id };
-        }
+        s = db_stmt_add(c, sql, len, h, id);   /* NULL (out of memory): runs once under its name, uncached */
     }
     if (s) s->used = ++c->tick;
     PGresult *res = finish(c, PQsendQueryPrepared(c->pg, name, n, values, NULL, NULL, 0), deadline, err, safe);
@@ -423,7 +469,7 @@ static PGresult *query_once(db_conn_t *c, const char *sql, size_t len, int n, co
          * them, so forget all), or this plan's result type changed (a migration altered the
          * table). Prepare again; inside a transaction the error has aborted it already. */
         if (!strcmp(err->sqlstate, "26000")) {
-            stmt_forget_all(c);
+            db_stmt_forget_all(c);
             *stale = 1;
         } else if (!strcmp(err->sqlstate, "0A000") && c->tx_depth == 0 && stmt_drop(c, s, err) == 0) {
             *stale = 1;

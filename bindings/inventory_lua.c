@@ -31,13 +31,13 @@ static metric_cell_t *g_reservations[4];
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-static db_conn_t *conn_of(lua_State *L, const char *fn)
+/* The connection of the caller's db.tx when one is open (the reservation joins it as a
+ * savepoint), else a free one; NULL with err when none is free. Blocking: this is C's hot path. */
+static db_conn_t *conn_of(lua_State *L, const char *fn, db_error_t *err)
 {
     worker_t *w = lua_touserdata(L, UV_WORKER);
     if (!w) luaL_error(L, "%s: no database here (scripts are being checked, not served); call from handlers", fn);
-    db_conn_t *c = db_conn_of(w);
-    if (!c) luaL_error(L, "%s: out of memory", fn);
-    return c;
+    return db_blocking_conn(w, err);
 }
 
 static int push_fail(lua_State *L, const char *code, const char *msg)
@@ -92,7 +92,9 @@ static void push_level(lua_State *L, const inv_level_t *lv)
 static int l_reserve(lua_State *L)
 {
     const char *fn = "inventory.reserve";
-    db_conn_t *c = conn_of(L, fn);
+    db_error_t cerr;
+    db_conn_t *c = conn_of(L, fn, &cerr);
+    if (!c) return push_error(L, fn, &cerr);
     char rid[37];
     int rid_ok = uuid_arg(L, 1, fn, "a reservation_id", rid);
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -161,7 +163,9 @@ static int l_reserve(lua_State *L)
 static int change(lua_State *L, const char *fn, int (*op)(db_conn_t *, const char *, inv_ids_t *, db_error_t *),
                   const char *done)
 {
-    db_conn_t *c = conn_of(L, fn);
+    db_error_t cerr;
+    db_conn_t *c = conn_of(L, fn, &cerr);
+    if (!c) return push_error(L, fn, &cerr);
     char rid[37];
     if (!uuid_arg(L, 1, fn, "a reservation_id", rid)) {   /* no reservation has that id */
         lua_pushnil(L);
@@ -189,7 +193,9 @@ static int l_release(lua_State *L) { return change(L, "inventory.release", inven
 /* inventory.expire([limit]) → how many reservations were released */
 static int l_expire(lua_State *L)
 {
-    db_conn_t *c = conn_of(L, "inventory.expire");
+    db_error_t cerr;
+    db_conn_t *c = conn_of(L, "inventory.expire", &cerr);
+    if (!c) return push_error(L, "inventory.expire", &cerr);
     double limit = 100;
     if (!lua_isnoneornil(L, 1) && !int_arg(L, 1, "inventory.expire", "a limit", 1, 100000, &limit))
         return push_fail(L, "invalid", "limit must be a whole number from 1 to 100000");
@@ -204,7 +210,9 @@ static int l_expire(lua_State *L)
 static int l_set_stock(lua_State *L)
 {
     const char *fn = "inventory.set_stock";
-    db_conn_t *c = conn_of(L, fn);
+    db_error_t cerr;
+    db_conn_t *c = conn_of(L, fn, &cerr);
+    if (!c) return push_error(L, fn, &cerr);
     char pid[37];
     int pid_ok = uuid_arg(L, 1, fn, "a product_id", pid);
     double stock, version = -1;
@@ -230,7 +238,9 @@ static int l_set_stock(lua_State *L)
 /* inventory.get(product_id) → { stock, reserved, version } or bare nil */
 static int l_get(lua_State *L)
 {
-    db_conn_t *c = conn_of(L, "inventory.get");
+    db_error_t cerr;
+    db_conn_t *c = conn_of(L, "inventory.get", &cerr);
+    if (!c) return push_error(L, "inventory.get", &cerr);
     char pid[37];
     if (!uuid_arg(L, 1, "inventory.get", "a product_id", pid)) { lua_pushnil(L); return 1; }
     inv_level_t lv;
@@ -245,7 +255,9 @@ static int l_get(lua_State *L)
 /* inventory.audit(product_id) → the ledger's account, or bare nil */
 static int l_audit(lua_State *L)
 {
-    db_conn_t *c = conn_of(L, "inventory.audit");
+    db_error_t cerr;
+    db_conn_t *c = conn_of(L, "inventory.audit", &cerr);
+    if (!c) return push_error(L, "inventory.audit", &cerr);
     char pid[37];
     if (!uuid_arg(L, 1, "inventory.audit", "a product_id", pid)) { lua_pushnil(L); return 1; }
     inv_audit_t a;

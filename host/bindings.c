@@ -58,6 +58,12 @@ void bindings_worker_free(worker_t *w)
         if (all[i]->worker_free) all[i]->worker_free(w);
 }
 
+void bindings_request_end(worker_t *w, struct request *r)
+{
+    for (int i = 0; i < NBINDINGS; i++)
+        if (all[i]->request_end) all[i]->request_end(w, r);
+}
+
 int bindings_ready(worker_t *w, buf_t *out)
 {
     int down = 0;

@@ -13,6 +13,7 @@
 
 struct worker;
 struct config;
+struct request;
 
 typedef struct binding {
     const char *name;                                 /* the Lua module name */
@@ -23,6 +24,9 @@ typedef struct binding {
     /* Probe the dependency from this worker: 1 up, 0 down (why filled), -1 not configured
      * (left out of /ready). NULL: nothing to probe. */
     int (*ready)(struct worker *w, char *why, size_t whylen);
+    /* A request of this worker is done (answered, or dropped while parked): let go of what
+     * the binding lent it. Or NULL. */
+    void (*request_end)(struct worker *w, struct request *r);
 } binding_t;
 
 /* Register every C module in package.preload (opened on first require). */
@@ -30,6 +34,9 @@ void bindings_preload(lua_State *L);
 
 /* Free the worker's per-binding resources (connections); the Lua state is already closed. */
 void bindings_worker_free(struct worker *w);
+
+/* A request is done: the bindings' request_end hooks. */
+void bindings_request_end(struct worker *w, struct request *r);
 
 /* Probe each configured dependency from this worker; append "name":"up"|"down: why" JSON
  * members to out. Returns the number that are down. */

@@ -699,6 +699,7 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
         release_coroutine(r, 0);
     }
     if (r->pending) MHD_destroy_response(r->pending);
+    if (r->db) bindings_request_end(t->w, r);
     uint64_t ns = request_now_ns() - r->start_ns;
     int status = r->status ? r->status : 499;   /* the client went away before an answer */
     if (r->started) {

@@ -12,7 +12,7 @@
 #include "snapshot.h"
 
 /* Per-thread contexts of the bindings that hold connections; each binding frees its own. */
-enum { BIND_DB, BIND_CACHE, BIND_QUEUE, BIND_HTTP, BIND_JWT, BIND_RATELIMIT, BIND_MAX };
+enum { BIND_DB, BIND_DB_POOL, BIND_CACHE, BIND_QUEUE, BIND_HTTP, BIND_JWT, BIND_RATELIMIT, BIND_MAX };
 
 struct request;
 struct loop;

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/../.." || exit 1
 rc=0
 step() { echo "== $*"; "$@" || rc=1; }
 
-step luacheck --codes scripts spec bench/scripts
+step luacheck --codes scripts spec bench/scripts bindings/lua
 if grep -rn '#only' spec --include='*_spec.lua'; then echo "a #only focus tag is left in the specs"; rc=1; fi
 cflags=$(pkg-config --cflags luajit libmicrohttpd libpq hiredis librabbitmq libcurl libjwt openssl libargon2)
 # shellcheck disable=SC2086

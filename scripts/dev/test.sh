@@ -52,7 +52,7 @@ busted_spec() {   # busted_spec FILE: one spec file inside a mercato Lua state
 }
 
 luacheck_tap() {  # luacheck as TAP: one line per file
-    luacheck --codes --formatter TAP scripts spec bench/scripts
+    luacheck --codes --formatter TAP scripts spec bench/scripts bindings/lua
 }
 
 unit_tier() {

@@ -1,0 +1,184 @@
+-- Handlers' statements on the HTTP thread's PostgreSQL pool: parked while the server works,
+-- pipelined many to a connection, db.tx holding one connection, a bounded wait for one.
+--   . <(scripts/dev/stack.sh env); export DATABASE_URL=$DATABASE_URL_PRODUCT
+--   build/mercato lua spec/support/busted.lua spec/integration/db_pool_spec.lua
+local cjson = require "cjson"
+local socket = require "socket"
+local raw = require "support.raw_http"
+local server = require "support.server"
+local H = require "fixtures.outbox.helpers"
+
+local SCRIPTS = "spec/fixtures/dbpool/scripts"
+local base_url = assert(os.getenv("DATABASE_URL"), "DATABASE_URL must be set (scripts/dev/stack.sh env)")
+local dbname = "mercato_pool_spec_" .. H.run_id()
+local url
+local IDLE_IN_TX = "SELECT count(*) FROM pg_stat_activity"
+  .. " WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
+
+local function start(env)
+  local e = { DATABASE_URL = url }
+  for k, v in pairs(env or {}) do e[k] = v end
+  return server.start { service = "product", scripts = SCRIPTS, workers = 1, env = e, bin = os.getenv("MERCATO_BIN") }
+end
+
+-- Send every request at once on its own connection, then read every answer, in order.
+local function all_at_once(port, reqs)
+  local socks = {}
+  for i, r in ipairs(reqs) do
+    local s = assert(raw.connect(port))
+    assert(s:send(("%s %s HTTP/1.1\r\nHost: x\r\nX-Request-Id: r%d\r\nContent-Length: 0\r\n\r\n"):format(r[1], r[2], i)))
+    socks[i] = s
+  end
+  local out = {}
+  for i, s in ipairs(socks) do
+    local res = assert(raw.read_response(s))
+    s:close()
+    local ok, doc = pcall(cjson.decode, res.body)
+    out[i] = { status = res.status, doc = ok and doc or res.body }
+  end
+  return out
+end
+
+describe("handlers on the database pool", function()
+  local srv
+
+  setup(function()
+    url = H.create_db(base_url, dbname)
+    srv = start()
+  end)
+
+  teardown(function()
+    if srv then assert.equal(0, srv:stop()) end
+    H.drop_db(base_url, dbname)
+  end)
+
+  it("answer 300 concurrent reads on one thread, each with its own row, on at most 4 connections", function()
+    local reqs = {}
+    for i = 1, 300 do reqs[i] = { "GET", "/item/" .. i } end
+    local out = all_at_once(srv.port, reqs)
+    for i = 1, 300 do
+      assert.equal(200, out[i].status)
+      assert.same({ id = i, label = "item " .. i, rid = "r" .. i }, out[i].doc)
+    end
+    local conns = H.metric(srv, "db_connections")
+    assert.is_true(conns >= 1 and conns <= 4, "db_connections = " .. conns)
+  end)
+
+  it("keep a failing statement's error to its own request when pipelined with others", function()
+    local reqs = {}
+    for i = 1, 120 do
+      reqs[i] = i % 2 == 0 and { "POST", "/insert/" .. i } or { "GET", "/item/" .. i }
+    end
+    local out = all_at_once(srv.port, reqs)
+    for i = 1, 120 do
+      if i % 2 == 0 then
+        assert.equal(409, out[i].status)   -- ids 1..1000 exist: a unique violation
+        assert.equal("23505", out[i].doc.sqlstate)
+      else
+        assert.equal(200, out[i].status)
+        assert.equal(i, out[i].doc.id)
+      end
+    end
+  end)
+
+  it("run db.tx on one connection across its waits, nested levels rolling back alone", function()
+    local reqs = {}
+    for i = 1, 40 do reqs[i] = { "POST", "/tx/" .. (2000 + i) } end
+    local out = all_at_once(srv.port, reqs)
+    for i = 1, 40 do
+      assert.equal(201, out[i].status)
+      assert.same({ seen = 1, in_tx = true, after = false }, out[i].doc)
+    end
+    assert.equal("40", H.psql(url, "SELECT count(*) FROM pool_items WHERE id BETWEEN 2001 AND 2040 AND label = 'outer'"))
+    assert.equal("0", H.psql(url, "SELECT count(*) FROM pool_items WHERE id > 100000"))
+  end)
+
+  it("roll back a transaction whose function raised, and answer 500", function()
+    local status = H.call(srv, "GET", "/tx-then-raise?id=3001")
+    assert.equal(500, status)
+    assert.equal("0", H.psql(url, "SELECT count(*) FROM pool_items WHERE id = 3001"))
+    assert.equal("0", H.psql(url, IDLE_IN_TX))
+  end)
+
+  it("refuse a raw BEGIN without losing the writes pipelined behind it", function()
+    local reqs = { { "GET", "/raw-begin" } }
+    for i = 2, 30 do reqs[i] = { "POST", "/insert/" .. (5000 + i) } end
+    local out = all_at_once(srv.port, reqs)
+    assert.equal(500, out[1].status)
+    assert.matches("transaction control statements are not allowed", srv:log(), 1, true)
+    for i = 2, 30 do
+      -- Behind the BEGIN on its connection, a statement fails with the closed connection
+      -- (503), or ran in a transaction of its own and is committed: never answered 201 from
+      -- inside the stray transaction and then lost with it.
+      local id = 5000 + i
+      local committed = H.psql(url, "SELECT count(*) FROM pool_items WHERE id = " .. id)
+      if out[i].status == 201 then
+        assert.equal("1", committed, "insert " .. id .. " answered 201 but is not committed")
+      else
+        assert.equal(503, out[i].status, cjson.encode(out[i]))
+        assert.equal("0", committed)
+      end
+    end
+    assert.equal("0", H.psql(url, IDLE_IN_TX))
+    assert.equal(201, (H.call(srv, "POST", "/insert/5100")))
+    assert.equal("1", H.psql(url, "SELECT count(*) FROM pool_items WHERE id = 5100"))
+  end)
+
+  it("reconnect after the server ended its sessions", function()
+    assert.equal(200, (H.call(srv, "GET", "/item/7")))
+    H.psql(url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+      .. " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    socket.sleep(0.2)
+    local status, doc = H.call(srv, "GET", "/item/7")
+    assert.equal(200, status, cjson.encode(doc))
+    assert.equal(7, doc.id)
+  end)
+end)
+
+describe("a pool with every connection held", function()
+  local srv
+
+  setup(function()
+    url = H.create_db(base_url, dbname)
+    srv = start { DB_POOL_SIZE = 1, DB_POOL_WAIT_MS = 200 }
+  end)
+
+  teardown(function()
+    if srv then assert.equal(0, srv:stop()) end
+    H.drop_db(base_url, dbname)
+  end)
+
+  it("makes a statement wait at most DB_POOL_WAIT_MS, then answers 503, and serves again after", function()
+    local hold = assert(raw.connect(srv.port))
+    assert(hold:send("POST /hold?ms=1500 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"))
+    socket.sleep(0.2)   -- the transaction holds the only connection
+    local t0 = socket.gettime()
+    local status, doc = H.call(srv, "GET", "/item/5")
+    local waited = socket.gettime() - t0
+    assert.equal(503, status)
+    assert.equal("unavailable", doc.code)
+    assert.matches("DB_POOL_WAIT_MS", doc.err, 1, true)
+    assert.is_true(waited >= 0.19 and waited < 1.0, "waited " .. waited)
+    local held = assert(raw.read_response(hold))
+    hold:close()
+    assert.equal(200, held.status)
+    assert.equal(200, (H.call(srv, "GET", "/item/5")))
+    assert.is_true(H.metric(srv, "db_pool_wait_timeouts_total") >= 1)
+    assert.equal(0, H.metric(srv, "db_pool_waiting"))
+  end)
+
+  it("lets waiting statements through in order once the connection is free", function()
+    local hold = assert(raw.connect(srv.port))
+    assert(hold:send("POST /hold?ms=100 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"))
+    socket.sleep(0.03)
+    local reqs = {}
+    for i = 1, 50 do reqs[i] = { "GET", "/item/" .. (100 + i) } end
+    local out = all_at_once(srv.port, reqs)
+    for i = 1, 50 do
+      assert.equal(200, out[i].status)
+      assert.equal(100 + i, out[i].doc.id)
+    end
+    assert.equal(200, assert(raw.read_response(hold)).status)
+    hold:close()
+  end)
+end)
