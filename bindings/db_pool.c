@@ -30,8 +30,8 @@
 
 #define DB_CLIENT_GRACE_MS 2000
 #define DB_POOL_PER_THREAD 4     /* default pool size per HTTP thread */
-#define DB_PIPELINE_SPREAD 32    /* in flight on every open shared connection before another opens */
-#define DB_PIPELINE_MAX 128      /* in flight on one connection at most */
+#define DB_PIPELINE_SPREAD 64    /* in flight on every open shared connection before another opens */
+#define DB_PIPELINE_MAX 256      /* in flight on one connection at most */
 
 struct db_pool {
     worker_t *w;
@@ -669,8 +669,14 @@ static void finish_op(db_op_t *op)
     if (op->timer) loop_timer_cancel(op->p->w->loop, op->timer);
     op->timer = NULL;
     if (!r) {   /* its request went away: nobody to answer */
+        int stray = op->kind == K_QUERY && res && c->tx_depth == 0 && tx_control_misuse(c, res);
         PQclear(res);
         op_free(op);
+        if (stray) {   /* a raw BEGIN all the same: end it */
+            db_error_t err;
+            db_set_error(&err, "unavailable", "database unavailable: %s", "a statement opened a transaction on the connection");
+            conn_fail(c, &err);
+        }
         return;
     }
     lua_State *co = r->co;

@@ -88,7 +88,7 @@ spec_tier() {
         [ -f "$f" ] && suite "spec/${f#spec/integration/}" busted_spec "$f"
     done
     if [ -x build/asan/mercato ]; then
-        for f in spec/integration/host_spec.lua spec/integration/host_lifecycle_spec.lua; do
+        for f in spec/integration/host_spec.lua spec/integration/host_lifecycle_spec.lua spec/integration/db_pool_spec.lua; do
             suite "asan/${f#spec/integration/}" env MERCATO_BIN=build/asan/mercato ASAN_OPTIONS=detect_leaks=1 \
                 build/asan/mercato lua spec/support/busted.lua -o TAP "$f"
         done
