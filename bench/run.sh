@@ -28,7 +28,7 @@
 #   BENCH_IO_CONNECTIONS     wrk -c of the I/O scenarios, one pass each ["64 256"]
 #   BENCH_IO_DURATION        wrk -d of each measured I/O run (whole seconds) [3s]
 #   BENCH_WORKERS_IO         mercato WORKERS for the I/O scenarios; one mercato per value, e.g.
-#                            "2 8 16 32" (each holds one PostgreSQL connection per worker) [2]
+#                            "2 4" [2]
 #   BENCH_PORT_MERCATO_IO    port of the first I/O mercato, the next ones follow [28190]
 #   BENCH_NGINX_REDIS_POOL / BENCH_NGINX_PG_POOL   nginx cosocket pool: max open connections
 #                            per nginx worker (more requests wait in its backlog, which gives
@@ -613,7 +613,7 @@ write_results() {
       "$BENCH_THREADS" "$BENCH_CONNECTIONS" "$BENCH_DURATION" "$ROUNDS" "$BENCH_WARMUP"
     printf '%s workers per server; %s CPU(s) shared by wrk and the server.\n' "$BENCH_WORKERS" "$(nproc)"
     if [[ ${#IO_MERCATOS[@]} -gt 0 || -n ${SERVER_URL[nginx]:-} ]] && [[ $BENCH_IO == 1 ]]; then
-      printf 'I/O scenarios: wrk -t%s -c{%s} -d%s; mercato WORKERS {%s} (blocking hiredis/libpq, one Redis and one PostgreSQL connection per worker); ' \
+      printf 'I/O scenarios: wrk -t%s -c{%s} -d%s; mercato WORKERS {%s} (handlers park on one async Redis connection and a pipelined PostgreSQL pool per worker, DB_POOL_SIZE default); ' \
         "$BENCH_THREADS" "${BENCH_IO_CONNECTIONS// /,}" "$BENCH_IO_DURATION" "${BENCH_WORKERS_IO// /,}"
       printf 'nginx %s workers, cosocket pools of at most %s Redis / %s PostgreSQL connections per worker (bench/nginx/redis_mini.lua, pgmini.lua); database %s.\n' \
         "$BENCH_WORKERS" "$BENCH_NGINX_REDIS_POOL" "$BENCH_NGINX_PG_POOL" "$BENCH_DB"

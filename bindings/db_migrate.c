@@ -224,6 +224,30 @@ static int apply(db_conn_t *c, const char *service, const char *dir, migration_s
     return 0;
 }
 
+/* The most connections this process may hold against what the server has left; a warning
+ * only (connections are opened as load needs them, and a refused one is a 503, not a crash). */
+static void check_connection_budget(db_conn_t *c, const config_t *cfg)
+{
+    int workers = cfg->workers > 0 ? cfg->workers : 1;
+    int per_thread = db_settings.pool_size ? (db_settings.pool_size + workers - 1) / workers : 4;
+    int most = per_thread * workers + workers;   /* the pools, and each worker's own blocking one */
+    static const char sql[] =
+        "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int"
+        " - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int AS free";
+    db_error_t e;
+    PGresult *res = db_conn_query(c, sql, sizeof sql - 1, 0, NULL, &e);
+    if (!res) return;
+    int left = PQntuples(res) == 1 ? atoi(PQgetvalue(res, 0, 0)) + 1 : most;   /* + this session */
+    PQclear(res);
+    if (most > left)
+        log_warn("db: this process may open %d PostgreSQL connections (DB_POOL_SIZE %d across %d workers, plus one "
+                 "per worker and per runner) but the server has %d left: lower DB_POOL_SIZE or raise max_connections",
+                 most, per_thread * workers, workers, left);
+    else
+        log_info("db: at most %d PostgreSQL connections for the handlers (%d per worker thread), plus one per worker and runner; the server has %d left",
+                 per_thread * workers, per_thread, left);
+}
+
 int db_migrate(const config_t *cfg)
 {
     if (!cfg->service) return 0;
@@ -264,6 +288,7 @@ int db_migrate(const config_t *cfg)
         } else {
             PQclear(res);
             rc = apply(c, cfg->service, dir, &set);
+            if (rc == 0) check_connection_budget(c, cfg);
         }
         c->tx_depth = 0;
     }

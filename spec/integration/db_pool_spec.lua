@@ -167,6 +167,13 @@ describe("a pool with every connection held", function()
     assert.equal(0, H.metric(srv, "db_pool_waiting"))
   end)
 
+  it("is checked against the connections the server has left at start-up", function()
+    local big = start { DB_POOL_SIZE = 5000 }
+    assert.equal(0, big:stop())
+    assert.matches("may open 5001 PostgreSQL connections", big:log(), 1, true)
+    assert.matches("lower DB_POOL_SIZE or raise max_connections", big:log(), 1, true)
+  end)
+
   it("lets waiting statements through in order once the connection is free", function()
     local hold = assert(raw.connect(srv.port))
     assert(hold:send("POST /hold?ms=100 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"))
