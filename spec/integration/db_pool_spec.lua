@@ -135,6 +135,58 @@ describe("handlers on the database pool", function()
   end)
 end)
 
+describe("a pool's prepared statements and deadlines", function()
+  local srv
+
+  setup(function()
+    url = H.create_db(base_url, dbname)
+    srv = start { DB_STMT_CACHE = 2, DB_STATEMENT_TIMEOUT_MS = 300, DB_POOL_SIZE = 1 }
+  end)
+
+  teardown(function()
+    if srv then assert.equal(0, srv:stop()) end
+    H.drop_db(base_url, dbname)
+  end)
+
+  it("keeps answering right while a small cache evicts statements pipelined behind each other", function()
+    local reqs = {}
+    for i = 1, 90 do reqs[i] = { "GET", ("/variant?k=%d&x=%d"):format(i % 5, i) } end
+    local out = all_at_once(srv.port, reqs)
+    for i = 1, 90 do
+      assert.equal(200, out[i].status, cjson.encode(out[i]))
+      assert.equal(i + i % 5, out[i].doc.v)
+    end
+    -- The server holds no more than the cache: evicted statements were deallocated.
+    local status, doc = H.call(srv, "GET", "/variant?k=9&x=1")
+    assert.equal(200, status)
+    assert.equal(10, doc.v)
+  end)
+
+  it("prepares again when the server forgot its statements", function()
+    assert.equal(200, (H.call(srv, "GET", "/item/3")))
+    assert.equal(200, (H.call(srv, "GET", "/forget")))
+    local status, doc = H.call(srv, "GET", "/item/3")
+    assert.equal(200, status, cjson.encode(doc))
+    assert.equal(3, doc.id)
+  end)
+
+  it("prepares again when a migration changed the table under a cached plan", function()
+    assert.same({ id = 8, label = "item 8" }, select(2, H.call(srv, "GET", "/star/8")))
+    H.psql(url, "ALTER TABLE pool_items ADD COLUMN extra integer DEFAULT 7")
+    local status, doc = H.call(srv, "GET", "/star/8")
+    assert.equal(200, status, cjson.encode(doc))
+    assert.same({ id = 8, label = "item 8", extra = 7 }, doc)
+  end)
+
+  it("answers timeout for a statement past statement_timeout, and the next one runs", function()
+    local status, doc = H.call(srv, "GET", "/slow?ms=2000")
+    assert.equal(422, status)
+    assert.equal("timeout", doc.code)
+    status = H.call(srv, "GET", "/item/4")
+    assert.equal(200, status)
+  end)
+end)
+
 describe("a pool with every connection held", function()
   local srv
 
