@@ -217,7 +217,7 @@ static int conn_open(worker_t *w, cache_conn_t *cc, char *err, size_t errlen, co
     cache_url_t u;
     if (cache_url_parse(url, &u, err, errlen) < 0) return -1;
     int ms = timeout_ms();
-    struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
+    struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
     errno = 0;
     redisContext *c = redisConnectWithTimeout(u.host, u.port, tv);
     if (!c) { snprintf(err, errlen, "redis connect: out of memory"); return -1; }
@@ -446,7 +446,7 @@ static int l_pipeline(lua_State *L)
     size_t *len;
     char *nums;
     void *block = batch_alloc(ncmds, total, &cmds, &argv, &len, &nums);
-    redisReply **replies = calloc((size_t)ncmds, sizeof *replies);
+    redisReply **replies = calloc((size_t)ncmds, sizeof(redisReply *));
     if (!block || !replies) { free(block); free(replies); return luaL_error(L, "cache.pipeline: out of memory"); }
     int k = 0;
     for (int i = 1; i <= ncmds; i++) {
@@ -497,7 +497,7 @@ static const char *script_sha(lua_State *L, int script_idx, char out[41])
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
     if (!EVP_Digest(s, len, md, &mdlen, EVP_sha1(), NULL) || mdlen != 20) return NULL;
-    for (int i = 0; i < 20; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
+    for (size_t i = 0; i < 20; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
     lua_pushvalue(L, script_idx);
     lua_pushlstring(L, out, 40);
     lua_rawset(L, lua_upvalueindex(2));

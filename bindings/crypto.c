@@ -31,7 +31,7 @@
 #define ARGON2_P 1
 #define ARGON2_SALT_LEN 16
 #define ARGON2_HASH_LEN 32
-#define ARGON2_MAX_M_KIB (256 * 1024)   /* refuse to verify hashes asking for more memory */
+#define ARGON2_MAX_M_KIB (256UL * 1024)   /* refuse to verify hashes asking for more memory */
 #define RANDOM_MAX (1 << 20)
 
 /* ---- base64 and hex ---------------------------------------------------------------------- */

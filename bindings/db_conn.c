@@ -94,11 +94,12 @@ void db_set_error(db_error_t *err, const char *code, const char *fmt, const char
 {
     char line[200];
     one_line(line, sizeof line, detail);
-    snprintf(err->msg, sizeof err->msg, fmt, line);
+    /* The plain fields first: cppcheck's ctuuninitvar takes the snprintf into msg for a read. */
     err->sqlstate[0] = 0;
     err->code = code;
     err->misuse = 0;
     err->position = 0;
+    snprintf(err->msg, sizeof err->msg, fmt, line);
 }
 
 void db_error_from(db_error_t *err, PGconn *pg, const PGresult *res)
@@ -252,7 +253,7 @@ int db_conn_adopt(db_conn_t *c, PGconn *pg, db_error_t *err)
 static int conn_open(db_conn_t *c, db_error_t *err)
 {
     if (db_conn_may_connect(c, err) < 0) return -1;
-    db_params_t p;
+    db_params_t p = { 0 };
     db_conn_params(c, &p);
     return db_conn_adopt(c, PQconnectdbParams(p.keys, p.vals, 1), err);
 }
@@ -344,9 +345,9 @@ static PGresult *finish(db_conn_t *c, int sent, uint64_t deadline, db_error_t *e
         db_conn_close(c);
         return NULL;
     }
-    int timed_out, f;
+    int timed_out;
     /* A pooled connection is non-blocking: push the whole statement out first. */
-    while ((f = PQflush(pg)) == 1) {
+    while (PQflush(pg) == 1) {
         struct pollfd p = { .fd = PQsocket(pg), .events = POLLOUT | POLLIN };
         if (poll(&p, 1, 1000) < 0 && errno != EINTR) break;
         if ((p.revents & POLLIN) && !PQconsumeInput(pg)) break;

@@ -114,7 +114,7 @@ static int l_reserve(lua_State *L)
         int top = lua_gettop(L);
         memset(&items[i], 0, sizeof items[i]);
         if (!uuid_arg(L, top - 1, fn, "an item's product_id", items[i].product_id) && !bad) bad = "an item's product_id is not a UUID";
-        double qn;
+        double qn = 0;
         if (!int_arg(L, top, fn, "an item's quantity", 1, INV_MAX_QUANTITY, &qn) && !bad) bad = "an item's quantity must be a whole number from 1 to 1000000";
         items[i].quantity = (long)qn;
         lua_pop(L, 3);
@@ -215,13 +215,13 @@ static int l_set_stock(lua_State *L)
     if (!c) return push_error(L, fn, &cerr);
     char pid[37];
     int pid_ok = uuid_arg(L, 1, fn, "a product_id", pid);
-    double stock, version = -1;
+    double stock = 0, version = -1;
     int stock_ok = int_arg(L, 2, fn, "a stock", 0, 2147483647.0, &stock);
     int version_ok = lua_isnoneornil(L, 3) || int_arg(L, 3, fn, "an expected version", 0, 9007199254740992.0, &version);
     if (!pid_ok) { lua_pushnil(L); return 1; }   /* no product has that id */
     if (!stock_ok) return push_fail(L, "invalid", "stock must be a whole number from 0 to 2147483647");
     if (!version_ok) return push_fail(L, "conflict", "the expected version is not a version of this inventory");
-    inv_level_t lv;
+    inv_level_t lv = { 0 };
     db_error_t err;
     int r = inventory_set_stock(c, pid, (long)stock, (long long)version, &lv, &err);
     if (r < 0) return push_error(L, fn, &err);

@@ -38,17 +38,16 @@ static void enc_string(enc_t *e, const char *s, size_t len)
     if (buf_reserve(b, len + 2) < 0) return;
     b->data[b->len++] = '"';
     size_t run = 0;   /* bytes copied as they are since the last escape */
+    char u[6] = "\\u00";   /* \u00XX: only the last two digits change */
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
         const char *esc = NULL;
-        char u[6];
         if (c == '"') esc = "\\\"";
         else if (c == '\\') esc = "\\\\";
         else if (c == '\n') esc = "\\n";
         else if (c == '\r') esc = "\\r";
         else if (c == '\t') esc = "\\t";
         else if (c < 0x20) {
-            memcpy(u, "\\u00", 4);
             u[4] = hex[c >> 4];
             u[5] = hex[c & 15];
         } else if (c >= 0x80) {

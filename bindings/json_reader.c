@@ -27,6 +27,18 @@ static int hexval(char c)
     return -1;
 }
 
+/* The value of the four hex digits at p, or -1. */
+static long hex4(const char *p)
+{
+    long v = 0;
+    for (int i = 0; i < 4; i++) {
+        int d = hexval(p[i]);
+        if (d < 0) return -1;
+        v = v << 4 | d;
+    }
+    return v;
+}
+
 /* Past the string whose opening quote is at p, or NULL when it is malformed. */
 static const char *skip_string(const char *p, const char *e)
 {
@@ -137,13 +149,15 @@ static long decode_string(const char *p, const char *e, char *out, size_t cap, i
             continue;
         }
         if (e - p < 5) return -1;
-        cp = (uint32_t)(hexval(p[1]) << 12 | hexval(p[2]) << 8 | hexval(p[3]) << 4 | hexval(p[4]));
+        long unit = hex4(p + 1);
+        if (unit < 0) return -1;
+        cp = (uint32_t)unit;
         p += 4;
         if (cp >= 0xd800 && cp <= 0xdbff) {   /* a high surrogate must pair with a low one */
             if (e - p < 7 || p[1] != '\\' || p[2] != 'u') return -1;
-            uint32_t lo = (uint32_t)(hexval(p[3]) << 12 | hexval(p[4]) << 8 | hexval(p[5]) << 4 | hexval(p[6]));
+            long lo = hex4(p + 3);
             if (lo < 0xdc00 || lo > 0xdfff) return -1;
-            cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+            cp = 0x10000 + ((cp - 0xd800) << 10) + (uint32_t)(lo - 0xdc00);
             p += 6;
         } else if (cp >= 0xdc00 && cp <= 0xdfff) {
             return -1;

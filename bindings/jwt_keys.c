@@ -32,7 +32,7 @@
 #include "crypto.h"
 #include "json_reader.h"
 
-#define JWKS_MAX_BYTES (512 * 1024)
+#define JWKS_MAX_BYTES ((size_t)512 * 1024)
 #define KEY_FILE_MAX (64 * 1024)
 
 typedef struct {
@@ -288,7 +288,14 @@ static int parse_jwks(const char *doc, size_t len, jwk_t **out, int *count)
         *out = grown;
         (*out)[(*count)++] = k;
     }
-    return rc < 0 ? -1 : 0;
+    if (rc < 0) {   /* malformed after some keys: the caller takes nothing, so free them */
+        for (int i = 0; i < *count; i++) entry_free(&(*out)[i]);
+        free(*out);
+        *out = NULL;
+        *count = 0;
+        return -1;
+    }
+    return 0;
 }
 
 /* Fetch JWKS_URL and replace the JWKS-sourced keys; 0, or -1 leaving the keyset as it was. */
@@ -313,7 +320,7 @@ static int jwks_refresh(void)
     jwk_t *grown = realloc(g.keys, (size_t)(kept + nfresh + 1) * sizeof *g.keys);
     if (grown) {
         g.keys = grown;
-        memcpy(g.keys + kept, fresh, (size_t)nfresh * sizeof *fresh);
+        if (nfresh) memcpy(g.keys + kept, fresh, (size_t)nfresh * sizeof *fresh);   /* fresh is NULL when 0 */
         kept += nfresh;
     } else {
         for (int i = 0; i < nfresh; i++) entry_free(&fresh[i]);

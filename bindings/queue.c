@@ -178,8 +178,8 @@ static lua_Number opt_number(lua_State *L, int opts, const char *field, lua_Numb
 static int l_publish(lua_State *L)
 {
     size_t rklen, bodylen, len;
-    const char *rk = check_name(L, 1, MAX_SHORTSTR, "a routing key");
-    rk = lua_tolstring(L, 1, &rklen);
+    check_name(L, 1, MAX_SHORTSTR, "a routing key");
+    const char *rk = lua_tolstring(L, 1, &rklen);
     if (lua_type(L, 2) != LUA_TSTRING) return luaL_argerror(L, 2, "queue.publish: expecting a body string");
     const char *body = lua_tolstring(L, 2, &bodylen);
     if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);

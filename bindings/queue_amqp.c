@@ -66,7 +66,7 @@ static int timeout_ms(void)
 static struct timeval tv_of(int ms)
 {
     if (ms < 0) ms = 0;
-    return (struct timeval){ .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
+    return (struct timeval){ .tv_sec = ms / 1000, .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
 }
 
 static int seterr(queue_err_t *e, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -426,13 +426,15 @@ static int prefetch_of(queue_ctx_t *q, const char *name)
     return 20;
 }
 
-/* Make sure the sub connection is open and consuming name (qos then basic.consume). */
+/* Make sure the sub connection is open and consuming name (qos then basic.consume). 0 with *out
+ * set, or -1 with e (spelled out after seterr: clang's analyzer does not look into variadic
+ * functions, and would take a failure for a 0 that left *out NULL). */
 static int sub_consume(queue_ctx_t *q, const char *name, consumer_t **out, queue_err_t *e)
 {
     qconn_t *k = &q->sub;
     if (!k->c && conn_open(q, k, SUB_HEARTBEAT_S, e) < 0) return -1;
     consumer_t *cs = consumer_of(q, name);
-    if (!cs) return seterr(e, "unavailable", "queue: out of memory");
+    if (!cs) { seterr(e, "unavailable", "queue: out of memory"); return -1; }
     if (cs->epoch != k->epoch) {
         amqp_basic_consume_ok_t *ok = NULL;
         if (amqp_basic_qos(k->c, CHANNEL, 0, (uint16_t)prefetch_of(q, name), 0))
@@ -443,7 +445,7 @@ static int sub_consume(queue_ctx_t *q, const char *name, consumer_t **out, queue
             return -1;
         }
         char *tag = strndup(ok->consumer_tag.bytes, ok->consumer_tag.len);
-        if (!tag) return seterr(e, "unavailable", "queue: out of memory");
+        if (!tag) { seterr(e, "unavailable", "queue: out of memory"); return -1; }
         free(cs->tag);
         cs->tag = tag;
         cs->epoch = k->epoch;
@@ -505,7 +507,6 @@ int queue_next(queue_ctx_t *q, const char *name, int wait_ms, amqp_envelope_t *e
     for (;;) {
         consumer_t *cs = NULL;
         if (sub_consume(q, name, &cs, e) < 0) {
-            have_err = 1;
             /* Down: wait out the backoff inside our own deadline, then try again. */
             int64_t left = deadline - now_ms(), wait = k->retry_at ? k->retry_at - now_ms() : 0;
             if (left <= 0 || strcmp(e->code, "unavailable") != 0) return -1;

@@ -73,7 +73,7 @@ static void sha1_hex(const void *data, size_t len, char out[41])
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int n = 0;
     if (!EVP_Digest(data, len, md, &n, EVP_sha1(), NULL) || n != 20) memset(md, 0, 20);
-    for (int i = 0; i < 20; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
+    for (size_t i = 0; i < 20; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 
 static void setup(void)
@@ -117,7 +117,7 @@ static int conn_open(worker_t *w, rl_conn_t *rc, const char *url, char *err, siz
 {
     cache_url_t u;
     if (cache_url_parse(url, &u, err, errlen) < 0) return -1;
-    struct timeval tv = { .tv_sec = g_timeout_ms / 1000, .tv_usec = (g_timeout_ms % 1000) * 1000 };
+    struct timeval tv = { .tv_sec = g_timeout_ms / 1000, .tv_usec = (suseconds_t)(g_timeout_ms % 1000) * 1000 };
     redisContext *c = redisConnectWithTimeout(u.host, u.port, tv);
     if (!c || c->err) {
         snprintf(err, errlen, "redis connect %s:%d: %s", u.host, u.port, c ? c->errstr : "out of memory");
@@ -192,7 +192,7 @@ static int redis_check(worker_t *w, const char *rkey, size_t rklen, const rateli
     const char *argv[8] = { "EVALSHA", g_sha, "1", rkey, a1, a2, a3, peek ? "1" : "0" };
     size_t len[8] = { 7, 40, 1, rklen, 0, 0, 0, 1 };
     len[4] = (size_t)snprintf(a1, sizeof a1, "%lld", (long long)t);
-    len[5] = (size_t)snprintf(a2, sizeof a2, "%lld", (long long)(t * lim->burst));
+    len[5] = (size_t)snprintf(a2, sizeof a2, "%lld", (long long)t * lim->burst);
     len[6] = (size_t)snprintf(a3, sizeof a3, "%lld", (long long)cost);
     redisReply *r = run(w, 8, argv, len, err, errlen);
     if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0) {
@@ -313,6 +313,7 @@ static const char *check_name(lua_State *L, const char *fn)
 static const char *check_key(lua_State *L, const char *fn, size_t *len)
 {
     int t = lua_type(L, 2);
+    *len = 0;
     const char *key = (t == LUA_TSTRING || t == LUA_TNUMBER) ? lua_tolstring(L, 2, len) : NULL;
     if (!key || *len == 0) luaL_argerror(L, 2, lua_pushfstring(L, "ratelimit.%s: expecting a non-empty key string, got %s", fn, luaL_typename(L, 2)));
     return key;

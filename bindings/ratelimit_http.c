@@ -89,7 +89,7 @@ static int in_cidr(const addr_t *a, const cidr_t *c)
 
 int ratelimit_trusted_load(const char *list, char *err, size_t errlen)
 {
-    cidr_t t[MAX_TRUSTED];
+    cidr_t t[MAX_TRUSTED] = { 0 };
     int n = 0;
     if (!list) list = DEFAULT_TRUSTED;
     const char *p = list;

@@ -33,7 +33,7 @@ long config_parse_number(const char *s, int size)
     if (size && *end) {
         long mult = 0;
         if (strcasecmp(end, "k") == 0 || strcasecmp(end, "kb") == 0 || strcasecmp(end, "kib") == 0) mult = 1024;
-        else if (strcasecmp(end, "m") == 0 || strcasecmp(end, "mb") == 0 || strcasecmp(end, "mib") == 0) mult = 1024 * 1024;
+        else if (strcasecmp(end, "m") == 0 || strcasecmp(end, "mb") == 0 || strcasecmp(end, "mib") == 0) mult = 1024L * 1024;
         if (!mult || v > (1L << 40) / mult) return -1;
         return v * mult;
     }
@@ -87,7 +87,7 @@ int config_load(config_t *c, int need_service, char *err, size_t errlen)
     long port = c->service ? config_default_port(c->service) : 0;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     long workers = cpus > 0 ? cpus : 2;
-    long max_body = 1024 * 1024, shutdown_ms = 10000, hot = 0, access = 1;
+    long max_body = 1024L * 1024, shutdown_ms = 10000, hot = 0, access = 1;
     if (env_int("PORT", 1, 65535, 0, &port, err, errlen) < 0 ||
         env_int("WORKERS", 1, 256, 0, &workers, err, errlen) < 0 ||
         env_int("MAX_BODY_BYTES", 1024, 1L << 30, 1, &max_body, err, errlen) < 0 ||

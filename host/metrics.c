@@ -189,22 +189,24 @@ metric_family_t *metrics_family(const char *name, const char *help, metric_kind_
 
 metric_cell_t *metrics_cell(metric_family_t *f, const char *const *values)
 {
+    const int n = f->nlabels;
+    if (!values && n) return NULL;   /* only a family without labels may pass no values */
     for (metric_cell_t *c = atomic_load(&f->cells); c; c = c->next) {
         int same = 1;
-        for (int i = 0; same && i < f->nlabels; i++) same = strcmp(c->values[i], values[i]) == 0;
+        for (int i = 0; same && i < n; i++) same = strcmp(c->values[i], values[i]) == 0;
         if (same) return c;
     }
     pthread_mutex_lock(&g_lock);
     /* Look again under the lock: another thread may have added it meanwhile. */
     for (metric_cell_t *c = atomic_load(&f->cells); c; c = c->next) {
         int same = 1;
-        for (int i = 0; same && i < f->nlabels; i++) same = strcmp(c->values[i], values[i]) == 0;
+        for (int i = 0; same && i < n; i++) same = strcmp(c->values[i], values[i]) == 0;
         if (same) { pthread_mutex_unlock(&g_lock); return c; }
     }
     metric_cell_t *c = calloc(1, sizeof *c);
     if (c) {
         c->family = f;
-        for (int i = 0; i < f->nlabels; i++) c->values[i] = strdup(values[i] ? values[i] : "");
+        for (int i = 0; i < n; i++) c->values[i] = strdup(values[i] ? values[i] : "");
         c->next = atomic_load(&f->cells);
         atomic_store(&f->cells, c);
     }

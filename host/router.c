@@ -133,8 +133,8 @@ int router_add(router_t *r, const char *method, const char *pattern, char *err, 
             return -1;
         }
         rt.nseg++;
-        p += len;
-        if (*p == '/') p++;
+        if (!slash) break;
+        p = slash + 1;
     }
     int nparams = 0;
     for (int s = 0; s < rt.nseg; s++) nparams += rt.seg[s].is_param;

@@ -76,7 +76,7 @@ size_t request_unescape(char *dst, const char *src, size_t len, int plus_space)
     for (size_t i = 0; i < len; i++) {
         char c = src[i];
         if (c == '%' && i + 2 < len) {
-            int hi = src[i + 1], lo = src[i + 2];
+            int hi = (unsigned char)src[i + 1], lo = (unsigned char)src[i + 2];
             int h = (hi >= '0' && hi <= '9') ? hi - '0' : (hi | 32) >= 'a' && (hi | 32) <= 'f' ? (hi | 32) - 'a' + 10 : -1;
             int l = (lo >= '0' && lo <= '9') ? lo - '0' : (lo | 32) >= 'a' && (lo | 32) <= 'f' ? (lo | 32) - 'a' + 10 : -1;
             if (h >= 0 && l >= 0) {

@@ -88,8 +88,9 @@ static void install_loader(lua_State *L, snapshot_t *s)
 static request_t *current(lua_State *L)
 {
     worker_t *w = lua_touserdata(L, lua_upvalueindex(1));
-    if (!w || !w->cur) luaL_error(L, "no request is being served (request objects live only during their handler)");
-    return w->cur;
+    if (w && w->cur) return w->cur;
+    luaL_error(L, "no request is being served (request objects live only during their handler)");
+    return NULL;   /* not reached: luaL_error raises */
 }
 
 static int l_req_header(lua_State *L)
@@ -393,7 +394,7 @@ worker_t *worker_new(int id, const char *kind, const config_t *cfg, snapshot_t *
     if (getrandom(w->rng, sizeof w->rng, 0) != sizeof w->rng) { w->rng[0] = (uint64_t)(uintptr_t)w ^ 0x9e3779b97f4a7c15ull; w->rng[1] = (uint64_t)id + 1; }
     if (!w->rng[0] && !w->rng[1]) w->rng[1] = 1;
     w->metrics = metrics_shard_new();
-    if (!w->metrics || logbuf_init(&w->access, 64 * 1024) < 0) {
+    if (!w->metrics || logbuf_init(&w->access, (size_t)64 * 1024) < 0) {
         snprintf(err, errlen, "out of memory");
         free(w);
         return NULL;

@@ -13,10 +13,16 @@ cflags=$(pkg-config --cflags luajit libmicrohttpd libpq hiredis librabbitmq libc
 step cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability --inline-suppr \
     --suppress=missingIncludeSystem -D_GNU_SOURCE -Ihost -Ibuild/gen host bindings
 if command -v clang-tidy >/dev/null; then
-    # shellcheck disable=SC2086
-    step clang-tidy --quiet --warnings-as-errors='*' \
-        --checks='-*,bugprone-*,-bugprone-easily-swappable-parameters,-bugprone-reserved-identifier,-bugprone-narrowing-conversions,-bugprone-assignment-in-if-condition,clang-analyzer-*,-clang-analyzer-security.insecureAPI.*' \
-        host/*.c bindings/*.c -- -std=gnu11 -D_GNU_SOURCE -Ihost -Ibuild/gen $cflags
+    # One file per clang-tidy run: given several files, clang-tidy 14 stops recognising va_start
+    # after the first and reports every later vsnprintf wrapper as using an uninitialized va_list
+    # (llvm/llvm-project#40656). MERCATO_VERSION is defined by the Makefile for every build.
+    echo "== clang-tidy, one file at a time: host/*.c bindings/*.c"
+    for f in host/*.c bindings/*.c; do
+        # shellcheck disable=SC2086
+        clang-tidy --quiet --warnings-as-errors='*' \
+            --checks='-*,bugprone-*,-bugprone-easily-swappable-parameters,-bugprone-reserved-identifier,-bugprone-narrowing-conversions,-bugprone-assignment-in-if-condition,clang-analyzer-*,-clang-analyzer-security.insecureAPI.*' \
+            "$f" -- -std=gnu11 -D_GNU_SOURCE -DMERCATO_VERSION='"lint"' -Ihost -Ibuild/gen $cflags || rc=1
+    done
 fi
 step shellcheck scripts/dev/*.sh bench/run.sh bench/services.sh bench/pg_outage.sh .ci/run
 exit $rc
