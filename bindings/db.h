@@ -80,6 +80,7 @@ typedef struct db_conn {
     PGconn *connecting;            /* being connected on the loop (not yet pg) */
     struct db_op *head, *tail;     /* statements sent (or waiting for the connection), in order */
     int inflight;
+    uint64_t progress_ns;          /* the last answer, or when it got busy (loop clock) */
 } db_conn_t;
 
 /* The worker's connection slot (made on first call; NULL only when out of memory). */

@@ -32,6 +32,7 @@
 #define DB_POOL_PER_THREAD 4     /* default pool size per HTTP thread */
 #define DB_PIPELINE_SPREAD 64    /* in flight on every open shared connection before another opens */
 #define DB_PIPELINE_MAX 256      /* in flight on one connection at most */
+#define DB_STALL_MS 100          /* busy without an answer this long: no new statements for it */
 
 struct db_pool {
     worker_t *w;
@@ -169,7 +170,7 @@ static void queue_push(db_conn_t *c, db_op_t *op)
     op->c = c;
     if (c->tail) c->tail->next = op; else c->head = op;
     c->tail = op;
-    c->inflight++;
+    if (!c->inflight++) c->progress_ns = loop_now_ns();
 }
 
 static db_op_t *queue_pop(db_conn_t *c)
@@ -311,7 +312,7 @@ static void connect_start(db_conn_t *c, db_op_t *op)
     db_error_t err;
     queue_push(c, op);
     if (db_conn_may_connect(c, &err) < 0) { connect_fail(c, &err); return; }
-    db_params_t prm;
+    db_params_t prm = { 0 };
     db_conn_params(c, &prm);
     PGconn *pg = PQconnectStartParams(prm.keys, prm.vals, 1);
     if (!pg || PQstatus(pg) == CONNECTION_BAD) {
@@ -370,11 +371,15 @@ static void connect_poll(db_conn_t *c)
 /* ---- placing a statement ------------------------------------------------------------------- */
 
 /* Where op can go now: the request's own connection, the open shared one with the fewest in
- * flight, or a closed one to open. NULL: wait. *open set when the connection must be opened. */
+ * flight, or a closed one to open. NULL: wait. *open set when the connection must be opened.
+ * A connection that has answered nothing for DB_STALL_MS while busy (a slow statement at its
+ * head, a hung server, a connect that does not finish) takes nothing new: what is behind it
+ * would wait for it. */
 static db_conn_t *choose(db_pool_t *p, db_op_t *op, int *open)
 {
     *open = 0;
     db_conn_t *best = NULL, *closed = NULL;
+    uint64_t now = loop_now_ns();
     for (int i = 0; i < p->size; i++) {
         db_conn_t *c = &p->conns[i];
         if (c->owner) continue;
@@ -383,6 +388,7 @@ static db_conn_t *choose(db_pool_t *p, db_op_t *op, int *open)
             continue;
         }
         if (c->inflight >= DB_PIPELINE_MAX) continue;
+        if (c->inflight && now - c->progress_ns > DB_STALL_MS * 1000000ull) continue;
         if (!best || c->inflight < best->inflight) best = c;
     }
     if (closed && (!best || best->inflight >= DB_PIPELINE_SPREAD)) {
@@ -609,6 +615,7 @@ static void collect(db_conn_t *c, int broken)
             continue;
         }
         nulls = 0;
+        c->progress_ns = loop_now_ns();
         if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
             PQclear(res);
             db_op_t *op = queue_pop(c);
@@ -795,7 +802,10 @@ static db_op_t *op_new(lua_State *L, int kind, const char *fn, const char *sql, 
     size_t total = len + 1;
     for (int i = 0; i < n; i++) total += values[i] ? strlen(values[i]) + 1 : 0;
     db_op_t *op = calloc(1, sizeof *op + (size_t)n * sizeof(char *) + total);
-    if (!op) luaL_error(L, "db: out of memory");
+    if (!op) {
+        luaL_error(L, "db: out of memory");
+        return NULL;   /* not reached: luaL_error raises */
+    }
     op->kind = kind;
     snprintf(op->fn, sizeof op->fn, "%s", fn);
     op->values = (const char **)(void *)op->text;

@@ -124,6 +124,23 @@ describe("handlers on the database pool", function()
     assert.equal("1", H.psql(url, "SELECT count(*) FROM pool_items WHERE id = 5100"))
   end)
 
+  it("do not queue behind a slow statement on a shared connection", function()
+    local one = start()   -- one connection open: the next statement would pipeline behind
+    finally(function() one:stop() end)
+    assert.equal(200, (H.call(one, "GET", "/item/1")))
+    assert.equal(1, H.metric(one, "db_connections"))
+    local slow = assert(raw.connect(one.port))
+    assert(slow:send("GET /slow?ms=1500 HTTP/1.1\r\nHost: x\r\n\r\n"))
+    socket.sleep(0.25)
+    local t0 = socket.gettime()
+    local status, doc = H.call(one, "GET", "/item/9")
+    local took = socket.gettime() - t0
+    assert.equal(200, status, cjson.encode(doc))
+    assert.is_true(took < 0.8, "waited " .. took .. " s behind the slow statement")
+    assert.equal(200, assert(raw.read_response(slow)).status)
+    slow:close()
+  end)
+
   it("reconnect after the server ended its sessions", function()
     assert.equal(200, (H.call(srv, "GET", "/item/7")))
     H.psql(url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
