@@ -116,7 +116,7 @@ static int l_reserve(lua_State *L)
         if (!uuid_arg(L, top - 1, fn, "an item's product_id", items[i].product_id) && !bad) bad = "an item's product_id is not a UUID";
         double qn = 0;
         if (!int_arg(L, top, fn, "an item's quantity", 1, INV_MAX_QUANTITY, &qn) && !bad) bad = "an item's quantity must be a whole number from 1 to 1000000";
-        items[i].quantity = (long)qn;
+        items[i].quantity = qn >= 1 && qn <= INV_MAX_QUANTITY ? (long)qn : 0;   /* no cast of NaN or 1e300 */
         lua_pop(L, 3);
     }
     if (bad) return push_fail(L, "invalid", bad);

@@ -353,7 +353,8 @@ static int l_check(lua_State *L)
         lua_getfield(L, 4, "cost");
         if (!lua_isnil(L, -1)) {
             cost = lua_tonumber(L, -1);
-            if (lua_type(L, -1) != LUA_TNUMBER || cost != (int64_t)cost || cost < 0 || cost > 1000000)
+            /* The range first: casting NaN or 1e300 to an integer is undefined. */
+            if (lua_type(L, -1) != LUA_TNUMBER || !(cost >= 0 && cost <= 1000000) || cost != (double)(int64_t)cost)
                 return luaL_argerror(L, 4, "ratelimit.check: cost must be a whole number from 0 to 1000000");
         }
         lua_getfield(L, 4, "peek");

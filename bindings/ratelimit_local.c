@@ -73,6 +73,11 @@ int ratelimit_parse(const char *s, ratelimit_limit_t *lim, char *err, size_t err
         p = skip_space(p);
     }
     if (*p) goto bad;
+    /* The tolerance T * burst must fit in microseconds of int64 (1/day burst 1e9 would not). */
+    if (burst > 4000000000000000000ll / (period / n > 0 ? period / n : 1)) {
+        snprintf(err, errlen, "rate limit: burst %lld is too large for '%.60s'", (long long)burst, s);
+        return -1;
+    }
     lim->count = n;
     lim->period_us = period;
     lim->burst = burst;

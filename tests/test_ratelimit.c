@@ -39,6 +39,7 @@ TEST(parse_accepts_units_and_burst)
     CHECK_INT(ratelimit_parse("3/m", &l, err, sizeof err), 0);
     CHECK_INT(ratelimit_parse("1/day", &l, err, sizeof err), 0);
     CHECK_INT(l.period_us, 86400 * SEC);
+    CHECK_INT(ratelimit_parse("1/day burst 1000000", &l, err, sizeof err), 0);   /* tau = 8.64e16 us fits */
     CHECK_INT(ratelimit_parse("off", &l, err, sizeof err), 0);
     CHECK_INT(l.count, 0);
     CHECK_INT(ratelimit_parse("0", &l, err, sizeof err), 0);
@@ -48,7 +49,8 @@ TEST(parse_accepts_units_and_burst)
 TEST(parse_rejects_malformed)
 {
     const char *bad[] = { NULL, "", "10", "10/", "/min", "0/min", "-1/min", "10/fortnight", "10/min burst",
-                          "10/min burst 0", "10/min extra", "ten/min", "99999999999/min", "10 per min" };
+                          "10/min burst 0", "10/min extra", "ten/min", "99999999999/min", "10 per min",
+                          "1/day burst 1000000000" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         ratelimit_limit_t l;
         char err[200] = "";

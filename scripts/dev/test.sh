@@ -4,10 +4,10 @@
 # already installed the dependencies and built build/mercato and the C tests.
 #
 # Tiers:
-#   unit  C unit tests (build/tests/*), the same under ASan/UBSan, Lua unit specs, luacheck
+#   unit  C unit tests (build/tests/*), the same under ASan/UBSan, Lua unit specs, luacheck, make lint
 #   spec  the private stack (PostgreSQL, Redis, RabbitMQ, SMTP, S3) with fresh databases, then
 #         every spec/integration/*_spec.lua against the real build/mercato, the host specs again
-#         under ASan, and a valgrind start/serve/stop leak check
+#         and the db pool spec again under ASan, and a valgrind start/serve/stop leak check
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 
@@ -55,6 +55,11 @@ luacheck_tap() {  # luacheck as TAP: one line per file
     luacheck --codes --formatter TAP scripts spec bench/scripts bindings/lua
 }
 
+lint_tap() {   # every C, Lua and shell linter (scripts/dev/lint.sh) as one TAP line
+    if scripts/dev/lint.sh; then echo "ok 1 - make lint: luacheck, cppcheck, clang-tidy, shellcheck"
+    else echo "not ok 1 - make lint found something (above)"; fi
+}
+
 unit_tier() {
     for t in build/tests/test_*; do
         [ -x "$t" ] && suite "c/$(basename "$t")" "$t"
@@ -70,6 +75,7 @@ unit_tier() {
         [ -f "$f" ] && suite "lua/${f#spec/}" busted_spec "$f"
     done
     suite "luacheck" luacheck_tap
+    suite "lint" lint_tap
 }
 
 spec_tier() {
