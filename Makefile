@@ -47,6 +47,8 @@ $(BUILD)/gen/prelude.h: host/lua/prelude.lua
 	@echo "  LUAJIT  $<"
 	$(Q)luajit -bg -n prelude -t h $< $@
 
+# Generated headers are kept (a pattern rule's output would otherwise be deleted as intermediate).
+.SECONDARY: $(GEN)
 $(BUILD)/gen/%_lua.h: bindings/lua/%.lua
 	@mkdir -p $(@D)
 	@echo "  LUAJIT  $<"
