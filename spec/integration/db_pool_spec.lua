@@ -100,6 +100,21 @@ describe("handlers on the database pool", function()
     assert.equal("0", H.psql(url, IDLE_IN_TX))
   end)
 
+  it("return the failed statement's error from db.tx, committing nothing, when the function went on", function()
+    local status, doc = H.call(srv, "GET", "/tx-ignored?id=6001")
+    assert.equal(409, status, cjson.encode(doc))
+    assert.equal("23505", doc.sqlstate)
+    assert.equal("0", H.psql(url, "SELECT count(*) FROM pool_items WHERE id = 6001"))
+    assert.equal(200, (H.call(srv, "GET", "/item/6")))
+  end)
+
+  it("refuse a COMMIT by hand inside db.tx", function()
+    assert.equal(500, (H.call(srv, "GET", "/tx-raw-commit")))
+    assert.matches("the statement ended the transaction of db.tx", srv:log(), 1, true)
+    assert.equal("0", H.psql(url, IDLE_IN_TX))
+    assert.equal(200, (H.call(srv, "GET", "/item/6")))
+  end)
+
   it("refuse a raw BEGIN without losing the writes pipelined behind it", function()
     local reqs = { { "GET", "/raw-begin" } }
     for i = 2, 30 do reqs[i] = { "POST", "/insert/" .. (5000 + i) } end
@@ -234,6 +249,18 @@ describe("a pool with every connection held", function()
     assert.equal(200, (H.call(srv, "GET", "/item/5")))
     assert.is_true(H.metric(srv, "db_pool_wait_timeouts_total") >= 1)
     assert.equal(0, H.metric(srv, "db_pool_waiting"))
+  end)
+
+  it("rolls back a transaction still parked at the shutdown deadline, and exits 0", function()
+    local short = start { SHUTDOWN_TIMEOUT_MS = 300 }
+    finally(function() short:stop("KILL") end)
+    local hold = assert(raw.connect(short.port))
+    assert(hold:send("POST /hold?ms=3000 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"))
+    socket.sleep(0.3)
+    assert.equal(0, short:stop())   -- SIGTERM: the parked transaction is cut at 300 ms
+    hold:close()
+    socket.sleep(0.2)
+    assert.equal("0", H.psql(url, IDLE_IN_TX))
   end)
 
   it("is checked against the connections the server has left at start-up", function()
