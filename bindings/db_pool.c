@@ -32,7 +32,7 @@
 #define DB_POOL_PER_THREAD 4     /* default pool size per HTTP thread */
 #define DB_PIPELINE_SPREAD 64    /* in flight on every open shared connection before another opens */
 #define DB_PIPELINE_MAX 256      /* in flight on one connection at most */
-#define DB_STALL_MS 100          /* busy without an answer this long: no new statements for it */
+#define DB_STALL_MS 500          /* busy without an answer this long: no new statements for it */
 
 struct db_pool {
     worker_t *w;
