@@ -253,18 +253,27 @@ static int params_to_text(lua_State *L, const char *fn, int first, int n, const 
     return 0;
 }
 
-const char *db_tx_state_misuse(db_conn_t *c)
+const char *db_tx_misuse(const db_conn_t *c, const PGresult *res)
 {
-    PGTransactionStatusType ts = PQtransactionStatus(c->pg);
-    int in_tx = ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
-    if (c->tx_depth == 0 && in_tx) {
-        /* A raw BEGIN would leave the connection in a transaction across requests. */
-        db_error_t ignored;
-        if (c->pool || db_conn_command(c, "ROLLBACK", &ignored) < 0) db_conn_close(c);
+    const char *tag = PQcmdStatus((PGresult *)res);
+    if (c->tx_depth == 0 && (!strcmp(tag, "BEGIN") || !strcmp(tag, "START TRANSACTION")))
         return "transaction control statements are not allowed; use db.tx(function() ... end)";
-    }
-    if (c->tx_depth > 0 && ts == PQTRANS_IDLE) return "the statement ended the transaction of db.tx; let db.tx commit or roll back";
+    if (c->tx_depth > 0 && (!strcmp(tag, "COMMIT") || !strcmp(tag, "ROLLBACK") || !strcmp(tag, "PREPARE TRANSACTION")))
+        return "the statement ended the transaction of db.tx; let db.tx commit or roll back";
     return NULL;
+}
+
+void db_tx_begin_sql(int depth, char *buf, size_t cap)
+{
+    if (depth == 0) snprintf(buf, cap, "BEGIN");
+    else snprintf(buf, cap, "SAVEPOINT mercato_sp%d", depth);
+}
+
+void db_tx_end_sql(int depth, int commit, char *buf, size_t cap)
+{
+    if (depth == 0) snprintf(buf, cap, commit ? "COMMIT" : "ROLLBACK");
+    else if (commit) snprintf(buf, cap, "RELEASE SAVEPOINT mercato_sp%d", depth);
+    else snprintf(buf, cap, "ROLLBACK TO SAVEPOINT mercato_sp%d; RELEASE SAVEPOINT mercato_sp%d", depth, depth);
 }
 
 /* C.run(mode, fn, sql, ...) → a result (ROWS, ONE) | count (EXEC), or nil, message, code,
@@ -296,9 +305,13 @@ static int l_run(lua_State *L)
         if (c->tx_depth > 0) c->tx_err = err;
         return db_push_failure(L, fn, &err);
     }
-    const char *bad = db_tx_state_misuse(c);
+    const char *bad = db_tx_misuse(c, res);
     if (bad) {
         PQclear(res);
+        if (c->tx_depth == 0) {   /* a raw BEGIN would leave the connection in a transaction across requests */
+            db_error_t ignored;
+            if (c->pool || db_conn_command(c, "ROLLBACK", &ignored) < 0) db_conn_close(c);
+        }
         db_count("error");
         return misuse(L, fn, bad);
     }
@@ -326,9 +339,7 @@ static int tx_end(db_conn_t *c, int depth, int commit, db_error_t *err)
             commit = 0;
             rc = -1;
         }
-        if (depth == 0) snprintf(sql, sizeof sql, commit ? "COMMIT" : "ROLLBACK");
-        else if (commit) snprintf(sql, sizeof sql, "RELEASE SAVEPOINT mercato_sp%d", depth);
-        else snprintf(sql, sizeof sql, "ROLLBACK TO SAVEPOINT mercato_sp%d; RELEASE SAVEPOINT mercato_sp%d", depth, depth);
+        db_tx_end_sql(depth, commit, sql, sizeof sql);
         db_error_t e;
         if (db_conn_command(c, sql, &e) < 0) {
             if (rc == 0) *err = e;
@@ -366,8 +377,7 @@ static int l_begin(lua_State *L)
     if (!c && !(c = db_blocking_conn(w, &err))) { db_count(err.code); return db_push_failure(L, "db.tx", &err); }
     int depth = c->tx_depth;
     char sql[48];
-    if (depth == 0) snprintf(sql, sizeof sql, "BEGIN");
-    else snprintf(sql, sizeof sql, "SAVEPOINT mercato_sp%d", depth);
+    db_tx_begin_sql(depth, sql, sizeof sql);
     if (db_conn_command(c, sql, &err) < 0) {
         db_count(err.code);
         return db_push_failure(L, "db.tx", &err);
@@ -416,6 +426,7 @@ static int db_global_init(void)
     metric_family_t *f = metrics_family("db_queries_total", "Database statements run from Lua, by outcome.",
                                         METRIC_COUNTER, 1, label, 0, NULL, err, sizeof err);
     for (int i = 0; f && i < NOUTCOMES; i++) g_queries[i] = metrics_cell(f, &outcomes[i]);
+    db_pool_metrics_init();
     return 0;
 }
 

@@ -137,9 +137,15 @@ db_stmt_t *db_stmt_lru(db_conn_t *c);
 void db_count_reconnect(void);
 /* Count a statement's outcome in db_queries_total. */
 void db_count(const char *outcome);
-/* Misuse of the transaction protocol seen after a statement (a raw BEGIN, COMMIT inside
- * db.tx), or NULL. A stray open transaction is ended by closing (pooled) or rolling back. */
-const char *db_tx_state_misuse(db_conn_t *c);
+/* A statement that began or ended a transaction behind db.tx's back (a raw BEGIN, COMMIT
+ * inside db.tx), told by its command tag — in pipeline mode libpq reports the transaction
+ * status only between pipelines: the message to raise, or NULL. The caller ends a stray
+ * transaction (tx_depth 0). */
+const char *db_tx_misuse(const db_conn_t *c, const PGresult *res);
+/* The statement that opens a db.tx level at depth (BEGIN, or SAVEPOINT when nested), and the
+ * one that ends it (COMMIT / RELEASE, or ROLLBACK / ROLLBACK TO + RELEASE). */
+void db_tx_begin_sql(int depth, char *buf, size_t cap);
+void db_tx_end_sql(int depth, int commit, char *buf, size_t cap);
 
 /* ---- the HTTP thread's pool (db_pool.c) ---- */
 
@@ -163,6 +169,8 @@ int db_pool_end(lua_State *L, db_pool_t *p, db_conn_t *c, int depth, int commit)
  * closed, which rolls the transaction back, and returned. */
 void db_request_end(struct worker *w, struct request *r);
 void db_pool_free(struct worker *w);
+/* Register the pool's metrics (once per process, from the binding's global_init). */
+void db_pool_metrics_init(void);
 
 enum { DB_MODE_ROWS, DB_MODE_ONE, DB_MODE_EXEC, DB_MODE_COMMAND };
 

@@ -78,15 +78,17 @@ static void connect_fail(db_conn_t *c, const db_error_t *err);
 
 /* ---- the pool ------------------------------------------------------------------------------ */
 
+void db_pool_metrics_init(void)
+{
+    g_waiting = metrics_gauge0("db_pool_waiting", "Handler statements waiting for a pooled PostgreSQL connection.");
+    g_wait_timeouts = metrics_counter0("db_pool_wait_timeouts_total",
+                                       "Handler statements refused (503) after DB_POOL_WAIT_MS without a connection.");
+}
+
 static db_pool_t *pool_of(worker_t *w)
 {
     db_pool_t *p = w->binding[BIND_DB_POOL];
     if (p || !w->loop || !w->cfg || !w->cfg->database_url) return p;
-    if (!g_waiting) {   /* first pool of the process: its metrics (families are process-wide) */
-        g_waiting = metrics_gauge0("db_pool_waiting", "Handler statements waiting for a pooled PostgreSQL connection.");
-        g_wait_timeouts = metrics_counter0("db_pool_wait_timeouts_total",
-                                           "Handler statements refused (503) after DB_POOL_WAIT_MS without a connection.");
-    }
     int workers = w->cfg->workers > 0 ? w->cfg->workers : 1;
     int size = db_settings.pool_size ? (db_settings.pool_size + workers - 1) / workers : DB_POOL_PER_THREAD;
     p = calloc(1, sizeof *p);
@@ -556,18 +558,6 @@ static void keep_result(db_op_t *op, PGresult *res)
     }
 }
 
-/* A statement that began or ended a transaction behind db.tx's back (told by its command tag:
- * in pipeline mode libpq reports the transaction status only between pipelines). */
-static const char *tx_control_misuse(const db_conn_t *c, const PGresult *res)
-{
-    const char *tag = PQcmdStatus((PGresult *)res);
-    if (c->tx_depth == 0 && (!strcmp(tag, "BEGIN") || !strcmp(tag, "START TRANSACTION")))
-        return "transaction control statements are not allowed; use db.tx(function() ... end)";
-    if (c->tx_depth > 0 && (!strcmp(tag, "COMMIT") || !strcmp(tag, "ROLLBACK") || !strcmp(tag, "PREPARE TRANSACTION")))
-        return "the statement ended the transaction of db.tx; let db.tx commit or roll back";
-    return NULL;
-}
-
 /* op's sync point came back: its answer is complete. */
 static void op_done(db_conn_t *c, db_op_t *op)
 {
@@ -676,7 +666,7 @@ static void finish_op(db_op_t *op)
     if (op->timer) loop_timer_cancel(op->p->w->loop, op->timer);
     op->timer = NULL;
     if (!r) {   /* its request went away: nobody to answer */
-        int stray = op->kind == K_QUERY && res && c->tx_depth == 0 && tx_control_misuse(c, res);
+        int stray = op->kind == K_QUERY && res && c->tx_depth == 0 && db_tx_misuse(c, res);
         PQclear(res);
         op_free(op);
         if (stray) {   /* a raw BEGIN all the same: end it */
@@ -691,7 +681,7 @@ static void finish_op(db_op_t *op)
     switch (op->kind) {
     case K_QUERY:
         if (res) {
-            const char *bad = tx_control_misuse(c, res);
+            const char *bad = db_tx_misuse(c, res);
             if (bad) {
                 PQclear(res);
                 db_count("error");
@@ -840,8 +830,7 @@ int db_pool_begin(lua_State *L, db_pool_t *p)
     db_conn_t *c = p->w->cur->db;
     int depth = c ? c->tx_depth : 0;
     char sql[48];
-    if (depth == 0) snprintf(sql, sizeof sql, "BEGIN");
-    else snprintf(sql, sizeof sql, "SAVEPOINT mercato_sp%d", depth);
+    db_tx_begin_sql(depth, sql, sizeof sql);
     db_op_t *op = op_new(L, K_BEGIN, "db.tx", sql, strlen(sql), 0, NULL);
     op->depth = depth;
     return run_op(L, p, op);
@@ -862,26 +851,14 @@ int db_pool_end(lua_State *L, db_pool_t *p, db_conn_t *c, int depth, int commit)
         commit = 0;
     }
     char sql[96];
-    if (depth == 0) snprintf(sql, sizeof sql, commit ? "COMMIT" : "ROLLBACK");
-    else if (commit) snprintf(sql, sizeof sql, "RELEASE SAVEPOINT mercato_sp%d", depth);
-    else snprintf(sql, sizeof sql, "ROLLBACK TO SAVEPOINT mercato_sp%d; RELEASE SAVEPOINT mercato_sp%d", depth, depth);
+    db_tx_end_sql(depth, commit, sql, sizeof sql);
     db_op_t *op = op_new(L, K_END, "db.tx", sql, strlen(sql), 0, NULL);
     op->depth = depth;
     op->commit = commit;
     op->mode = intent;
     op->end_rc = rc;
     op->end_err = pre;
-    if (!lost) return run_op(L, p, op);
-    /* Nothing to send: only the bookkeeping. */
-    op->p = p;
-    op->r = p->w->cur;
-    op->c = c;
-    op->inline_call = 1;
-    finish_op(op);
-    int n = op->nvals;
-    op_free(op);
-    dispatch(p);
-    return n;
+    return run_op(L, p, op);   /* a lost connection: submit answers at once, with the error set above */
 }
 
 void db_request_end(worker_t *w, request_t *r)
