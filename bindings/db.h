@@ -83,6 +83,9 @@ typedef struct db_conn {
     uint64_t progress_ns;          /* the last answer, or when it got busy (loop clock) */
 } db_conn_t;
 
+/* A zeroed connection set up for w's service (not connected). */
+void db_conn_init(db_conn_t *c, struct worker *w);
+
 /* The worker's connection slot (made on first call; NULL only when out of memory). */
 db_conn_t *db_conn_of(struct worker *w);
 
@@ -169,6 +172,8 @@ int db_pool_end(lua_State *L, db_pool_t *p, db_conn_t *c, int depth, int commit)
  * closed, which rolls the transaction back, and returned. */
 void db_request_end(struct worker *w, struct request *r);
 void db_pool_free(struct worker *w);
+/* Pooled connections per HTTP thread: DB_POOL_SIZE split over the workers, or the default. */
+int db_pool_per_thread(int workers);
 /* Register the pool's metrics (once per process, from the binding's global_init). */
 void db_pool_metrics_init(void);
 

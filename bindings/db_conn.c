@@ -158,15 +158,20 @@ static void notice_to_log(void *arg, const char *message)
     log_debug("db: server notice: %s", line);
 }
 
+void db_conn_init(db_conn_t *c, worker_t *w)
+{
+    c->url = w->cfg ? w->cfg->database_url : NULL;
+    c->app_name = w->cfg && w->cfg->service ? w->cfg->service : w->kind;
+    c->timeout_ms = db_settings.statement_timeout_ms;
+    c->fd = -1;
+}
+
 db_conn_t *db_conn_of(worker_t *w)
 {
     if (!w->binding[BIND_DB]) {
         db_conn_t *c = calloc(1, sizeof *c);
         if (!c) return NULL;
-        c->url = w->cfg ? w->cfg->database_url : NULL;
-        c->app_name = w->cfg && w->cfg->service ? w->cfg->service : w->kind;
-        c->timeout_ms = db_settings.statement_timeout_ms;
-        c->fd = -1;
+        db_conn_init(c, w);
         w->binding[BIND_DB] = c;
     }
     return w->binding[BIND_DB];

@@ -229,7 +229,7 @@ static int apply(db_conn_t *c, const char *service, const char *dir, migration_s
 static void check_connection_budget(db_conn_t *c, const config_t *cfg)
 {
     int workers = cfg->workers > 0 ? cfg->workers : 1;
-    int per_thread = db_settings.pool_size ? (db_settings.pool_size + workers - 1) / workers : 4;
+    int per_thread = db_pool_per_thread(workers);
     int most = per_thread * workers + workers;   /* the pools, and each worker's own blocking one */
     static const char sql[] =
         "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int"

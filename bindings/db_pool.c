@@ -85,24 +85,26 @@ void db_pool_metrics_init(void)
                                        "Handler statements refused (503) after DB_POOL_WAIT_MS without a connection.");
 }
 
+int db_pool_per_thread(int workers)
+{
+    if (workers < 1) workers = 1;
+    return db_settings.pool_size ? (db_settings.pool_size + workers - 1) / workers : DB_POOL_PER_THREAD;
+}
+
 static db_pool_t *pool_of(worker_t *w)
 {
     db_pool_t *p = w->binding[BIND_DB_POOL];
     if (p || !w->loop || !w->cfg || !w->cfg->database_url) return p;
-    int workers = w->cfg->workers > 0 ? w->cfg->workers : 1;
-    int size = db_settings.pool_size ? (db_settings.pool_size + workers - 1) / workers : DB_POOL_PER_THREAD;
+    int size = db_pool_per_thread(w->cfg->workers);
     p = calloc(1, sizeof *p);
     if (!p || !(p->conns = calloc((size_t)size, sizeof *p->conns))) { free(p); return NULL; }
     p->w = w;
     p->size = size;
     for (int i = 0; i < size; i++) {
         db_conn_t *c = &p->conns[i];
-        c->url = w->cfg->database_url;
-        c->app_name = w->cfg->service ? w->cfg->service : w->kind;
-        c->timeout_ms = db_settings.statement_timeout_ms;
+        db_conn_init(c, w);
         c->pool = p;
         c->loop = w->loop;
-        c->fd = -1;
     }
     w->binding[BIND_DB_POOL] = p;
     return p;
@@ -288,16 +290,6 @@ static void send_or_fail(db_conn_t *c, db_op_t *op)
 
 /* ---- connecting ---------------------------------------------------------------------------- */
 
-static void connect_failed(db_conn_t *c, const db_error_t *err)
-{
-    if (c->connecting) {
-        watch(c, -1, 0);
-        PQfinish(c->connecting);
-        c->connecting = NULL;
-    }
-    connect_fail(c, err);
-}
-
 static void on_connect_timeout(loop_t *loop, void *arg)
 {
     db_op_t *op = arg;   /* the first statement waiting for the connection carries the timer */
@@ -305,7 +297,7 @@ static void on_connect_timeout(loop_t *loop, void *arg)
     op->timer = NULL;
     db_error_t err;
     db_set_error(&err, "unavailable", "database unavailable: %s", "timeout while connecting");
-    connect_failed(op->c, &err);
+    connect_fail(op->c, &err);   /* finishes the connection being made, too */
 }
 
 /* Start connecting c for op (queued on c until the connection is up). */
