@@ -2,7 +2,7 @@
 -- peer of `make bench`. Trust authentication only (the private stack's PostgreSQL uses trust).
 --
 --   local pg = require "pgmini"
---   local c = pg.new({ host = "127.0.0.1", port = 55432, user = "postgres", database = "mercato_bench",
+--   local c = pg.new({ host = "127.0.0.1", port = 29432, user = "postgres", database = "mercato_bench",
 --                      timeout = 5000, pool_size = 16, backlog = 1024, idle_ms = 60000 })
 --   local rows, err = c:query("SELECT id, name FROM bench_items WHERE id = $1", 42)
 --

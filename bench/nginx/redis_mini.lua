@@ -2,7 +2,7 @@
 -- (lua-resty-redis is not packaged in Debian). RESP2 only: enough for GET and HGETALL.
 --
 --   local redis = require "redis_mini"
---   local r = redis.new({ host = "127.0.0.1", port = 56379, db = 0, timeout = 1000,
+--   local r = redis.new({ host = "127.0.0.1", port = 29379, db = 0, timeout = 1000,
 --                         pool_size = 32, backlog = 1024, idle_ms = 60000 })
 --   local v, err = r:call("HGETALL", "bench:product:42")   -- flat array k1, v1, k2, v2, ...
 --

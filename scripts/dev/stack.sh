@@ -15,21 +15,23 @@
 #             this to check that mercato reconnects; start waits until it is ready)
 #   rabbitmqctl ARGS...  run rabbitmqctl against the private node
 #
-# Environment (defaults in brackets):
+# Environment (defaults in brackets; the ports sit below Linux's ephemeral range, 32768-60999,
+# so that no outgoing connection can hold one while its server restarts — RabbitMQ once failed
+# to come back with eaddrinuse on 45672):
 #   RUN_DIR            state, data and pid files           [<repo>/.run]
-#   PG_PORT            PostgreSQL                           [55432]
+#   PG_PORT            PostgreSQL                           [29432]
 #   PG_BIN             PostgreSQL server binaries           [/usr/lib/postgresql/<newest>/bin]
 #   PG_MAX_CONNECTIONS                                      [200]
-#   REDIS_PORT         Redis                                [56379]
-#   AMQP_PORT          RabbitMQ AMQP listener               [45672]
-#   AMQP_DIST_PORT     RabbitMQ Erlang distribution         [45673]
-#   AMQP_EPMD_PORT     private epmd                         [44369]
+#   REDIS_PORT         Redis                                [29379]
+#   AMQP_PORT          RabbitMQ AMQP listener               [29672]
+#   AMQP_DIST_PORT     RabbitMQ Erlang distribution         [29673]
+#   AMQP_EPMD_PORT     private epmd                         [29369]
 #   AMQP_CTL_PORT_MIN / AMQP_CTL_PORT_MAX  rabbitmqctl dist [45680 / 45690]
-#   AMQP_MGMT_PORT     management UI/API (only if enabled)  [45674]
+#   AMQP_MGMT_PORT     management UI/API (only if enabled)  [29674]
 #   RABBITMQ_MANAGEMENT=1  enable rabbitmq_management (slower start-up) [0]
-#   SMTP_PORT          maildev SMTP                         [51025]
-#   SMTP_WEB_PORT      maildev web UI + REST API            [51080]
-#   S3_PORT            s3rver                               [54569]
+#   SMTP_PORT          maildev SMTP                         [29025]
+#   SMTP_WEB_PORT      maildev web UI + REST API            [29080]
+#   S3_PORT            s3rver                               [29569]
 #   S3_BUCKET          bucket created at start-up           [product-images]
 #
 # Layout: $RUN_DIR/{pg,redis,rmq,maildev,s3}/, pid files in $RUN_DIR/*.pid and
@@ -41,19 +43,19 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 RUN_DIR=${RUN_DIR:-$REPO/.run}
 LOG_DIR=$RUN_DIR/logs
 
-PG_PORT=${PG_PORT:-55432}
+PG_PORT=${PG_PORT:-29432}
 PG_MAX_CONNECTIONS=${PG_MAX_CONNECTIONS:-200}
-REDIS_PORT=${REDIS_PORT:-56379}
-AMQP_PORT=${AMQP_PORT:-45672}
-AMQP_DIST_PORT=${AMQP_DIST_PORT:-45673}
-AMQP_EPMD_PORT=${AMQP_EPMD_PORT:-44369}
+REDIS_PORT=${REDIS_PORT:-29379}
+AMQP_PORT=${AMQP_PORT:-29672}
+AMQP_DIST_PORT=${AMQP_DIST_PORT:-29673}
+AMQP_EPMD_PORT=${AMQP_EPMD_PORT:-29369}
 AMQP_CTL_PORT_MIN=${AMQP_CTL_PORT_MIN:-45680}
 AMQP_CTL_PORT_MAX=${AMQP_CTL_PORT_MAX:-45690}
-AMQP_MGMT_PORT=${AMQP_MGMT_PORT:-45674}
+AMQP_MGMT_PORT=${AMQP_MGMT_PORT:-29674}
 RABBITMQ_MANAGEMENT=${RABBITMQ_MANAGEMENT:-0}
-SMTP_PORT=${SMTP_PORT:-51025}
-SMTP_WEB_PORT=${SMTP_WEB_PORT:-51080}
-S3_PORT=${S3_PORT:-54569}
+SMTP_PORT=${SMTP_PORT:-29025}
+SMTP_WEB_PORT=${SMTP_WEB_PORT:-29080}
+S3_PORT=${S3_PORT:-29569}
 S3_BUCKET=${S3_BUCKET:-product-images}
 
 declare -A ALREADY=() # services found running by *_start

@@ -1,6 +1,6 @@
 -- Handlers waiting on Redis over HTTP: the coroutine path (cache.call/pipeline/eval park the
 -- handler on the thread's async connection while the thread serves other requests).
--- REDIS_URL=redis://127.0.0.1:56379/0 build/mercato lua spec/support/busted.lua spec/integration/async_spec.lua
+-- REDIS_URL=redis://127.0.0.1:29379/0 build/mercato lua spec/support/busted.lua spec/integration/async_spec.lua
 local cjson = require "cjson"
 local socket = require "socket"
 local raw = require "support.raw_http"

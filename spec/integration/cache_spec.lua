@@ -1,5 +1,5 @@
 -- spec/integration/cache_spec.lua: the cache binding against the real Redis from stack.sh.
--- REDIS_URL=redis://127.0.0.1:56379/0 build/mercato lua spec/support/busted.lua -o TAP spec/integration/cache_spec.lua
+-- REDIS_URL=redis://127.0.0.1:29379/0 build/mercato lua spec/support/busted.lua -o TAP spec/integration/cache_spec.lua
 local cache = require "cache"
 
 local url = os.getenv("REDIS_URL")

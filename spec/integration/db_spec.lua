@@ -1,7 +1,7 @@
 -- spec/integration/db_spec.lua: the db binding and `mercato migrate` against the real PostgreSQL
 -- from scripts/dev/stack.sh. Tables live in a schema of their own; migrations in a database of
 -- their own (mercato_db_spec), so the spec never touches a service's data.
---   DATABASE_URL=postgresql://postgres@127.0.0.1:55432/mercato_product \
+--   DATABASE_URL=postgresql://postgres@127.0.0.1:29432/mercato_product \
 --     build/mercato lua spec/support/busted.lua -o TAP spec/integration/db_spec.lua
 -- MERCATO_BIN picks the binary for the subprocesses (default: the one running this spec).
 local db = require "db"

@@ -2,7 +2,7 @@
 -- PostgreSQL — the last units under 50 concurrent reservations (over HTTP with 8 workers, and
 -- from 50 separate processes), overlapping multi-item reservations, commit / release / expiry,
 -- If-Match, and the ledger's balance. Its own database (mercato_inventory_spec).
---   DATABASE_URL=postgresql://postgres@127.0.0.1:55432/mercato_product \
+--   DATABASE_URL=postgresql://postgres@127.0.0.1:29432/mercato_product \
 --     build/mercato lua spec/support/busted.lua -o TAP spec/integration/inventory_spec.lua
 -- Prints the measured numbers as "# " lines.
 local cjson = require "cjson"

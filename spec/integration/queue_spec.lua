@@ -1,5 +1,5 @@
 -- spec/integration/queue_spec.lua: the queue binding against the real RabbitMQ 3.10 from stack.sh.
---   AMQP_URL=amqp://guest:guest@127.0.0.1:45672/ \
+--   AMQP_URL=amqp://guest:guest@127.0.0.1:29672/ \
 --   build/mercato lua spec/support/busted.lua -o TAP spec/integration/queue_spec.lua
 local queue = require "queue"
 local host = require "host"

@@ -1,7 +1,7 @@
 -- Rate limits over real HTTP: a route's `rate_limit` under concurrency, shared by replicas
 -- through Redis, falling back in-process when Redis is down, client addresses behind trusted
 -- proxies, the gateway's global limit, and the `ratelimit` Lua API.
--- REDIS_URL=redis://127.0.0.1:56379/0 build/mercato lua spec/support/busted.lua -o TAP spec/integration/ratelimit_spec.lua
+-- REDIS_URL=redis://127.0.0.1:29379/0 build/mercato lua spec/support/busted.lua -o TAP spec/integration/ratelimit_spec.lua
 local cjson = require "cjson"
 local socket = require "socket"
 local cache = require "cache"
