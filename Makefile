@@ -31,7 +31,7 @@ else
 Q := @
 endif
 
-HOST_SRC    := $(filter-out host/main.c,$(wildcard host/*.c)) $(wildcard bindings/*.c)
+HOST_SRC    := $(filter-out host/main.c,$(wildcard host/*.c)) $(wildcard bindings/*.c) $(wildcard core/*.c)
 HOST_OBJ    := $(HOST_SRC:%.c=$(BUILD)/obj/%.o)
 MAIN_OBJ    := $(BUILD)/obj/host/main.o
 LIB         := $(BUILD)/libmercato.a

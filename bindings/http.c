@@ -2,9 +2,11 @@
  *   local res, err, code = http.request{ method = "POST", url = u, headers = h, body = s }
  *   -- res = { status = 200, headers = { ["content-type"] = ... }, body = "..." }
  *   -- or nil, "Failed to connect to ...", "unavailable" | "timeout"
- * One easy handle per worker thread (w->binding[BIND_HTTP]) keeps upstream connections alive
- * across calls and across Lua state swaps. Misuse raises; transport failures return nil, err,
- * code. Any HTTP status is a response, not an error. */
+ * Calls go through the worker's client (core/httpc.c): from a handler the transfer runs on the
+ * thread's loop and the handler parks until it ends, so one slow upstream never holds the
+ * thread; elsewhere (runners, `mercato lua`) it blocks. Connections are kept alive in C across
+ * calls and Lua state swaps. Misuse raises; transport failures return nil, err, code. Any HTTP
+ * status is a response, not an error. */
 #include <curl/curl.h>
 #include <lauxlib.h>
 #include <stdint.h>
@@ -12,166 +14,16 @@
 #include <string.h>
 #include <strings.h>
 
+#include "../core/httpc.h"
 #include "../host/bindings.h"
 #include "../host/config.h"
-#include "../host/gateway.h"
-#include "http.h"
+#include "../host/request.h"
 #include "../host/worker.h"
 
 #define HTTP_DEFAULT_TIMEOUT_MS 10000
 #define HTTP_DEFAULT_CONNECT_MS 1000
-#define HTTP_MAX_HEADERS_BYTES ((size_t)64 * 1024)
 
 static size_t g_max_response = 8u << 20;   /* HTTP_MAX_RESPONSE_BYTES, read once at start-up */
-
-/* ---- C API (shared with host/gateway.c) ------------------------------------------------ */
-
-CURL *http_easy(worker_t *w)
-{
-    CURL *h = w->binding[BIND_HTTP];
-    if (!h) {
-        h = curl_easy_init();
-        if (!h) return NULL;
-        w->binding[BIND_HTTP] = h;
-    } else {
-        curl_easy_reset(h);   /* keeps the connection, DNS and TLS session caches */
-    }
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-    curl_easy_setopt(h, CURLOPT_MAXCONNECTS, 16L);      /* five upstreams and some */
-    curl_easy_setopt(h, CURLOPT_MAXAGE_CONN, 60L);      /* under the services' 75 s idle close */
-    curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
-    return h;
-}
-
-static size_t on_body(char *p, size_t size, size_t n, void *ud)
-{
-    http_resp_t *r = ud;
-    size_t len = size * n;
-    if (r->max_body && r->body.len + len > r->max_body) {
-        r->too_large = 1;
-        return 0;   /* aborts the transfer with CURLE_WRITE_ERROR */
-    }
-    buf_add(&r->body, p, len);
-    return r->body.failed ? 0 : len;
-}
-
-static size_t on_header(char *p, size_t size, size_t n, void *ud)
-{
-    http_resp_t *r = ud;
-    size_t len = size * n;
-    if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) { r->head.len = 0; return len; }   /* a new (final or interim) response */
-    if (len <= 2 || p[0] == ' ' || p[0] == '\t') return len;   /* the blank line; obsolete line folding */
-    if (r->head.len + len > HTTP_MAX_HEADERS_BYTES) return 0;
-    buf_add(&r->head, p, len);
-    return r->head.failed ? 0 : len;
-}
-
-CURLcode http_perform(CURL *h, http_resp_t *resp)
-{
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, resp);
-    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(h, CURLOPT_HEADERDATA, resp);
-    CURLcode rc = curl_easy_perform(h);
-    resp->status = 0;
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
-    return rc;
-}
-
-const char *http_error_code(CURLcode rc)
-{
-    return rc == CURLE_OPERATION_TIMEDOUT ? "timeout" : "unavailable";
-}
-
-int http_head_next(const char **p, const char *end, const char **name, size_t *nlen,
-                   const char **value, size_t *vlen)
-{
-    while (*p < end) {
-        const char *line = *p;
-        const char *eol = memchr(line, '\n', (size_t)(end - line));
-        if (!eol) eol = end;
-        *p = eol < end ? eol + 1 : end;
-        const char *stop = eol;
-        while (stop > line && (stop[-1] == '\r' || stop[-1] == ' ' || stop[-1] == '\t')) stop--;
-        const char *colon = memchr(line, ':', (size_t)(stop - line));
-        if (!colon || colon == line) continue;
-        const char *v = colon + 1;
-        while (v < stop && (*v == ' ' || *v == '\t')) v++;
-        *name = line;
-        *nlen = (size_t)(colon - line);
-        *value = v;
-        *vlen = (size_t)(stop - v);
-        return 1;
-    }
-    return 0;
-}
-
-static int is_hex(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
-    return 1;
-}
-
-static int all_zero(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (s[i] != '0') return 0;
-    return 1;
-}
-
-/* A valid version-00 traceparent: 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>. */
-static int traceparent_valid(const char *v)
-{
-    return strlen(v) >= 55 && (v[55] == 0 || v[55] == '-') && memcmp(v, "00-", 3) == 0 && v[35] == '-' &&
-           v[52] == '-' && is_hex(v + 3, 32) && !all_zero(v + 3, 32) && is_hex(v + 36, 16) &&
-           !all_zero(v + 36, 16) && is_hex(v + 53, 2);
-}
-
-static uint64_t fnv1a(const char *s, uint64_t h)
-{
-    for (; *s; s++) { h ^= (unsigned char)*s; h *= 0x100000001b3ull; }
-    return h;
-}
-
-/* "00-<trace>-<span>-<flags>" from a 32-, a 16- and a 2-digit hex string. */
-static void compose_traceparent(char *out, const char *trace, const char *span, const char *flags)
-{
-    memcpy(out, "00-", 3);
-    memcpy(out + 3, trace, 32);
-    out[35] = '-';
-    memcpy(out + 36, span, 16);
-    out[52] = '-';
-    memcpy(out + 53, flags, 2);
-    out[55] = 0;
-}
-
-void http_traceparent(worker_t *w, const request_t *r, char *out)
-{
-    static const char hex[] = "0123456789abcdef";
-    char span[33];
-    do worker_request_id(w, span); while (all_zero(span, 16));
-    span[16] = 0;
-    const char *in = r->conn ? MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "traceparent") : NULL;
-    if (in && traceparent_valid(in)) {
-        compose_traceparent(out, in + 3, span, in + 53);
-        return;
-    }
-    char trace[33];
-    if (strlen(r->id) == 32 && is_hex(r->id, 32) && !all_zero(r->id, 32)) {
-        memcpy(trace, r->id, 33);
-    } else {   /* a client-chosen request id: hash it, so the trace is still one per request */
-        uint64_t a = fnv1a(r->id, 0xcbf29ce484222325ull), b = fnv1a(r->id, a ^ 0x9e3779b97f4a7c15ull) | 1;
-        for (int i = 0; i < 16; i++) {
-            trace[i] = hex[(a >> (60 - i * 4)) & 15];
-            trace[16 + i] = hex[(b >> (60 - i * 4)) & 15];
-        }
-        trace[32] = 0;
-    }
-    compose_traceparent(out, trace, span, "01");
-}
 
 /* ---- Lua bindings ---------------------------------------------------------------------- */
 
@@ -307,8 +159,8 @@ static struct curl_slist *build_headers(lua_State *L, worker_t *w, const call_t 
     if (w->cur) {
         if (!c->has_rid) l = add_header(l, oom, "X-Request-Id", 12, w->cur->id, strlen(w->cur->id));
         if (!c->has_trace) {
-            char tp[HTTP_TRACEPARENT_SIZE];
-            http_traceparent(w, w->cur, tp);
+            char tp[HTTPC_TRACEPARENT_SIZE];
+            worker_traceparent(w, w->cur, tp);
             l = add_header(l, oom, "traceparent", 11, tp, strlen(tp));
         }
     }
@@ -320,14 +172,15 @@ static struct curl_slist *build_headers(lua_State *L, worker_t *w, const call_t 
 }
 
 /* Set the method and body on h: GET and HEAD as such, anything with a body (or POST, PUT,
- * PATCH, which expect a Content-Length) through POSTFIELDS, other verbs as a custom request. */
+ * PATCH, which expect a Content-Length) through COPYPOSTFIELDS (the Lua string may die while
+ * the handler is parked), other verbs as a custom request. */
 static void set_method(CURL *h, const char *method, const char *body, size_t len)
 {
     if (strcmp(method, "GET") == 0 && !len) { curl_easy_setopt(h, CURLOPT_HTTPGET, 1L); return; }
     if (strcmp(method, "HEAD") == 0) { curl_easy_setopt(h, CURLOPT_NOBODY, 1L); return; }
     if (len || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 || strcmp(method, "PATCH") == 0) {
         curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body ? body : "");
+        curl_easy_setopt(h, CURLOPT_COPYPOSTFIELDS, body ? body : "");
     }
     if (strcmp(method, "POST") != 0) curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
 }
@@ -338,7 +191,7 @@ static void push_headers(lua_State *L, const buf_t *head)
     const char *p = head->data, *end = head->data ? head->data + head->len : NULL;
     const char *name, *value;
     size_t nlen, vlen;
-    while (p && http_head_next(&p, end, &name, &nlen, &value, &vlen)) {
+    while (p && httpc_head_next(&p, end, &name, &nlen, &value, &vlen)) {
         char lower[256];
         if (nlen >= sizeof lower) continue;
         for (size_t i = 0; i < nlen; i++) lower[i] = (char)((name[i] >= 'A' && name[i] <= 'Z') ? name[i] + 32 : name[i]);
@@ -357,62 +210,79 @@ static void push_headers(lua_State *L, const buf_t *head)
     }
 }
 
+static int push_failure(lua_State *L, const char *err, const char *code)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    lua_pushstring(L, code);
+    return 3;
+}
+
+/* Push what a finished call gives Lua: the response table, or nil, err, code. */
+static int push_outcome(lua_State *L, httpc_call_t *c, CURLcode rc)
+{
+    http_resp_t *resp = &c->resp;
+    if (resp->too_large) return push_failure(L, "response too large", "unavailable");
+    if (rc != CURLE_OK || resp->head.failed || resp->body.failed)
+        return push_failure(L, c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc),
+                            rc == CURLE_OK ? "unavailable" : httpc_error_code(rc));
+    lua_createtable(L, 0, 3);
+    lua_pushinteger(L, (lua_Integer)resp->status);
+    lua_setfield(L, -2, "status");
+    push_headers(L, &resp->head);
+    lua_setfield(L, -2, "headers");
+    lua_pushlstring(L, resp->body.data ? resp->body.data : "", resp->body.len);
+    lua_setfield(L, -2, "body");
+    return 1;
+}
+
+/* A parked handler's call ended (on the loop): hand the outcome to its coroutine. */
+static void call_done(httpc_call_t *c, CURLcode rc, void *arg)
+{
+    request_t *r = arg;
+    lua_checkstack(r->co, 8);
+    int n = push_outcome(r->co, c, rc);
+    httpc_call_free(c);
+    worker_wake(r, n);
+}
+
+/* The parked handler's request went away: stop its transfer. */
+static void call_cancel(void *arg)
+{
+    httpc_call_free(arg);
+}
+
 /* The one implementation behind every request function: opts table at index t. */
 static int do_request(lua_State *L, worker_t *w, int t)
 {
-    call_t c;
-    check_call(L, t, &c);   /* raises on misuse; nothing acquired yet */
+    call_t spec;
+    check_call(L, t, &spec);   /* raises on misuse; nothing acquired yet */
 
-    char errbuf[CURL_ERROR_SIZE] = "";
-    const char *err = NULL, *code = NULL;
-    http_resp_t resp;
-    memset(&resp, 0, sizeof resp);
-    buf_init(&resp.head);
-    buf_init(&resp.body);
-    resp.max_body = c.max_response;
+    httpc_t *hc = worker_httpc(w);
+    httpc_call_t *c = hc ? httpc_call_new(hc) : NULL;
+    if (!c) return push_failure(L, "out of memory", "unavailable");
     int oom = 0;
-    CURL *h = http_easy(w);
-    struct curl_slist *hdrs = h ? build_headers(L, w, &c, &oom) : NULL;
-    if (!h || oom) {
-        err = "out of memory";
-        code = "unavailable";
-    } else {
-        curl_easy_setopt(h, CURLOPT_URL, c.url);
-        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-        curl_easy_setopt(h, CURLOPT_USERAGENT, "mercato/" MERCATO_VERSION);
-        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, c.timeout_ms);
-        curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, c.connect_ms);
-        curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
-        set_method(h, c.method, c.body, c.body_len);
-        CURLcode rc = http_perform(h, &resp);
-        curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);   /* errbuf dies with this frame */
-        if (resp.too_large) {
-            err = "response too large";
-            code = "unavailable";
-        } else if (rc != CURLE_OK || resp.head.failed || resp.body.failed) {
-            err = errbuf[0] ? errbuf : curl_easy_strerror(rc);
-            code = rc == CURLE_OK ? "unavailable" : http_error_code(rc);
-        }
+    c->headers = build_headers(L, w, &spec, &oom);
+    if (oom) {
+        httpc_call_free(c);
+        return push_failure(L, "out of memory", "unavailable");
     }
-    curl_slist_free_all(hdrs);
-    if (err) {
-        lua_pushnil(L);
-        lua_pushstring(L, err);
-        lua_pushstring(L, code);
-        buf_free(&resp.head);
-        buf_free(&resp.body);
-        return 3;
+    CURL *h = c->easy;
+    curl_easy_setopt(h, CURLOPT_URL, spec.url);
+    curl_easy_setopt(h, CURLOPT_USERAGENT, "mercato/" MERCATO_VERSION);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, spec.timeout_ms);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, spec.connect_ms);
+    set_method(h, spec.method, spec.body, spec.body_len);
+    c->resp.max_body = spec.max_response;
+    if (worker_can_yield(L)) {   /* a handler: park it, the thread serves others meanwhile */
+        if (httpc_call_start(c, call_done, w->cur) == 0) return worker_wait(L, call_cancel, c);
+        httpc_call_free(c);
+        return push_failure(L, "out of memory", "unavailable");
     }
-    lua_createtable(L, 0, 3);
-    lua_pushinteger(L, (lua_Integer)resp.status);
-    lua_setfield(L, -2, "status");
-    push_headers(L, &resp.head);
-    lua_setfield(L, -2, "headers");
-    lua_pushlstring(L, resp.body.data ? resp.body.data : "", resp.body.len);
-    lua_setfield(L, -2, "body");
-    buf_free(&resp.head);
-    buf_free(&resp.body);
-    return 1;
+    CURLcode rc = httpc_call_perform(c);
+    int n = push_outcome(L, c, rc);
+    httpc_call_free(c);
+    return n;
 }
 
 /* http.request{ method =, url =, headers =, body =, timeout_ms =, connect_timeout_ms = } */
@@ -612,16 +482,11 @@ static int http_global_init(void)
         }
         g_max_response = (size_t)n;
     }
+    if (httpc_global_init() < 0) return -1;
     return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
 }
 
 static void http_global_cleanup(void) { curl_global_cleanup(); }
-
-static void http_worker_free(worker_t *w)
-{
-    if (w->binding[BIND_HTTP]) curl_easy_cleanup(w->binding[BIND_HTTP]);
-    w->binding[BIND_HTTP] = NULL;
-}
 
 int luaopen_http(lua_State *L)
 {
@@ -642,5 +507,4 @@ const binding_t binding_http = {
     .open = luaopen_http,
     .global_init = http_global_init,
     .global_cleanup = http_global_cleanup,
-    .worker_free = http_worker_free,
 };

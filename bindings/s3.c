@@ -25,7 +25,8 @@
 #include "../host/config.h"
 #include "../host/log.h"
 #include "../host/worker.h"
-#include "http.h"
+#include "../core/httpc.h"
+#include "../host/request.h"
 
 static s3_config_t g_cfg;   /* read once by s3_global_init, then only read */
 
@@ -188,8 +189,9 @@ struct curl_slist *s3_prepare(CURL *h, const s3_config_t *cfg, const char *metho
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, cfg->connect_ms);
     curl_easy_setopt(h, CURLOPT_USERAGENT, "mercato/" MERCATO_VERSION);
     if (!strcmp(method, "PUT")) {
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body ? body : "");
+        /* Copied: the caller's bytes may die while a handler is parked on the transfer. */
         curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(body ? len : 0));
+        curl_easy_setopt(h, CURLOPT_COPYPOSTFIELDS, body ? body : "");
         curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, "PUT");
     } else if (!strcmp(method, "GET")) {
         curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
@@ -219,42 +221,31 @@ static void error_code_of(const buf_t *body, char *out, size_t cap)
     out[n] = 0;
 }
 
-int s3_call(CURL *h, const s3_config_t *cfg, const char *method, const char *key, const char *body, size_t len,
-            const char *content_type, s3_result_t *res)
+int s3_call_setup(httpc_call_t *c, const s3_config_t *cfg, const char *method, const char *key, const char *body,
+                  size_t len, const char *content_type)
+{
+    c->headers = s3_prepare(c->easy, cfg, method, key, body, len, content_type, NULL, NULL);
+    c->resp.max_body = cfg->max_object;
+    return c->headers ? 0 : -1;
+}
+
+int s3_call_finish(httpc_call_t *c, CURLcode rc, const char *method, s3_result_t *res)
 {
     memset(res, 0, sizeof *res);
-    buf_init(&res->body);
-    struct curl_slist *hdrs = s3_prepare(h, cfg, method, key, body, len, content_type, NULL, NULL);
-    if (!hdrs) {
-        snprintf(res->err, sizeof res->err, "s3 %s: out of memory", method);
-        res->code = "unavailable";
-        return -1;
-    }
-    char errbuf[CURL_ERROR_SIZE] = "";
-    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
-    http_resp_t resp;
-    memset(&resp, 0, sizeof resp);
-    buf_init(&resp.head);
-    resp.body = res->body;
-    resp.max_body = cfg->max_object;
-    CURLcode rc = http_perform(h, &resp);
-    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);   /* errbuf dies with this frame */
+    res->body = c->resp.body;   /* moved: the call no longer frees it */
+    buf_init(&c->resp.body);
+    res->status = c->resp.status;
     char *ct = NULL;
-    if (rc == CURLE_OK && curl_easy_getinfo(h, CURLINFO_CONTENT_TYPE, &ct) == CURLE_OK && ct)
+    if (rc == CURLE_OK && curl_easy_getinfo(c->easy, CURLINFO_CONTENT_TYPE, &ct) == CURLE_OK && ct)
         snprintf(res->content_type, sizeof res->content_type, "%s", ct);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
-    curl_slist_free_all(hdrs);
-    res->body = resp.body;
-    res->status = resp.status;
-    buf_free(&resp.head);
-    if (resp.too_large) {
+    if (c->resp.too_large) {
         snprintf(res->err, sizeof res->err, "s3 %s: the object is larger than S3_MAX_OBJECT_BYTES", method);
         res->code = "unavailable";
         return -1;
     }
-    if (rc != CURLE_OK || resp.body.failed) {
-        snprintf(res->err, sizeof res->err, "s3 %s: %.200s", method, errbuf[0] ? errbuf : curl_easy_strerror(rc));
-        res->code = rc == CURLE_OK ? "unavailable" : http_error_code(rc);
+    if (rc != CURLE_OK || res->body.failed) {
+        snprintf(res->err, sizeof res->err, "s3 %s: %.200s", method, c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc));
+        res->code = rc == CURLE_OK ? "unavailable" : httpc_error_code(rc);
         return -1;
     }
     if (res->status / 100 == 2 || (res->status == 404 && strcmp(method, "PUT") != 0)) return 0;
@@ -263,6 +254,19 @@ int s3_call(CURL *h, const s3_config_t *cfg, const char *method, const char *key
     snprintf(res->err, sizeof res->err, "s3 %s: HTTP %ld%s%s", method, res->status, code[0] ? " " : "", code);
     res->code = res->status == 400 ? "invalid" : "unavailable";
     return -1;
+}
+
+int s3_call(httpc_call_t *c, const s3_config_t *cfg, const char *method, const char *key, const char *body,
+            size_t len, const char *content_type, s3_result_t *res)
+{
+    if (s3_call_setup(c, cfg, method, key, body, len, content_type) < 0) {
+        memset(res, 0, sizeof *res);
+        buf_init(&res->body);
+        snprintf(res->err, sizeof res->err, "s3 %s: out of memory", method);
+        res->code = "unavailable";
+        return -1;
+    }
+    return s3_call_finish(c, httpc_call_perform(c), method, res);
 }
 
 /* ---- the local disk store ----------------------------------------------------------------- */
@@ -359,6 +363,61 @@ int s3_disk_call(const s3_config_t *cfg, const char *method, const char *key, co
 
 #define UV_WORKER lua_upvalueindex(1)
 
+/* Push what a finished put / get / delete gives Lua (rc and res from s3_call or the disk);
+ * frees res's body. */
+static int push_result(lua_State *L, const char *method, const char *fn, int rc, s3_result_t *res)
+{
+    if (rc < 0) {
+        buf_free(&res->body);
+        log_debug("%s failed: %s", fn, res->err);
+        lua_pushnil(L);
+        lua_pushstring(L, res->err);
+        lua_pushstring(L, res->code);
+        if (res->status) lua_pushinteger(L, res->status); else lua_pushnil(L);
+        return 4;
+    }
+    int nret = 1;
+    if (!strcmp(method, "GET")) {
+        if (res->status == 404) {
+            lua_pushnil(L);
+        } else {
+            lua_pushlstring(L, res->body.data ? res->body.data : "", res->body.len);
+            lua_pushstring(L, res->content_type[0] ? res->content_type : "application/octet-stream");
+            nret = 2;
+        }
+    } else {
+        lua_pushboolean(L, 1);
+    }
+    buf_free(&res->body);
+    return nret;
+}
+
+/* A parked handler's store call: what its results need once the transfer ends. */
+typedef struct {
+    request_t *r;
+    const char *method, *fn;     /* static strings */
+} s3_wait_t;
+
+static void call_done(httpc_call_t *c, CURLcode rc, void *arg)
+{
+    s3_wait_t *sw = arg;
+    s3_result_t res;
+    int st = s3_call_finish(c, rc, sw->method, &res);
+    httpc_call_free(c);
+    request_t *r = sw->r;
+    lua_checkstack(r->co, 8);
+    int n = push_result(r->co, sw->method, sw->fn, st, &res);
+    free(sw);
+    worker_wake(r, n);
+}
+
+static void call_cancel(void *arg)
+{
+    httpc_call_t *c = arg;
+    free(c->arg);   /* the s3_wait_t: the call never calls back now */
+    httpc_call_free(c);
+}
+
 /* The one implementation of put / get / delete: checks, the call, then the results. */
 static int call(lua_State *L, const char *method, const char *fn)
 {
@@ -385,42 +444,33 @@ static int call(lua_State *L, const char *method, const char *fn)
     }
     s3_result_t res;
     int rc;
-    if (g_cfg.enabled) {
-        CURL *h = http_easy(w);
-        if (h) {
-            rc = s3_call(h, &g_cfg, method, key, body, blen, ctype, &res);
-        } else {
-            memset(&res, 0, sizeof res);
-            snprintf(res.err, sizeof res.err, "%s: out of memory", fn);
-            res.code = "unavailable";
-            rc = -1;
-        }
-    } else {
+    if (!g_cfg.enabled) {
         rc = s3_disk_call(&g_cfg, method, key, body, blen, ctype, &res);
+        return push_result(L, method, fn, rc, &res);
     }
-    if (rc < 0) {
-        buf_free(&res.body);
-        log_debug("%s %s failed: %s", fn, key, res.err);
-        lua_pushnil(L);
-        lua_pushstring(L, res.err);
-        lua_pushstring(L, res.code);
-        if (res.status) lua_pushinteger(L, res.status); else lua_pushnil(L);
-        return 4;
-    }
-    int nret = 1;
-    if (!strcmp(method, "GET")) {
-        if (res.status == 404) {
-            lua_pushnil(L);
-        } else {
-            lua_pushlstring(L, res.body.data ? res.body.data : "", res.body.len);
-            lua_pushstring(L, res.content_type[0] ? res.content_type : "application/octet-stream");
-            nret = 2;
+    httpc_t *hc = worker_httpc(w);
+    httpc_call_t *c = hc ? httpc_call_new(hc) : NULL;
+    if (c && worker_can_yield(L)) {   /* a handler: park it while the store answers */
+        s3_wait_t *sw = malloc(sizeof *sw);
+        if (sw && s3_call_setup(c, &g_cfg, method, key, body, blen, ctype) == 0) {
+            *sw = (s3_wait_t){ w->cur, method, fn };
+            if (httpc_call_start(c, call_done, sw) == 0) return worker_wait(L, call_cancel, c);
         }
-    } else {
-        lua_pushboolean(L, 1);
+        free(sw);
+        httpc_call_free(c);
+        c = NULL;
     }
-    buf_free(&res.body);
-    return nret;
+    if (c) {
+        rc = s3_call(c, &g_cfg, method, key, body, blen, ctype, &res);
+        httpc_call_free(c);
+    } else {
+        memset(&res, 0, sizeof res);
+        buf_init(&res.body);
+        snprintf(res.err, sizeof res.err, "%s: out of memory", fn);
+        res.code = "unavailable";
+        rc = -1;
+    }
+    return push_result(L, method, fn, rc, &res);
 }
 
 static int l_put(lua_State *L) { return call(L, "PUT", "s3.put"); }

@@ -11,6 +11,7 @@
 #include <curl/curl.h>
 #include <stddef.h>
 
+#include "../core/httpc.h"
 #include "../host/buf.h"
 
 #define S3_MAX_KEY 512
@@ -60,10 +61,16 @@ struct curl_slist *s3_prepare(CURL *h, const s3_config_t *cfg, const char *metho
                               const char *body, size_t len, const char *content_type,
                               const char *const *extra, const char *amz_date);
 
-/* PUT, GET or DELETE key on the store over h; res filled (res->code NULL on a 2xx or, for GET
- * and DELETE, a 404 whose status the caller reads). 0 or -1. */
-int s3_call(CURL *h, const s3_config_t *cfg, const char *method, const char *key, const char *body,
+/* PUT, GET or DELETE key on the store, blocking, over the call c; res filled (res->code NULL
+ * on a 2xx or, for GET and DELETE, a 404 whose status the caller reads). 0 or -1. */
+int s3_call(httpc_call_t *c, const s3_config_t *cfg, const char *method, const char *key, const char *body,
             size_t len, const char *content_type, s3_result_t *res);
+
+/* The two halves of s3_call, for a call run on the loop: set the signed request up on c (0, or
+ * -1 when out of memory), and read its outcome into res once it ended (0 or -1, as s3_call). */
+int s3_call_setup(httpc_call_t *c, const s3_config_t *cfg, const char *method, const char *key, const char *body,
+                  size_t len, const char *content_type);
+int s3_call_finish(httpc_call_t *c, CURLcode rc, const char *method, s3_result_t *res);
 
 /* The local disk store: same contract as s3_call (status 200/204/404 in res). */
 int s3_disk_call(const s3_config_t *cfg, const char *method, const char *key, const char *body, size_t len,

@@ -8,7 +8,8 @@
  * it is queued. Buffering keeps one thread's MHD loop simple and is fine at these sizes;
  * streaming is the change to make if bodies grow. */
 #include "gateway.h"
-#include "../bindings/http.h"
+#include "../bindings/ratelimit.h"
+#include "../core/httpc.h"
 
 #include <arpa/inet.h>
 #include <pthread.h>
@@ -251,8 +252,8 @@ static struct curl_slist *build_headers(request_t *r, int *oom)
     MHD_get_connection_values(r->conn, MHD_HEADER_KIND, collect_header, &h);
 
     add_line(&h, "X-Request-Id", r->id);
-    char tp[HTTP_TRACEPARENT_SIZE];
-    http_traceparent(r->w, r, tp);
+    char tp[HTTPC_TRACEPARENT_SIZE];
+    worker_traceparent(r->w, r, tp);
     add_line(&h, "traceparent", tp);
     /* Append the peer to what came in (unbounded: a truncated value would cut off the one hop
      * the services can trust, the right-most, and let a long spoofed list through). */
@@ -314,6 +315,53 @@ static void upstream_failed(request_t *r, int upstream, int status, const char *
     server_problem(r, status, status == 504 ? "Gateway Timeout" : "Bad Gateway", detail, NULL, NULL);
 }
 
+/* The forward is done (on the loop): queue the upstream's answer or a 502/504, resume r. */
+static void forward_done(httpc_call_t *c, CURLcode rc, void *arg)
+{
+    request_t *r = arg;
+    int up = gateway_route(r->uri, r->path_len);
+    http_resp_t *resp = &c->resp;
+    const char *why = c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc);
+    if (resp->too_large) upstream_failed(r, up, 502, "too_large", "the upstream response is larger than GATEWAY_MAX_RESPONSE_BYTES");
+    else if (rc == CURLE_OPERATION_TIMEDOUT) upstream_failed(r, up, 504, "timeout", why);
+    else if (rc != CURLE_OK || resp->head.failed || resp->body.failed || resp->status < 100 || resp->status > 599)
+        upstream_failed(r, up, 502, "unavailable", why);
+    else {
+        size_t len = resp->body.len;
+        char *body = len ? buf_take(&resp->body, NULL) : NULL;
+        /* MHD frees the body with free() once sent: no copy of a large answer. */
+        struct MHD_Response *mr = body ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE)
+                                       : MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+        if (!mr) {
+            free(body);
+            server_problem(r, 503, "Service Unavailable", "out of memory", NULL, NULL);
+        } else {
+            const char *p = resp->head.data, *end = p ? p + resp->head.len : NULL;
+            const char *name, *value;
+            size_t nlen, vlen;
+            int own_limit = 0;
+            while (p && httpc_head_next(&p, end, &name, &nlen, &value, &vlen)) {
+                char k[256], v[8192];
+                if (nlen >= sizeof k || vlen >= sizeof v) continue;
+                memcpy(k, name, nlen); k[nlen] = 0;
+                memcpy(v, value, vlen); v[vlen] = 0;
+                if (!drop_response_header(k)) MHD_add_response_header(mr, k, v);
+                if (strcasecmp(k, "RateLimit-Limit") == 0) own_limit = 1;   /* the service's own, stricter policy */
+            }
+            if (r->has_rl && !own_limit) ratelimit_add_headers(mr, &r->rl);
+            server_queue(r, (int)resp->status, mr, len);
+        }
+    }
+    httpc_call_free(c);
+    server_unpark(r);
+}
+
+/* r goes away while its forward runs (shutdown): stop the transfer, never call back. */
+static void forward_cancel(void *arg)
+{
+    httpc_call_free(arg);
+}
+
 void gateway_handle(request_t *r)
 {
     pthread_once(&g_once, load_config);
@@ -323,11 +371,12 @@ void gateway_handle(request_t *r)
         return;
     }
     /* The global per-client limit (CONTRACT §5), before any upstream work. */
-    ratelimit_result_t rl;
-    if (ratelimit_gateway(r, &rl) != 0) return;   /* 429 queued */
+    if (ratelimit_gateway(r, &r->rl) != 0) return;   /* 429 queued */
+    r->has_rl = r->rl.limit != 0;
 
-    CURL *h = http_easy(r->w);
-    if (!h) { server_problem(r, 503, "Service Unavailable", "out of memory", NULL, NULL); return; }
+    httpc_t *hc = worker_httpc(r->w);
+    httpc_call_t *c = hc ? httpc_call_new(hc) : NULL;
+    if (!c) { server_problem(r, 503, "Service Unavailable", "out of memory", NULL, NULL); return; }
     buf_t url;
     buf_init(&url);
     buf_add(&url, g_base[up], g_base_len[up]);
@@ -335,57 +384,21 @@ void gateway_handle(request_t *r)
     if (r->query) { buf_add(&url, "?", 1); buf_adds(&url, r->query); }   /* raw, as the client sent it */
     buf_add(&url, "", 1);
     int oom = url.failed;
-    struct curl_slist *hdrs = build_headers(r, &oom);
-    http_resp_t resp;
-    memset(&resp, 0, sizeof resp);
-    buf_init(&resp.head);
-    buf_init(&resp.body);
-    resp.max_body = g_max_response;
-    char errbuf[CURL_ERROR_SIZE] = "";
-    CURLcode rc = CURLE_OUT_OF_MEMORY;
+    c->headers = build_headers(r, &oom);
+    c->resp.max_body = g_max_response;
+    CURL *h = c->easy;
     if (!oom) {
-        curl_easy_setopt(h, CURLOPT_URL, url.data);
+        curl_easy_setopt(h, CURLOPT_URL, url.data);   /* copied by libcurl */
         curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L);   /* the path goes out exactly as it came in */
-        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
         curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, g_timeout_ms);
         curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, g_connect_ms);
-        curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
-        set_method(h, r);
-        rc = http_perform(h, &resp);
-        curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
+        set_method(h, r);   /* the body stays r's: r outlives the call (forward_cancel) */
     }
-    curl_slist_free_all(hdrs);
     buf_free(&url);
-
-    if (resp.too_large) upstream_failed(r, up, 502, "too_large", "the upstream response is larger than GATEWAY_MAX_RESPONSE_BYTES");
-    else if (rc == CURLE_OPERATION_TIMEDOUT) upstream_failed(r, up, 504, "timeout", errbuf[0] ? errbuf : curl_easy_strerror(rc));
-    else if (rc != CURLE_OK || resp.head.failed || resp.body.failed || resp.status < 100 || resp.status > 599)
-        upstream_failed(r, up, 502, "unavailable", errbuf[0] ? errbuf : curl_easy_strerror(rc));
-    else {
-        size_t len = resp.body.len;
-        char *body = len ? buf_take(&resp.body, NULL) : NULL;
-        /* MHD frees the body with free() once sent: no copy of a large answer. */
-        struct MHD_Response *mr = body ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE)
-                                       : MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
-        if (!mr) {
-            free(body);
-            server_problem(r, 503, "Service Unavailable", "out of memory", NULL, NULL);
-        } else {
-            const char *p = resp.head.data, *end = p ? p + resp.head.len : NULL;
-            const char *name, *value;
-            size_t nlen, vlen;
-            while (p && http_head_next(&p, end, &name, &nlen, &value, &vlen)) {
-                char k[256], v[8192];
-                if (nlen >= sizeof k || vlen >= sizeof v) continue;
-                memcpy(k, name, nlen); k[nlen] = 0;
-                memcpy(v, value, vlen); v[vlen] = 0;
-                if (!drop_response_header(k)) MHD_add_response_header(mr, k, v);
-                if (strcasecmp(k, "RateLimit-Limit") == 0) rl.limit = 0;   /* the service's own, stricter policy */
-            }
-            if (rl.limit) ratelimit_add_headers(mr, &rl);
-            server_queue(r, (int)resp.status, mr, len);
-        }
+    if (oom || httpc_call_start(c, forward_done, r) != 0) {
+        httpc_call_free(c);
+        server_problem(r, 503, "Service Unavailable", "out of memory", NULL, NULL);
+        return;
     }
-    buf_free(&resp.head);
-    buf_free(&resp.body);
+    server_park(r, forward_cancel, c);
 }

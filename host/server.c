@@ -380,6 +380,24 @@ static void resume_request(request_t *r)
     run_coroutine(r, r->resume_n);
 }
 
+void server_park(request_t *r, void (*cancel)(void *arg), void *arg)
+{
+    r->wait_cancel = cancel;
+    r->wait_arg = arg;
+    MHD_suspend_connection(r->conn);
+    r->suspended = 1;
+    park_link(r->w, r);
+}
+
+void server_unpark(request_t *r)
+{
+    r->wait_cancel = NULL;
+    r->wait_arg = NULL;
+    park_unlink(r->w, r);
+    r->suspended = 2;
+    MHD_resume_connection(r->conn);
+}
+
 /* The resumed access call of a request that was parked: queue what its handler made, or
  * close the connection when there is nothing (cancelled at shutdown, out of memory). */
 static enum MHD_Result queue_pending(request_t *r)
@@ -693,10 +711,10 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
     (void)conn; (void)toe;
     if (!r) return;
     *con_cls = NULL;
-    if (r->co) {   /* its handler is parked (the daemon is stopping): nothing may resume it */
+    if (r->co || r->suspended == 1) {   /* parked (the daemon is stopping): nothing may resume it */
         worker_cancel_wait(r);
         if (r->suspended == 1) park_unlink(t->w, r);
-        release_coroutine(r, 0);
+        if (r->co) release_coroutine(r, 0);
     }
     if (r->pending) MHD_destroy_response(r->pending);
     if (r->db) bindings_request_end(t->w, r);

@@ -12,6 +12,7 @@
 
 #include "bindings.h"
 #include "loop.h"
+#include "../core/httpc.h"
 #include "prelude.h"   /* generated: luaJIT_BC_prelude, the compiled host/lua/prelude.lua */
 #include "request.h"
 
@@ -420,10 +421,17 @@ void worker_free(worker_t *w)
     worker_state_close(w->L);
     if (w->old_L) { worker_state_close(w->old_L); snapshot_unref(w->old_snap); }
     bindings_worker_free(w);
+    httpc_free(w->httpc);   /* unwatches its connections: before the loop */
     loop_free(w->loop);   /* after the bindings: their async connections are watched by it */
     snapshot_unref(w->snap);
     logbuf_free(&w->access);   /* flushes; the metrics shard stays registered until exit */
     free(w);
+}
+
+httpc_t *worker_httpc(worker_t *w)
+{
+    if (!w->httpc) w->httpc = httpc_new(w->loop);
+    return w->httpc;
 }
 
 void worker_maybe_reload(worker_t *w)
@@ -446,15 +454,17 @@ void worker_maybe_reload(worker_t *w)
         snapshot_unref(snap);
         return;
     }
-    if (w->nwaiting) {
-        /* Parked handlers are coroutines of the old state: it lives on, retired, until the
-         * last of them ends (worker_retired_done). New requests start in the new one. */
+    int live = 0;   /* parked handlers: coroutines of the old state (a forward has none) */
+    for (request_t *r = w->waiting; r; r = r->wnext) live += r->co != NULL;
+    if (live) {
+        /* The old state lives on, retired, until the last of them ends
+         * (worker_retired_done). New requests start in the new one. */
         w->old_L = w->L;
         w->old_snap = w->snap;
         w->old_traceback_ref = old_tb;
         w->old_encode_ref = old_enc;
-        w->old_live = w->nwaiting;
-        for (request_t *r = w->waiting; r; r = r->wnext) r->retired = 1;
+        w->old_live = live;
+        for (request_t *r = w->waiting; r; r = r->wnext) r->retired = r->co != NULL;
     } else {
         worker_state_close(w->L);
         snapshot_unref(w->snap);
@@ -485,6 +495,15 @@ void worker_request_id(worker_t *w, char *buf)
         buf[16 + i] = hex[(b >> (i * 4)) & 15];
     }
     buf[32] = 0;
+}
+
+void worker_traceparent(worker_t *w, const request_t *r, char *out)
+{
+    char span[33];
+    do worker_request_id(w, span); while (memcmp(span, "0000000000000000", 16) == 0);
+    span[16] = 0;
+    const char *in = r->conn ? MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "traceparent") : NULL;
+    httpc_traceparent(in, r->id, span, out);
 }
 
 /* ---- handler coroutines ----------------------------------------------------------------- */

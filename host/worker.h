@@ -12,10 +12,11 @@
 #include "snapshot.h"
 
 /* Per-thread contexts of the bindings that hold connections; each binding frees its own. */
-enum { BIND_DB, BIND_DB_POOL, BIND_CACHE, BIND_QUEUE, BIND_HTTP, BIND_JWT, BIND_RATELIMIT, BIND_MAX };
+enum { BIND_DB, BIND_DB_POOL, BIND_CACHE, BIND_QUEUE, BIND_JWT, BIND_RATELIMIT, BIND_MAX };
 
 struct request;
 struct loop;
+struct httpc;
 
 #define WORKER_CO_POOL 64        /* idle handler coroutines kept per HTTP worker */
 
@@ -38,6 +39,7 @@ typedef struct worker {
     /* The HTTP thread's event loop (owned; freed by worker_free after the bindings, whose
      * async connections watch it). NULL for runner and cli workers: bindings block there. */
     struct loop *loop;
+    struct httpc *httpc;         /* outbound HTTP on loop (or blocking); owned, made on first use */
     struct request *waiting;     /* requests whose handler coroutine is parked on I/O */
     int nwaiting;
     void (*resume)(struct request *r);   /* server.c: resume r->co with r->resume_n values */
@@ -61,11 +63,19 @@ void worker_free(worker_t *w);
  * On failure the old state keeps serving. Call only between requests. */
 void worker_maybe_reload(worker_t *w);
 
+/* The worker's HTTP client (on its loop when it has one), made on first use; NULL when out of
+ * memory. */
+struct httpc *worker_httpc(worker_t *w);
+
 /* The worker that owns L (set when the state is made). */
 worker_t *worker_from_lua(lua_State *L);
 
 /* A fresh random request id ("5f0c...", 32 hex digits) into buf (>= 33 bytes). */
 void worker_request_id(worker_t *w, char *buf);
+
+/* The traceparent of an outgoing call made while serving r: r's incoming trace with a fresh
+ * span id, or a trace of its own (httpc_traceparent). out needs 56 bytes. */
+void worker_traceparent(worker_t *w, const struct request *r, char *out);
 
 /* Build a Lua state for snap: libraries, bindings, the snapshot's module loader, the prelude.
  * With `check` it also validates the routes module and fills snap's route table (used once, by

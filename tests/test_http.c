@@ -11,7 +11,7 @@
 
 #include "bindings.h"
 #include "gateway.h"
-#include "../bindings/http.h"
+#include "../core/httpc.h"
 #include "snapshot.h"
 #include "test.h"
 #include "worker.h"
@@ -92,6 +92,7 @@ static void free_worker(worker_t *w)
 {
     lua_close(w->L);
     bindings_worker_free(w);
+    httpc_free(w->httpc);
     free(w);
 }
 
@@ -160,19 +161,6 @@ TEST(responses_come_back_with_lowercased_headers)
     free_worker(w);
 }
 
-TEST(the_worker_handle_keeps_connections_alive)
-{
-    worker_t *w = new_worker(1);
-    run(w, BASE "http.get(base)");
-    long connects = -1;
-    curl_easy_getinfo((CURL *)w->binding[BIND_HTTP], CURLINFO_NUM_CONNECTS, &connects);
-    CHECK_INT(connects, 1);
-    run(w, BASE "http.get(base)");
-    curl_easy_getinfo((CURL *)w->binding[BIND_HTTP], CURLINFO_NUM_CONNECTS, &connects);
-    CHECK_INT(connects, 0);   /* reused */
-    free_worker(w);
-}
-
 TEST(a_served_request_forwards_its_id_and_trace)
 {
     worker_t *w = new_worker(1);
@@ -209,7 +197,6 @@ int main(void)
     RUN(a_state_without_a_worker_refuses_calls);
     RUN(transport_failures_return_nil_err_code);
     RUN(responses_come_back_with_lowercased_headers);
-    RUN(the_worker_handle_keeps_connections_alive);
     RUN(a_served_request_forwards_its_id_and_trace);
     MHD_stop_daemon(d);
     curl_global_cleanup();

@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "bindings.h"
-#include "../bindings/http.h"
+#include "../core/httpc.h"
 #include "../bindings/s3.h"
 #include "test.h"
 #include "test_lua.h"
@@ -88,29 +88,23 @@ TEST(curl_signs_the_aws_get_object_example_with_the_published_signature)
     char url[256];
     CHECK(s3_request_url(&cfg, "test.txt", url, sizeof url) == 0);
     CHECK_STR(url, "http://examplebucket.s3.amazonaws.com/test.txt");
-    CURL *h = curl_easy_init();
+    httpc_t *hc = httpc_new(NULL);
+    httpc_call_t *c = httpc_call_new(hc);
     const char *extra[] = { "Range: bytes=0-9", NULL };
-    struct curl_slist *hdrs = s3_prepare(h, &cfg, "GET", "test.txt", NULL, 0, NULL, extra, EX_DATE);
-    CHECK(hdrs != NULL);
+    c->headers = s3_prepare(c->easy, &cfg, "GET", "test.txt", NULL, 0, NULL, extra, EX_DATE);
+    CHECK(c->headers != NULL);
     char to[96];
     snprintf(to, sizeof to, "examplebucket.s3.amazonaws.com:80:127.0.0.1:%d", g_port);
     struct curl_slist *connect_to = curl_slist_append(NULL, to);
-    curl_easy_setopt(h, CURLOPT_CONNECT_TO, connect_to);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    http_resp_t resp;
-    memset(&resp, 0, sizeof resp);
-    buf_init(&resp.head);
-    buf_init(&resp.body);
-    CHECK_INT(http_perform(h, &resp), CURLE_OK);
-    CHECK_INT(resp.status, 200);
+    curl_easy_setopt(c->easy, CURLOPT_CONNECT_TO, connect_to);
+    CHECK_INT(httpc_call_perform(c), CURLE_OK);
+    CHECK_INT(c->resp.status, 200);
     /* curl 7.88 separates the parts with ", " where the documentation has ","; both parse. */
     CHECK_STR(g_auth, EX_AUTH);
     CHECK_STR(g_sha, EX_EMPTY_SHA);
-    buf_free(&resp.head);
-    buf_free(&resp.body);
-    curl_slist_free_all(hdrs);
+    httpc_call_free(c);
+    httpc_free(hc);
     curl_slist_free_all(connect_to);
-    curl_easy_cleanup(h);
 }
 
 TEST(a_put_is_signed_over_the_sha256_of_its_body)
@@ -118,17 +112,18 @@ TEST(a_put_is_signed_over_the_sha256_of_its_body)
     s3_config_t cfg = { .enabled = 1, .path_style = 1, .bucket = "b", .region = "eu-west-1",
                         .access_key = "AK", .secret_key = "SK", .timeout_ms = 5000, .connect_ms = 1000 };
     snprintf(cfg.endpoint, sizeof cfg.endpoint, "http://127.0.0.1:%d", g_port);
-    CURL *h = curl_easy_init();
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    httpc_t *hc = httpc_new(NULL);
+    httpc_call_t *c = httpc_call_new(hc);
     s3_result_t res;
-    CHECK(s3_call(h, &cfg, "PUT", "products/x/y.png", "hello", 5, "image/png", &res) == 0);
+    CHECK(s3_call(c, &cfg, "PUT", "products/x/y.png", "hello", 5, "image/png", &res) == 0);
     CHECK_INT(res.status, 200);
     CHECK_STR(g_sha, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
     CHECK(strncmp(g_auth, "AWS4-HMAC-SHA256 Credential=AK/", 31) == 0);
     CHECK(strstr(g_auth, "/eu-west-1/s3/aws4_request") != NULL);
     CHECK(strstr(g_auth, "x-amz-content-sha256") != NULL);
     buf_free(&res.body);
-    curl_easy_cleanup(h);
+    httpc_call_free(c);
+    httpc_free(hc);
 }
 
 /* ---- keys, URLs, configuration ------------------------------------------------------------- */
@@ -240,7 +235,7 @@ TEST(an_unreachable_store_returns_unavailable_with_no_status)
     CHECK_STR(test_eval(L, "local ok, err, code = s3.get('k.png'); return tostring(ok) .. ' ' .. code"), "nil unavailable");
     CHECK_STR(test_eval(L, "return s3.url('k.png')"), "http://127.0.0.1:1/b/k.png");
     lua_close(L);
-    if (w.binding[BIND_HTTP]) curl_easy_cleanup(w.binding[BIND_HTTP]);
+    httpc_free(w.httpc);
 }
 
 int main(void)

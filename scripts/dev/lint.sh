@@ -11,13 +11,13 @@ if grep -rn '#only' spec --include='*_spec.lua'; then echo "a #only focus tag is
 cflags=$(pkg-config --cflags luajit libmicrohttpd libpq hiredis librabbitmq libcurl libjwt openssl libargon2)
 # shellcheck disable=SC2086
 step cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability --inline-suppr \
-    --suppress=missingIncludeSystem -D_GNU_SOURCE -Ihost -Ibuild/gen host bindings
+    --suppress=missingIncludeSystem -D_GNU_SOURCE -Ihost -Ibuild/gen host bindings core
 if command -v clang-tidy >/dev/null; then
     # One file per clang-tidy run: given several files, clang-tidy 14 stops recognising va_start
     # after the first and reports every later vsnprintf wrapper as using an uninitialized va_list
     # (llvm/llvm-project#40656). MERCATO_VERSION is defined by the Makefile for every build.
-    echo "== clang-tidy, one file at a time: host/*.c bindings/*.c"
-    for f in host/*.c bindings/*.c; do
+    echo "== clang-tidy, one file at a time: host/*.c bindings/*.c core/*.c"
+    for f in host/*.c bindings/*.c core/*.c; do
         # shellcheck disable=SC2086
         clang-tidy --quiet --warnings-as-errors='*' \
             --checks='-*,bugprone-*,-bugprone-easily-swappable-parameters,-bugprone-reserved-identifier,-bugprone-narrowing-conversions,-bugprone-assignment-in-if-condition,clang-analyzer-*,-clang-analyzer-security.insecureAPI.*' \

@@ -1,0 +1,105 @@
+-- spec/integration/loop_rule_spec.lua: nothing waits on an HTTP thread (ARCHITECTURE "The
+-- loop rule"). An upstream that accepts connections and never answers holds up only the
+-- requests that called it: through the gateway, and from a handler's http.get.
+--   build/mercato lua spec/support/busted.lua -o TAP spec/integration/loop_rule_spec.lua
+local http = require "http"
+local host = require "host"
+local socket = require "socket"
+local raw = require "support.raw_http"
+local h = require "support.http_helpers"
+
+-- A listening socket nobody accepts from: the kernel completes the handshakes (backlog), the
+-- requests are never read, never answered.
+local function black_hole()
+  local srv = assert(socket.tcp())
+  assert(srv:bind("127.0.0.1", 0))
+  assert(srv:listen(64))
+  local _, port = srv:getsockname()
+  return srv, "http://127.0.0.1:" .. port
+end
+
+-- n requests sent one at a time on connections of their own, as separate clients would; the
+-- sockets are returned open (their answers are not awaited).
+local function send_and_leave(port, n, method, path, body)
+  local socks = {}
+  for i = 1, n do
+    local s = assert(raw.connect(port, 2))
+    local req = method .. " " .. path .. " HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    if body then req = req .. "Content-Type: application/json\r\nContent-Length: " .. #body .. "\r\n" end
+    assert(s:send(req .. "\r\n" .. (body or "")))
+    socks[i] = s
+    h.sleep(0.02)
+  end
+  return socks
+end
+
+-- 100 GETs one after another; every status and the 99th percentile latency in ms.
+local function timed_gets(url, n)
+  local ms, statuses = {}, {}
+  for i = 1, n do
+    local t0 = host.now()
+    local res, err = http.get(url .. i, { timeout_ms = 5000 })
+    ms[i] = (host.now() - t0) * 1000
+    statuses[res and res.status or tostring(err)] = (statuses[res and res.status or tostring(err)] or 0) + 1
+  end
+  table.sort(ms)
+  return statuses, ms[math.ceil(n * 0.99)]
+end
+
+describe("an upstream that never answers", function()
+  local dir, hole, hole_url, product, gateway
+  local WORKERS = 2
+
+  setup(function()
+    dir = h.tmpdir()
+    hole, hole_url = black_hole()
+    product = h.start({ SERVICE = "product", SCRIPTS_DIR = h.fixtures, WORKERS = 1, FIXTURE_STATE_DIR = dir,
+                        SHUTDOWN_TIMEOUT_MS = 1000 }, dir)
+    gateway = h.start({ SERVICE = "gateway", WORKERS = WORKERS, GATEWAY_TIMEOUT_MS = 10000, SHUTDOWN_TIMEOUT_MS = 1000,
+                        PRODUCT_SERVICE_URL = product.url, ORDER_SERVICE_URL = hole_url }, dir)
+  end)
+
+  teardown(function()
+    local logs = h.stop(gateway) .. h.stop(product)
+    hole:close()
+    os.execute("rm -rf " .. dir)
+    assert.is_nil(h.sanitizer_report(logs))
+  end)
+
+  it("holds up no other request through the gateway", function()
+    local socks = send_and_leave(gateway.port, 4 * WORKERS, "GET", "/orders/stuck")
+    local statuses, p99 = timed_gets(gateway.url .. "/products/p-", 100)
+    for _, s in ipairs(socks) do s:close() end
+    print(("# p99 of 100 GETs: %.1f ms"):format(p99))
+    assert.same({ [200] = 100 }, statuses)
+    assert.is_true(p99 < 50, ("p99 %.1f ms"):format(p99))
+  end)
+
+  it("holds up no other request on the thread of a handler calling it with http.get", function()
+    local body = ('{"url":"%s/never"}'):format(hole_url)
+    local socks = send_and_leave(product.port, 4, "POST", "/products/relay", body)
+    local statuses, p99 = timed_gets(product.url .. "/products/p-", 100)
+    for _, s in ipairs(socks) do s:close() end
+    print(("# p99 of 100 GETs: %.1f ms"):format(p99))
+    assert.same({ [200] = 100 }, statuses)
+    assert.is_true(p99 < 50, ("p99 %.1f ms"):format(p99))
+  end)
+
+  it("answers the callers 504 at the gateway's deadline and keeps serving", function()
+    local gw = h.start({ SERVICE = "gateway", WORKERS = 1, GATEWAY_TIMEOUT_MS = 300,
+                         PRODUCT_SERVICE_URL = product.url, ORDER_SERVICE_URL = hole_url }, dir)
+    local socks = send_and_leave(gw.port, 3, "GET", "/orders/stuck")
+    local t0 = host.now()
+    local res = http.get(gw.url .. "/orders/also-stuck", { timeout_ms = 5000 })
+    local took = host.now() - t0
+    assert.equal(504, res.status)
+    assert.is_true(took < 1, "took " .. took)
+    for _, s in ipairs(socks) do
+      local line = s:receive("*l")
+      assert.equal("HTTP/1.1 504 Gateway Timeout", line)
+      s:close()
+    end
+    assert.equal(200, http.get(gw.url .. "/products/after").status)
+    assert.is_nil(h.sanitizer_report(h.stop(gw)))
+  end)
+end)
