@@ -10,13 +10,16 @@
 #include "gateway.h"
 #include "../bindings/ratelimit.h"
 #include "../core/httpc.h"
+#include "../core/upstream.h"
 
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "metrics.h"
@@ -127,6 +130,25 @@ int gateway_hop_by_hop(const char *name)
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static const char *g_base[GW_NUPSTREAMS];   /* base URLs (environment or defaults) */
 static size_t g_base_len[GW_NUPSTREAMS];
+
+/* A plain-http upstream goes through core/upstream.c; https (or an unparsable URL) through
+ * libcurl. Names are resolved at start-up and again every GW_RESOLVE_EVERY_S by a thread of
+ * their own (a Kubernetes or compose service may move), never on an HTTP thread. */
+#define GW_RESOLVE_EVERY_S 30
+typedef struct {
+    int direct;
+    char host[256];                  /* as written, brackets of an IPv6 literal removed */
+    char port[8];
+    char authority[300];             /* the Host header: host[:port] as written */
+    char prefix[256];                /* the base URL's path, without a trailing slash */
+    size_t prefix_len;
+    pthread_mutex_t lock;            /* guards addr: held for a copy, never across a call */
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    int resolved, literal;
+} gw_origin_t;
+static gw_origin_t g_origin[GW_NUPSTREAMS];
+static long g_max_conns = 256;             /* HTTP_MAX_CONNS_PER_HOST: per thread and upstream */
 static long g_timeout_ms = 15000;          /* GATEWAY_TIMEOUT_MS */
 static long g_connect_ms = 1000;           /* GATEWAY_CONNECT_TIMEOUT_MS */
 static size_t g_max_response = 16u << 20;  /* GATEWAY_MAX_RESPONSE_BYTES */
@@ -144,6 +166,76 @@ static long env_number(const char *name, long dflt, int size)
     return n;
 }
 
+/* Resolve o->host:o->port into o->addr. 0, or -1 (the old address is kept). */
+static int origin_resolve(gw_origin_t *o)
+{
+    struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV }, *res = NULL;
+    if (getaddrinfo(o->host, o->port, &hints, &res) != 0 || !res) return -1;
+    const struct addrinfo *pick = res;   /* IPv4 first ("localhost" lists ::1 first) */
+    for (const struct addrinfo *a = res; a; a = a->ai_next)
+        if (a->ai_family == AF_INET) { pick = a; break; }
+    pthread_mutex_lock(&o->lock);
+    memcpy(&o->addr, pick->ai_addr, pick->ai_addrlen);
+    o->addrlen = pick->ai_addrlen;
+    o->resolved = 1;
+    pthread_mutex_unlock(&o->lock);
+    freeaddrinfo(res);
+    return 0;
+}
+
+/* Split an http:// base URL into o; 0, or -1 when it is not plain http (curl takes it). */
+static int origin_parse(gw_origin_t *o, const char *url, size_t len)
+{
+    if (len < 8 || strncasecmp(url, "http://", 7) != 0) return -1;
+    const char *a = url + 7, *end = url + len;
+    const char *slash = memchr(a, '/', (size_t)(end - a));
+    const char *aend = slash ? slash : end;
+    if (aend == a || (size_t)(aend - a) >= sizeof o->authority || memchr(a, '@', (size_t)(aend - a))) return -1;
+    memcpy(o->authority, a, (size_t)(aend - a));
+    o->authority[aend - a] = 0;
+    const char *h = a, *hend, *colon;
+    if (*h == '[') {
+        hend = memchr(h, ']', (size_t)(aend - h));
+        if (!hend) return -1;
+        h++;
+        colon = hend + 1 < aend && hend[1] == ':' ? hend + 1 : NULL;
+    } else {
+        colon = memchr(h, ':', (size_t)(aend - h));
+        hend = colon ? colon : aend;
+    }
+    if (hend == h || (size_t)(hend - h) >= sizeof o->host) return -1;
+    memcpy(o->host, h, (size_t)(hend - h));
+    o->host[hend - h] = 0;
+    size_t pn = colon ? (size_t)(aend - colon - 1) : 2;
+    if (pn == 0 || pn >= sizeof o->port) return -1;
+    memcpy(o->port, colon ? colon + 1 : "80", pn);
+    o->port[pn] = 0;
+    for (size_t i = 0; i < pn; i++) if (o->port[i] < '0' || o->port[i] > '9') return -1;
+    size_t plen = slash ? (size_t)(end - slash) : 0;
+    while (plen && slash[plen - 1] == '/') plen--;
+    if (plen >= sizeof o->prefix || (slash && (memchr(slash, '?', plen) || memchr(slash, '#', plen)))) return -1;
+    if (plen) memcpy(o->prefix, slash, plen);
+    o->prefix[plen] = 0;
+    o->prefix_len = plen;
+    struct in6_addr a6;
+    o->literal = inet_pton(AF_INET, o->host, &a6) == 1 || inet_pton(AF_INET6, o->host, &a6) == 1;
+    return 0;
+}
+
+/* The refresher: names of upstreams, again and again (getaddrinfo blocks: never on an HTTP
+ * thread). Detached; it only ever touches g_origin. */
+static void *resolver_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        sleep(GW_RESOLVE_EVERY_S);
+        for (int i = 0; i < GW_NUPSTREAMS; i++)
+            if (g_origin[i].direct && !g_origin[i].literal && origin_resolve(&g_origin[i]) < 0)
+                log_warn("gateway: cannot resolve %s for the %s service; keeping its last address", g_origin[i].host, names[i]);
+    }
+    return NULL;
+}
+
 static void load_config(void)
 {
     for (int i = 0; i < GW_NUPSTREAMS; i++) {
@@ -156,10 +248,27 @@ static void load_config(void)
     g_connect_ms = env_number("GATEWAY_CONNECT_TIMEOUT_MS", 1000, 0);
     if (g_connect_ms > g_timeout_ms) g_connect_ms = g_timeout_ms;
     g_max_response = (size_t)env_number("GATEWAY_MAX_RESPONSE_BYTES", 16l << 20, 1);
+    g_max_conns = env_number("HTTP_MAX_CONNS_PER_HOST", 256, 0);
+    int names_to_refresh = 0;
+    for (int i = 0; i < GW_NUPSTREAMS; i++) {
+        gw_origin_t *o = &g_origin[i];
+        pthread_mutex_init(&o->lock, NULL);
+        if (origin_parse(o, g_base[i], g_base_len[i]) < 0) continue;   /* https: libcurl */
+        if (origin_resolve(o) < 0) log_warn("gateway: cannot resolve %s for the %s service yet; trying again every %d s", o->host, names[i], GW_RESOLVE_EVERY_S);
+        o->direct = 1;
+        names_to_refresh += !o->literal;
+    }
+    pthread_t t;
+    if (names_to_refresh && pthread_create(&t, NULL, resolver_main, NULL) == 0) pthread_detach(t);
     static const char *const labels[] = { "upstream", "kind" };
     char err[256];
     g_upstream_errors = metrics_family("gateway_upstream_errors_total", "Upstream calls the gateway answered with 502 or 504.",
                                        METRIC_COUNTER, 2, labels, 0, NULL, err, sizeof err);
+}
+
+void gateway_init(void)
+{
+    pthread_once(&g_once, load_config);
 }
 
 size_t gateway_max_body(const config_t *cfg)
@@ -171,7 +280,8 @@ size_t gateway_max_body(const config_t *cfg)
 /* ---- forwarding ------------------------------------------------------------------------ */
 
 typedef struct {
-    struct curl_slist *list;
+    struct curl_slist *list;     /* for libcurl, or */
+    buf_t *raw;                  /* "Name: value\r\n" lines for core/upstream.c */
     int oom;
     int has_ctype, has_accept, has_xfp;
     const char *xff;             /* the incoming X-Forwarded-For, if any */
@@ -182,6 +292,13 @@ typedef struct {
 static void add_line(fwd_headers_t *h, const char *name, const char *value)
 {
     size_t nn = strlen(name), vn = strlen(value);
+    if (h->raw) {
+        buf_add(h->raw, name, nn);
+        buf_add(h->raw, ": ", 2);
+        buf_add(h->raw, value, vn);
+        buf_add(h->raw, "\r\n", 2);
+        return;
+    }
     char small[1024];
     char *line = nn + vn + 3 <= sizeof small ? small : malloc(nn + vn + 3);
     if (!line) { h->oom = 1; return; }
@@ -196,6 +313,7 @@ static void add_line(fwd_headers_t *h, const char *name, const char *value)
 /* A literal line: "Name:" removes a header libcurl would otherwise add. */
 static void add_raw(fwd_headers_t *h, const char *line)
 {
+    if (h->raw) return;   /* only libcurl adds headers of its own */
     struct curl_slist *l = curl_slist_append(h->list, line);
     if (l) h->list = l; else h->oom = 1;
 }
@@ -243,9 +361,11 @@ static void client_addr(request_t *r, char *out, size_t outlen)
     else if (sa->sa_family == AF_INET6) inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)outlen);
 }
 
-static struct curl_slist *build_headers(request_t *r, int *oom)
+/* The forwarded headers: a libcurl list (raw NULL), or lines appended to raw. */
+static struct curl_slist *build_headers(request_t *r, buf_t *raw, int *oom)
 {
     fwd_headers_t h = { 0 };
+    h.raw = raw;
     h.xff = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Forwarded-For");
     h.host = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Host");
     h.connection = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Connection");
@@ -315,7 +435,37 @@ static void upstream_failed(request_t *r, int upstream, int status, const char *
     server_problem(r, status, status == 504 ? "Gateway Timeout" : "Bad Gateway", detail, NULL, NULL);
 }
 
-/* The forward is done (on the loop): queue the upstream's answer or a 502/504, resume r. */
+/* Queue the upstream's answer for r: its status, its headers but those that end at this hop,
+ * the global limit's RateLimit-* unless the service sent its own; body taken over. */
+static void relay_answer(request_t *r, int status, const char *head, size_t head_len, buf_t *bodybuf)
+{
+    size_t len = bodybuf->len;
+    char *body = len ? buf_take(bodybuf, NULL) : NULL;
+    /* MHD frees the body with free() once sent: no copy of a large answer. */
+    struct MHD_Response *mr = body ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE)
+                                   : MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (!mr) {
+        free(body);
+        server_problem(r, 503, "Service Unavailable", "out of memory", NULL, NULL);
+        return;
+    }
+    const char *p = head, *end = head ? head + head_len : NULL;
+    const char *name, *value;
+    size_t nlen, vlen;
+    int own_limit = 0;
+    while (p && httpc_head_next(&p, end, &name, &nlen, &value, &vlen)) {
+        char k[256], v[8192];
+        if (nlen >= sizeof k || vlen >= sizeof v) continue;
+        memcpy(k, name, nlen); k[nlen] = 0;
+        memcpy(v, value, vlen); v[vlen] = 0;
+        if (!drop_response_header(k)) MHD_add_response_header(mr, k, v);
+        if (strcasecmp(k, "RateLimit-Limit") == 0) own_limit = 1;   /* the service's own, stricter policy */
+    }
+    if (r->has_rl && !own_limit) ratelimit_add_headers(mr, &r->rl);
+    server_queue(r, status, mr, len);
+}
+
+/* A libcurl forward is done (on the loop): queue the answer or a 502/504, resume r. */
 static void forward_done(httpc_call_t *c, CURLcode rc, void *arg)
 {
     request_t *r = arg;
@@ -326,34 +476,107 @@ static void forward_done(httpc_call_t *c, CURLcode rc, void *arg)
     else if (rc == CURLE_OPERATION_TIMEDOUT) upstream_failed(r, up, 504, "timeout", why);
     else if (rc != CURLE_OK || resp->head.failed || resp->body.failed || resp->status < 100 || resp->status > 599)
         upstream_failed(r, up, 502, "unavailable", why);
-    else {
-        size_t len = resp->body.len;
-        char *body = len ? buf_take(&resp->body, NULL) : NULL;
-        /* MHD frees the body with free() once sent: no copy of a large answer. */
-        struct MHD_Response *mr = body ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE)
-                                       : MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
-        if (!mr) {
-            free(body);
-            server_problem(r, 503, "Service Unavailable", "out of memory", NULL, NULL);
-        } else {
-            const char *p = resp->head.data, *end = p ? p + resp->head.len : NULL;
-            const char *name, *value;
-            size_t nlen, vlen;
-            int own_limit = 0;
-            while (p && httpc_head_next(&p, end, &name, &nlen, &value, &vlen)) {
-                char k[256], v[8192];
-                if (nlen >= sizeof k || vlen >= sizeof v) continue;
-                memcpy(k, name, nlen); k[nlen] = 0;
-                memcpy(v, value, vlen); v[vlen] = 0;
-                if (!drop_response_header(k)) MHD_add_response_header(mr, k, v);
-                if (strcasecmp(k, "RateLimit-Limit") == 0) own_limit = 1;   /* the service's own, stricter policy */
-            }
-            if (r->has_rl && !own_limit) ratelimit_add_headers(mr, &r->rl);
-            server_queue(r, (int)resp->status, mr, len);
-        }
-    }
+    else relay_answer(r, (int)resp->status, resp->head.data, resp->head.len, &resp->body);
     httpc_call_free(c);
     server_unpark(r);
+}
+
+/* A direct forward is done (on the loop): the same, from core/upstream.c's answer. */
+static void direct_done(upstream_req_t *q, enum upstream_err err, const char *why, upstream_resp_t *resp, void *arg)
+{
+    request_t *r = arg;
+    int up = gateway_route(r->uri, r->path_len);
+    (void)q;
+    if (err == UPSTREAM_TOO_LARGE) upstream_failed(r, up, 502, "too_large", "the upstream response is larger than GATEWAY_MAX_RESPONSE_BYTES");
+    else if (err == UPSTREAM_TIMEOUT) upstream_failed(r, up, 504, "timeout", why);
+    else if (err != UPSTREAM_OK) upstream_failed(r, up, 502, "unavailable", why);
+    else relay_answer(r, resp->status, resp->head.data, resp->head.len, &resp->body);
+    server_unpark(r);
+}
+
+static void direct_cancel(void *arg)
+{
+    upstream_cancel(arg);
+}
+
+/* A thread's connections, one pool per upstream (w->gateway). */
+typedef struct {
+    upstream_t *up[GW_NUPSTREAMS];
+} gw_thread_t;
+
+/* This thread's connections to upstream `up` (made on first use, freed by gateway_worker_free). */
+static upstream_t *thread_upstream(worker_t *w, int up)
+{
+    gw_thread_t *set = w->gateway;
+    if (!set) {
+        set = calloc(1, sizeof *set);
+        if (!set) return NULL;
+        w->gateway = set;
+    }
+    if (!set->up[up]) {
+        gw_origin_t *o = &g_origin[up];
+        upstream_opts_t opts = { .max_conns = (int)g_max_conns, .timeout_ms = g_timeout_ms, .connect_ms = g_connect_ms,
+                                 .max_body = g_max_response, .idle_ms = 60000 };
+        pthread_mutex_lock(&o->lock);
+        int ok = o->resolved;
+        memcpy(&opts.addr, &o->addr, sizeof opts.addr);
+        opts.addrlen = o->addrlen;
+        pthread_mutex_unlock(&o->lock);
+        if (!ok) return NULL;
+        set->up[up] = upstream_new(w->loop, &opts);
+    }
+    return set->up[up];
+}
+
+void gateway_worker_free(worker_t *w)
+{
+    gw_thread_t *set = w->gateway;
+    if (!set) return;
+    for (int i = 0; i < GW_NUPSTREAMS; i++) upstream_free(set->up[i]);
+    free(set);
+    w->gateway = NULL;
+}
+
+static int retry_safe(request_t *r)
+{
+    static const char *const idem[] = { "GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE" };
+    for (size_t i = 0; i < sizeof idem / sizeof idem[0]; i++)
+        if (strcmp(r->method, idem[i]) == 0) return 1;
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Idempotency-Key") != NULL;
+}
+
+/* Forward r over this thread's keep-alive connections to a plain-http upstream. */
+static void forward_direct(request_t *r, int up)
+{
+    gw_origin_t *o = &g_origin[up];
+    upstream_t *u = thread_upstream(r->w, up);
+    if (!u) {
+        upstream_failed(r, up, 502, "unavailable", "the upstream's address is not resolved");
+        return;
+    }
+    buf_t b;
+    buf_init(&b);
+    buf_adds(&b, r->method);
+    buf_add(&b, " ", 1);
+    buf_add(&b, o->prefix, o->prefix_len);
+    buf_add(&b, r->uri, r->path_len);   /* raw, exactly as it came in */
+    if (r->query) { buf_add(&b, "?", 1); buf_adds(&b, r->query); }
+    buf_adds(&b, " HTTP/1.1\r\nHost: ");
+    buf_adds(&b, o->authority);
+    buf_add(&b, "\r\n", 2);
+    int oom = 0;
+    build_headers(r, &b, &oom);
+    int body = r->body_len || strcmp(r->method, "POST") == 0 || strcmp(r->method, "PUT") == 0 || strcmp(r->method, "PATCH") == 0;
+    if (body) buf_addf(&b, "Content-Length: %zu\r\n", r->body_len);
+    buf_add(&b, "\r\n", 2);
+    if (r->body_len) buf_add(&b, r->body, r->body_len);
+    upstream_req_t *q = oom || b.failed ? NULL : upstream_send(u, &b, strcmp(r->method, "HEAD") == 0, retry_safe(r), direct_done, r);
+    buf_free(&b);
+    if (!q) {
+        server_problem(r, 503, "Service Unavailable", "out of memory", NULL, NULL);
+        return;
+    }
+    server_park(r, direct_cancel, q);
 }
 
 /* r goes away while its forward runs (shutdown): stop the transfer, never call back. */
@@ -373,6 +596,7 @@ void gateway_handle(request_t *r)
     /* The global per-client limit (CONTRACT §5), before any upstream work. */
     if (ratelimit_gateway(r, &r->rl) != 0) return;   /* 429 queued */
     r->has_rl = r->rl.limit != 0;
+    if (g_origin[up].direct) { forward_direct(r, up); return; }
 
     httpc_t *hc = worker_httpc(r->w);
     httpc_call_t *c = hc ? httpc_call_new(hc) : NULL;
@@ -384,7 +608,7 @@ void gateway_handle(request_t *r)
     if (r->query) { buf_add(&url, "?", 1); buf_adds(&url, r->query); }   /* raw, as the client sent it */
     buf_add(&url, "", 1);
     int oom = url.failed;
-    c->headers = build_headers(r, &oom);
+    c->headers = build_headers(r, NULL, &oom);
     c->resp.max_body = g_max_response;
     CURL *h = c->easy;
     if (!oom) {

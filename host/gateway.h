@@ -30,6 +30,14 @@ int gateway_hop_by_hop(const char *name);
 
 /* ---- serving ------------------------------------------------------------------------------ */
 
+/* Read the gateway's configuration and resolve its upstreams: once, at start-up (the first
+ * call does it; later ones return at once). */
+void gateway_init(void);
+
+struct worker;
+/* Free the thread's upstream connections (worker_free, before the loop). */
+void gateway_worker_free(struct worker *w);
+
 /* Largest body the gateway forwards (images are the largest: 5 MiB). */
 size_t gateway_max_body(const config_t *cfg);
 

@@ -772,7 +772,7 @@ static void *http_thread_main(void *arg)
     server_t *s = t->srv;
     t->w = worker_new(t->index, "http", s->cfg, NULL, t->err, sizeof t->err);
     if (!t->w) { report_started(t, -1); return NULL; }
-    unsigned flags = MHD_USE_EPOLL | MHD_USE_TURBO | MHD_USE_ERROR_LOG | (g_async ? MHD_ALLOW_SUSPEND_RESUME : 0);
+    unsigned flags = MHD_USE_EPOLL | MHD_USE_TURBO | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;   /* parked handlers, forwards */
     t->daemon = MHD_start_daemon(flags, 0, NULL, NULL, access_cb, t,
                                  MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
                                  MHD_OPTION_LISTEN_SOCKET, t->listen_fd,
@@ -876,6 +876,7 @@ server_t *server_start(const config_t *cfg, char *err, size_t errlen)
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     atomic_store(&g_stopping, 0);
+    if (cfg->service && strcmp(cfg->service, "gateway") == 0) gateway_init();   /* resolves upstreams: not on an HTTP thread */
     const char *async = getenv("ASYNC");
     g_async = !(async && strcmp(async, "0") == 0);
     const char *mode = getenv("LISTEN_MODE");

@@ -11,6 +11,7 @@
 #include <arpa/inet.h>
 
 #include "bindings.h"
+#include "gateway.h"
 #include "loop.h"
 #include "../core/httpc.h"
 #include "prelude.h"   /* generated: luaJIT_BC_prelude, the compiled host/lua/prelude.lua */
@@ -422,6 +423,7 @@ void worker_free(worker_t *w)
     if (w->old_L) { worker_state_close(w->old_L); snapshot_unref(w->old_snap); }
     bindings_worker_free(w);
     httpc_free(w->httpc);   /* unwatches its connections: before the loop */
+    gateway_worker_free(w);
     loop_free(w->loop);   /* after the bindings: their async connections are watched by it */
     snapshot_unref(w->snap);
     logbuf_free(&w->access);   /* flushes; the metrics shard stays registered until exit */

@@ -40,6 +40,7 @@ typedef struct worker {
      * async connections watch it). NULL for runner and cli workers: bindings block there. */
     struct loop *loop;
     struct httpc *httpc;         /* outbound HTTP on loop (or blocking); owned, made on first use */
+    void *gateway;               /* SERVICE=gateway: its upstream connections (host/gateway.c) */
     struct request *waiting;     /* requests whose handler coroutine is parked on I/O */
     int nwaiting;
     void (*resume)(struct request *r);   /* server.c: resume r->co with r->resume_n values */

@@ -147,6 +147,27 @@ describe("the gateway", function()
     assert.is_true(took < 1.2, "took " .. took)
   end)
 
+  it("finds an upstream by name and puts a base URL's path in front", function()
+    local gw = h.start({ SERVICE = "gateway", WORKERS = 1,
+                         PRODUCT_SERVICE_URL = "http://localhost:" .. product.port .. "/products/" }, dir)
+    local res = http.get(gw.url .. "/products/x?y=1")
+    assert.equal(200, res.status)
+    local body = cjson.decode(res.body)
+    assert.equal("/products/products/x", body.path)
+    assert.equal("y=1", body.query)
+    assert.equal("localhost:" .. product.port, body.headers.host)
+    assert.is_nil(h.sanitizer_report(h.stop(gw)))
+  end)
+
+  it("relays large answers whole and keeps one connection busy at a time", function()
+    for _, n in ipairs { 0, 1, 70000, 3000000 } do
+      local res = get("/products/big?n=" .. n)
+      assert.equal(200, res.status)
+      assert.equal(n, #res.body)
+      assert.equal(string.rep("x", n), res.body)
+    end
+  end)
+
   it("serves its own /health", function()
     assert.equal(200, get("/health").status)
   end)

@@ -1,0 +1,290 @@
+/* test_upstream: the gateway's keep-alive HTTP/1.1 client — framing (length, chunked, close),
+ * interim answers, HEAD, connection reuse, a stale connection retried, deadlines, the cap on
+ * connections, malformed and oversized answers, cancel. Against a scripted loopback server. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "../core/upstream.h"
+#include "loop.h"
+#include "test.h"
+
+static int g_port;
+static int g_accepts;            /* connections the server accepted */
+
+/* The scripted server: reads one request head, answers by its path, then either reads the
+ * next request on the connection or closes it. */
+static const char *answer_for(const char *path, int *close_after, int *delay_ms)
+{
+    *close_after = 0;
+    *delay_ms = 0;
+    if (!strncmp(path, "/len", 4)) return "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello";
+    if (!strncmp(path, "/chunked", 8))
+        return "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-T: 1\r\n\r\n";
+    if (!strncmp(path, "/close", 6)) { *close_after = 1; return "HTTP/1.1 200 OK\r\n\r\nuntil the end"; }
+    if (!strncmp(path, "/interim", 8)) return "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+    if (!strncmp(path, "/head", 5)) return "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n";
+    if (!strncmp(path, "/bye", 4)) { *close_after = 1; return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"; }
+    if (!strncmp(path, "/slow", 5)) { *delay_ms = 800; return "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate"; }
+    if (!strncmp(path, "/bad", 4)) return "HTTX/9 what\r\n\r\n";
+    if (!strncmp(path, "/big", 4)) return "HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n0123456789012345678901234567890123456789";
+    if (!strncmp(path, "/short", 6)) { *close_after = 1; return "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"; }
+    return "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+}
+
+static void *serve_conn(void *arg)
+{
+    int fd = (int)(intptr_t)arg;
+    char buf[8192];
+    size_t len = 0;
+    for (;;) {
+        char *end;
+        while (!(end = memmem(buf, len, "\r\n\r\n", 4))) {
+            ssize_t n = recv(fd, buf + len, sizeof buf - len, 0);
+            if (n <= 0) { close(fd); return NULL; }
+            len += (size_t)n;
+        }
+        char path[256] = "";
+        sscanf(buf, "%*s %255s", path);
+        size_t used = (size_t)(end - buf) + 4;
+        const char *cl = strcasestr(buf, "Content-Length: ");
+        if (cl && cl < end) used += (size_t)atoi(cl + 16);
+        while (len < used) { ssize_t n = recv(fd, buf + len, sizeof buf - len, 0); if (n <= 0) { close(fd); return NULL; } len += (size_t)n; }
+        memmove(buf, buf + used, len - used);
+        len -= used;
+        int close_after, delay;
+        const char *a = answer_for(path, &close_after, &delay);
+        if (!strncmp(path, "/stale", 6)) { close(fd); return NULL; }   /* closes without answering */
+        if (delay) usleep((useconds_t)delay * 1000);
+        if (send(fd, a, strlen(a), MSG_NOSIGNAL) < 0 || close_after) { close(fd); return NULL; }
+    }
+}
+
+static void *serve(void *arg)
+{
+    int lfd = (int)(intptr_t)arg;
+    for (;;) {
+        int fd = accept(lfd, NULL, NULL);
+        if (fd < 0) return NULL;
+        __atomic_add_fetch(&g_accepts, 1, __ATOMIC_SEQ_CST);
+        pthread_t t;
+        pthread_create(&t, NULL, serve_conn, (void *)(intptr_t)fd);
+        pthread_detach(t);
+    }
+}
+
+typedef struct {
+    int done, status;
+    enum upstream_err err;
+    char body[256], head[512];
+} got_t;
+
+static void on_done(upstream_req_t *q, enum upstream_err err, const char *why, upstream_resp_t *resp, void *arg)
+{
+    got_t *g = arg;
+    (void)q; (void)why;
+    g->done = 1;
+    g->err = err;
+    if (resp) {
+        g->status = resp->status;
+        snprintf(g->body, sizeof g->body, "%.*s", (int)resp->body.len, resp->body.data ? resp->body.data : "");
+        snprintf(g->head, sizeof g->head, "%.*s", (int)resp->head.len, resp->head.data ? resp->head.data : "");
+    }
+}
+
+static upstream_t *new_upstream(loop_t *l, int max_conns, long timeout_ms)
+{
+    upstream_opts_t o = { .max_conns = max_conns, .timeout_ms = timeout_ms, .connect_ms = 1000, .max_body = 30, .idle_ms = 60000 };
+    struct sockaddr_in *a = (struct sockaddr_in *)&o.addr;
+    a->sin_family = AF_INET;
+    a->sin_port = htons((uint16_t)g_port);
+    a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    o.addrlen = sizeof *a;
+    return upstream_new(l, &o);
+}
+
+static upstream_req_t *send_get(upstream_t *u, const char *method, const char *path, got_t *g)
+{
+    buf_t b;
+    buf_init(&b);
+    buf_addf(&b, "%s %s HTTP/1.1\r\nHost: x\r\n\r\n", method, path);
+    upstream_req_t *q = upstream_send(u, &b, !strcmp(method, "HEAD"), 1, on_done, g);
+    buf_free(&b);
+    return q;
+}
+
+static void run_until(loop_t *l, got_t *g, int n)
+{
+    uint64_t t0 = loop_now_ns();
+    for (;;) {
+        int all = 1;
+        for (int i = 0; i < n; i++) all &= g[i].done;
+        if (all || loop_now_ns() - t0 > 3000000000ull) return;
+        loop_run_once(l, 50);
+    }
+}
+
+TEST(bodies_come_back_by_length_chunks_or_close)
+{
+    loop_t *l = loop_new();
+    upstream_t *u = new_upstream(l, 4, 2000);
+    got_t g[5];
+    memset(g, 0, sizeof g);
+    send_get(u, "GET", "/len", &g[0]);
+    send_get(u, "GET", "/chunked", &g[1]);
+    send_get(u, "GET", "/close", &g[2]);
+    send_get(u, "GET", "/interim", &g[3]);
+    send_get(u, "HEAD", "/head", &g[4]);
+    CHECK_INT(g[0].done, 0);   /* never called back from inside upstream_send */
+    run_until(l, g, 5);
+    CHECK_INT(g[0].status, 200);
+    CHECK_STR(g[0].body, "hello");
+    CHECK(strstr(g[0].head, "X-A: 1\r\n") != NULL);
+    CHECK_INT(g[1].status, 201);
+    CHECK_STR(g[1].body, "hello world");
+    CHECK_INT(g[2].status, 200);
+    CHECK_STR(g[2].body, "until the end");
+    CHECK_INT(g[3].status, 204);
+    CHECK_INT(g[4].status, 200);
+    CHECK_STR(g[4].body, "");
+    upstream_free(u);
+    loop_free(l);
+}
+
+TEST(connections_are_reused_and_a_stale_one_is_retried)
+{
+    loop_t *l = loop_new();
+    upstream_t *u = new_upstream(l, 4, 2000);
+    got_t g[4];
+    memset(g, 0, sizeof g);
+    int before = __atomic_load_n(&g_accepts, __ATOMIC_SEQ_CST);
+    send_get(u, "GET", "/len", &g[0]);
+    run_until(l, g, 1);
+    send_get(u, "GET", "/chunked", &g[1]);
+    run_until(l, g + 1, 1);
+    CHECK_INT(__atomic_load_n(&g_accepts, __ATOMIC_SEQ_CST) - before, 1);
+    CHECK_INT(upstream_connections(u), 1);
+    /* The server answers /bye with Connection: close: the next request needs a new one. */
+    send_get(u, "GET", "/bye", &g[2]);
+    run_until(l, g + 2, 1);
+    CHECK_STR(g[2].body, "ok");
+    CHECK_INT(upstream_connections(u), 0);
+    /* A reused connection closed under a request (before any answer): one retry, on a new
+     * connection, which closes too — the caller sees the failure. */
+    send_get(u, "GET", "/len", &g[3]);
+    run_until(l, g + 3, 1);
+    got_t s = { 0 };
+    int mid = __atomic_load_n(&g_accepts, __ATOMIC_SEQ_CST);
+    send_get(u, "GET", "/stale", &s);
+    run_until(l, &s, 1);
+    CHECK_INT(s.err, UPSTREAM_UNAVAILABLE);
+    CHECK_INT(__atomic_load_n(&g_accepts, __ATOMIC_SEQ_CST) - mid, 1);   /* the retry's connection */
+    upstream_free(u);
+    loop_free(l);
+}
+
+TEST(deadlines_malformed_and_oversized_answers_fail)
+{
+    loop_t *l = loop_new();
+    upstream_t *u = new_upstream(l, 4, 300);
+    got_t g[4];
+    memset(g, 0, sizeof g);
+    uint64_t t0 = loop_now_ns();
+    send_get(u, "GET", "/slow", &g[0]);
+    send_get(u, "GET", "/bad", &g[1]);
+    send_get(u, "GET", "/big", &g[2]);
+    send_get(u, "GET", "/short", &g[3]);
+    run_until(l, g, 4);
+    uint64_t ms = (loop_now_ns() - t0) / 1000000;
+    CHECK_INT(g[0].err, UPSTREAM_TIMEOUT);
+    CHECK(ms >= 290 && ms < 700);
+    CHECK_INT(g[1].err, UPSTREAM_UNAVAILABLE);
+    CHECK_INT(g[2].err, UPSTREAM_TOO_LARGE);
+    CHECK_INT(g[3].err, UPSTREAM_UNAVAILABLE);   /* closed mid-body */
+    upstream_free(u);
+    loop_free(l);
+}
+
+TEST(past_the_cap_requests_wait_for_a_connection)
+{
+    loop_t *l = loop_new();
+    upstream_t *u = new_upstream(l, 1, 2000);
+    got_t g[3];
+    memset(g, 0, sizeof g);
+    send_get(u, "GET", "/len", &g[0]);
+    send_get(u, "GET", "/chunked", &g[1]);
+    send_get(u, "GET", "/len", &g[2]);
+    CHECK_INT(upstream_connections(u), 1);
+    run_until(l, g, 3);
+    for (int i = 0; i < 3; i++) CHECK_INT(g[i].err, UPSTREAM_OK);
+    CHECK_STR(g[1].body, "hello world");
+    CHECK_INT(upstream_connections(u), 1);
+    upstream_free(u);
+    loop_free(l);
+}
+
+TEST(a_cancelled_request_is_never_called_back)
+{
+    loop_t *l = loop_new();
+    upstream_t *u = new_upstream(l, 1, 2000);
+    got_t g[3];
+    memset(g, 0, sizeof g);
+    upstream_req_t *slow = send_get(u, "GET", "/slow", &g[0]);
+    upstream_req_t *queued = send_get(u, "GET", "/len", &g[1]);
+    send_get(u, "GET", "/len", &g[2]);
+    loop_run_once(l, 10);
+    upstream_cancel(queued);   /* waiting for the one connection */
+    upstream_cancel(slow);     /* mid-answer: its connection is closed, the next one goes on */
+    run_until(l, g + 2, 1);
+    CHECK_INT(g[0].done, 0);
+    CHECK_INT(g[1].done, 0);
+    CHECK_INT(g[2].err, UPSTREAM_OK);
+    upstream_free(u);
+    loop_free(l);
+}
+
+TEST(a_refused_connection_fails_from_the_loop)
+{
+    loop_t *l = loop_new();
+    upstream_opts_t o = { .max_conns = 2, .timeout_ms = 1000, .connect_ms = 500, .idle_ms = 1000 };
+    struct sockaddr_in *a = (struct sockaddr_in *)&o.addr;
+    a->sin_family = AF_INET;
+    a->sin_port = htons(1);
+    a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    o.addrlen = sizeof *a;
+    upstream_t *u = upstream_new(l, &o);
+    got_t g = { 0 };
+    send_get(u, "GET", "/x", &g);
+    CHECK_INT(g.done, 0);
+    run_until(l, &g, 1);
+    CHECK_INT(g.err, UPSTREAM_UNAVAILABLE);
+    upstream_free(u);
+    loop_free(l);
+}
+
+int main(void)
+{
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t alen = sizeof a;
+    if (bind(lfd, (struct sockaddr *)&a, sizeof a) < 0 || listen(lfd, 64) < 0 || getsockname(lfd, (struct sockaddr *)&a, &alen) < 0) {
+        printf("Bail out! cannot listen\n");
+        return 1;
+    }
+    g_port = ntohs(a.sin_port);
+    pthread_t t;
+    pthread_create(&t, NULL, serve, (void *)(intptr_t)lfd);
+    pthread_detach(t);
+    RUN(bodies_come_back_by_length_chunks_or_close);
+    RUN(connections_are_reused_and_a_stale_one_is_retried);
+    RUN(deadlines_malformed_and_oversized_answers_fail);
+    RUN(past_the_cap_requests_wait_for_a_connection);
+    RUN(a_cancelled_request_is_never_called_back);
+    RUN(a_refused_connection_fails_from_the_loop);
+    return test_done();
+}
