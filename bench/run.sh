@@ -38,7 +38,9 @@
 #                            the database's own ceiling [1]
 #   BENCH_SVC                1 = also the service scenarios (issues 4 and 5, mercato only, run
 #                            last): the user and product services on scripts/ against throw-away
-#                            databases; see bench/services.sh for them and their BENCH_SVC_* [1]
+#                            databases; see bench/services.sh for them and their BENCH_SVC_* [1];
+#                            with them, the gateway against nginx proxy_pass (bench/gateway.sh,
+#                            BENCH_GW_*)
 #
 # Adding a scenario: one `bench_scenario NAME PATH EXPECTED_JSON [SERVERS]` line in main() (every
 # server listed, all by default, must serve PATH with that payload: add the route to
@@ -636,6 +638,8 @@ write_results() {
 # Issues 4 and 5 (user and product services): svc_run, svc_cleanup and their BENCH_SVC_* settings.
 # shellcheck source=bench/services.sh disable=SC1091 # checked on its own: shellcheck bench/services.sh
 . "$ROOT/bench/services.sh"
+# shellcheck source=bench/gateway.sh disable=SC1091 # checked on its own: shellcheck bench/gateway.sh
+. "$ROOT/bench/gateway.sh"
 
 # ---------------------------------------------------------------------------- main
 

@@ -449,6 +449,7 @@ svc_run() {
   svc_setup
   svc_issue4
   svc_issue5
+  gw_run
   svc_stop svc-user svc-product svc-product-nocache
   svc_cleanup
   svc_tables

@@ -459,14 +459,12 @@ static int take(upstream_req_t *q, int eof)
 static void do_read(conn_t *c)
 {
     upstream_req_t *q = c->req;
+    char tmp[READ_CHUNK];   /* one recv into the stack, then exactly what came into the heap */
     for (;;) {
-        /* Body bytes of a known length go straight into the body, the rest through `in`. */
+        size_t room = sizeof tmp;
         int direct = q->got_head && q->framing == F_LENGTH;
-        buf_t *b = direct ? &q->resp.body : &q->in;
-        size_t room = READ_CHUNK;
         if (direct && q->remaining < room) room = (size_t)q->remaining;
-        if (buf_reserve(b, room + 1) < 0) { q->retried = 1; req_fail(q, UPSTREAM_UNAVAILABLE, "out of memory"); return; }
-        ssize_t n = recv(c->fd, b->data + b->len, room, 0);
+        ssize_t n = recv(c->fd, tmp, room, 0);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
         if (n < 0) {
@@ -476,8 +474,13 @@ static void do_read(conn_t *c)
             return;
         }
         q->received += (size_t)n;
-        b->len += (size_t)n;
-        if (direct) q->remaining -= (uint64_t)n;
+        /* Body bytes of a known length go straight into the body, the rest through `in`. */
+        if (direct) {
+            buf_add(&q->resp.body, tmp, (size_t)n);
+            q->remaining -= (uint64_t)n;
+        } else {
+            buf_add(&q->in, tmp, (size_t)n);
+        }
         int rc = take(q, n == 0);
         if (rc < 0) return;
         if (rc == 1) { req_done(q); return; }
