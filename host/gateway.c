@@ -284,6 +284,7 @@ typedef struct {
     buf_t *raw;                  /* "Name: value\r\n" lines for core/upstream.c */
     int oom;
     int has_ctype, has_accept, has_xfp;
+    int peer_trusted;            /* the peer is in TRUSTED_PROXIES: its X-Forwarded-Proto stands */
     const char *xff;             /* the incoming X-Forwarded-For, if any */
     const char *host;            /* the incoming Host */
     const char *connection;      /* the incoming Connection: names more hop-by-hop headers */
@@ -346,7 +347,10 @@ static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const 
         return MHD_YES;
     if (strcasecmp(key, "Content-Type") == 0) h->has_ctype = 1;
     else if (strcasecmp(key, "Accept") == 0) h->has_accept = 1;
-    else if (strcasecmp(key, "X-Forwarded-Proto") == 0) h->has_xfp = 1;   /* set by a TLS terminator in front */
+    else if (strcasecmp(key, "X-Forwarded-Proto") == 0) {
+        if (!h->peer_trusted) return MHD_YES;   /* a client's own claim: replaced below */
+        h->has_xfp = 1;                         /* set by a TLS terminator in front */
+    }
     add_line(h, key, value);
     return MHD_YES;
 }
@@ -369,6 +373,9 @@ static struct curl_slist *build_headers(request_t *r, buf_t *raw, int *oom)
     h.xff = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Forwarded-For");
     h.host = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Host");
     h.connection = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Connection");
+    char addr[64];
+    client_addr(r, addr, sizeof addr);
+    h.peer_trusted = addr[0] && ratelimit_trusted(addr);
     MHD_get_connection_values(r->conn, MHD_HEADER_KIND, collect_header, &h);
 
     add_line(&h, "X-Request-Id", r->id);
@@ -377,8 +384,6 @@ static struct curl_slist *build_headers(request_t *r, buf_t *raw, int *oom)
     add_line(&h, "traceparent", tp);
     /* Append the peer to what came in (unbounded: a truncated value would cut off the one hop
      * the services can trust, the right-most, and let a long spoofed list through). */
-    char addr[64];
-    client_addr(r, addr, sizeof addr);
     buf_t xff;
     buf_init(&xff);
     if (h.xff && *h.xff) { buf_adds(&xff, h.xff); buf_adds(&xff, ", "); }

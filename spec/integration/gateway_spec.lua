@@ -147,6 +147,16 @@ describe("the gateway", function()
     assert.is_true(took < 1.2, "took " .. took)
   end)
 
+  it("keeps a client's X-Forwarded-Proto only when the client is a trusted proxy", function()
+    local seen = cjson.decode(get("/products/1", { headers = { ["X-Forwarded-Proto"] = "https" } }).body).headers
+    assert.equal("https", seen["x-forwarded-proto"])   -- loopback: trusted by default (a TLS terminator)
+    local gw = h.start({ SERVICE = "gateway", WORKERS = 1, TRUSTED_PROXIES = "none", PRODUCT_SERVICE_URL = product.url }, dir)
+    local res = http.get(gw.url .. "/products/1", { headers = { ["X-Forwarded-Proto"] = "https" } })
+    seen = cjson.decode(res.body).headers
+    assert.equal("http", seen["x-forwarded-proto"])
+    assert.is_nil(h.sanitizer_report(h.stop(gw)))
+  end)
+
   it("finds an upstream by name and puts a base URL's path in front", function()
     local gw = h.start({ SERVICE = "gateway", WORKERS = 1,
                          PRODUCT_SERVICE_URL = "http://localhost:" .. product.port .. "/products/" }, dir)
