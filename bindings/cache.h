@@ -52,6 +52,19 @@ enum { CACHE_ONE, CACHE_PIPELINE, CACHE_EVAL };
 int cache_async_exec(lua_State *L, cache_async_t **as, struct worker *w, const char *url, int timeout_ms,
                      int kind, int n, const cache_cmd_t *cmds, const char *script, size_t script_len);
 
+/* The same for C code on the loop (the host's rate-limit checks): one command of kind
+ * CACHE_ONE or CACHE_EVAL; done(arg, reply, NULL, NULL) once its reply is in (an error reply
+ * included: the caller reads it), or done(arg, NULL, err, code) when the connection fails or
+ * timeout_ms passes — always from the loop, never inside this call. Returns the op (for
+ * cache_async_forget), or NULL with err when nothing could be sent (done is never called). */
+typedef struct cache_op cache_op_t;
+typedef void (*cache_async_done)(void *arg, const struct redisReply *reply, const char *err, const char *code);
+cache_op_t *cache_async_call(cache_async_t **as, struct worker *w, const char *url, int timeout_ms, int kind,
+                             const cache_cmd_t *cmd, const char *script, size_t script_len,
+                             cache_async_done done, void *arg, char *err, size_t errlen);
+/* The caller goes away: done is never called for op. */
+void cache_async_forget(cache_op_t *op);
+
 /* Close the async connection (the next command reconnects); requests waiting on it get
  * nil, err, "unavailable". */
 void cache_async_reset(cache_async_t *as);

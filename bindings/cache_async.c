@@ -27,9 +27,11 @@ struct cache_async {
 
 /* One Lua call: its commands' callbacks (refs) all point here; freed when the last one has
  * come back and no request is attached. */
-typedef struct cache_op {
+struct cache_op {
     cache_async_t *as;
-    request_t *r;            /* the parked request, NULL once answered or forgotten */
+    request_t *r;            /* the parked request (Lua mode), NULL once answered or forgotten */
+    cache_async_done done;   /* C mode: called once with the reply, NULL once answered or forgotten */
+    void *done_arg;
     loop_timer_t *timer;
     int kind;                /* CACHE_* */
     int n, got;              /* replies expected / taken (CACHE_PIPELINE) */
@@ -37,7 +39,7 @@ typedef struct cache_op {
     int timeout_ms;
     char *eval_cmd;          /* CACHE_EVAL: the formatted EVAL fallback (malloc) */
     int eval_len;
-} cache_op_t;
+};
 
 /* ---- the hiredis adapter onto the loop ---------------------------------------------------- */
 
@@ -147,6 +149,9 @@ static void op_free(cache_op_t *op)
     free(op);
 }
 
+/* Is a waiter still attached to op (a parked handler or a C caller)? */
+static int op_live(const cache_op_t *op) { return op->r || op->done; }
+
 /* The op's values are on r->co: detach and let the loop resume the handler. */
 static void op_finish(cache_op_t *op, int nvals)
 {
@@ -157,8 +162,19 @@ static void op_finish(cache_op_t *op, int nvals)
     worker_wake(r, nvals);
 }
 
+/* C mode: detach, then hand the reply (or the failure) to the caller. */
+static void op_deliver(cache_op_t *op, const redisReply *rep, const char *err, const char *code)
+{
+    cache_async_done done = op->done;
+    if (op->timer) loop_timer_cancel(op->as->w->loop, op->timer);
+    op->timer = NULL;
+    op->done = NULL;
+    done(op->done_arg, rep, err, code);
+}
+
 static void op_fail(cache_op_t *op, const char *err, const char *code)
 {
+    if (op->done) { op_deliver(op, NULL, err, code); return; }
     lua_State *co = op->r->co;
     if (op->kind == CACHE_PIPELINE && op->got) lua_pop(co, 1);   /* the partly filled table */
     lua_pushnil(co);
@@ -174,7 +190,13 @@ static void op_cancel(void *arg)
     if (op->timer) loop_timer_cancel(op->as->w->loop, op->timer);
     op->timer = NULL;
     op->r = NULL;
+    op->done = NULL;
     if (!op->refs) op_free(op);
+}
+
+void cache_async_forget(cache_op_t *op)
+{
+    op_cancel(op);
 }
 
 static void on_timeout(loop_t *loop, void *arg)
@@ -196,7 +218,6 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
 /* A reply (or NULL: the connection failed or was dropped) for one of the op's commands. */
 static void take_reply(cache_op_t *op, redisAsyncContext *ac, redisReply *rep)
 {
-    lua_State *co = op->r->co;
     if (!rep) {
         char err[256];
         const char *code = op->as->drop_code ? op->as->drop_code : "unavailable";
@@ -205,7 +226,8 @@ static void take_reply(cache_op_t *op, redisAsyncContext *ac, redisReply *rep)
         op_fail(op, err, code);
         return;
     }
-    if (op->kind == CACHE_PIPELINE) {
+    lua_State *co = op->r ? op->r->co : NULL;
+    if (op->kind == CACHE_PIPELINE && co) {
         if (!op->got) lua_createtable(co, op->n, 0);
         cache_push_reply(co, rep, 1);
         lua_rawseti(co, -2, ++op->got);
@@ -222,6 +244,7 @@ static void take_reply(cache_op_t *op, redisAsyncContext *ac, redisReply *rep)
         op->refs++;
         return;
     }
+    if (op->done) { op_deliver(op, rep, NULL, NULL); return; }
     if (rep->type == REDIS_REPLY_ERROR) {
         lua_pushnil(co);
         lua_pushlstring(co, rep->str, rep->len);
@@ -237,8 +260,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     cache_op_t *op = privdata;
     op->refs--;
-    if (op->r) take_reply(op, ac, reply);
-    if (!op->refs && !op->r) op_free(op);
+    if (op_live(op)) take_reply(op, ac, reply);
+    if (!op->refs && !op_live(op)) op_free(op);
 }
 
 /* ---- the entry ---------------------------------------------------------------------------- */
@@ -251,20 +274,21 @@ static int fail(lua_State *L, const char *err, const char *code)
     return 3;
 }
 
-int cache_async_exec(lua_State *L, cache_async_t **asp, worker_t *w, const char *url, int timeout_ms,
-                     int kind, int n, const cache_cmd_t *cmds, const char *script, size_t script_len)
+/* A new op with every command of cmds queued on the worker's connection (made on first use).
+ * NULL with err when it cannot be sent (nothing is waiting then). */
+static cache_op_t *op_start(cache_async_t **asp, worker_t *w, const char *url, int timeout_ms, int kind, int n,
+                            const cache_cmd_t *cmds, const char *script, size_t script_len, char *err, size_t errlen)
 {
-    char err[512];
     if (!*asp) {
         *asp = calloc(1, sizeof **asp);
-        if (!*asp) return fail(L, "cache: out of memory", "unavailable");
+        if (!*asp) { snprintf(err, errlen, "cache: out of memory"); return NULL; }
         (*asp)->w = w;
         (*asp)->fd = -1;
     }
     cache_async_t *as = *asp;
-    if (!as->ac && as_connect(as, url, err, sizeof err) < 0) return fail(L, err, "unavailable");
+    if (!as->ac && as_connect(as, url, err, errlen) < 0) return NULL;
     cache_op_t *op = calloc(1, sizeof *op);
-    if (!op) return fail(L, "cache: out of memory", "unavailable");
+    if (!op) { snprintf(err, errlen, "cache: out of memory"); return NULL; }
     op->as = as;
     op->kind = kind;
     op->n = n;
@@ -278,20 +302,40 @@ int cache_async_exec(lua_State *L, cache_async_t **asp, worker_t *w, const char 
         op->eval_len = redisFormatCommandArgv(&op->eval_cmd, cmds[0].argc, cmds[0].argv, cmds[0].len);
         cmds[0].argv[0] = argv0; cmds[0].len[0] = len0;
         cmds[0].argv[1] = argv1; cmds[0].len[1] = len1;
-        if (op->eval_len < 0) { op_free(op); return fail(L, "cache: out of memory", "unavailable"); }
+        if (op->eval_len < 0) { op_free(op); snprintf(err, errlen, "cache: out of memory"); return NULL; }
     }
     for (int i = 0; i < n; i++) {
         if (redisAsyncCommandArgv(as->ac, on_reply, op, cmds[i].argc, cmds[i].argv, cmds[i].len) != REDIS_OK) {
-            snprintf(err, sizeof err, "redis: %s", as->ac->errstr[0] ? as->ac->errstr : "cannot queue the command");
+            snprintf(err, errlen, "redis: %s", as->ac->errstr[0] ? as->ac->errstr : "cannot queue the command");
             if (!op->refs) op_free(op);   /* else the queued ones' callbacks free it */
-            return fail(L, err, "unavailable");
+            return NULL;
         }
         op->refs++;
     }
-    op->r = w->cur;
     op->timer = loop_timer_add(w->loop, (uint64_t)timeout_ms, on_timeout, op);
-    if (!op->timer) { op->r = NULL; return fail(L, "cache: out of memory", "unavailable"); }
+    if (!op->timer) { snprintf(err, errlen, "cache: out of memory"); return NULL; }   /* refs > 0: freed by its callbacks */
+    return op;
+}
+
+int cache_async_exec(lua_State *L, cache_async_t **asp, worker_t *w, const char *url, int timeout_ms,
+                     int kind, int n, const cache_cmd_t *cmds, const char *script, size_t script_len)
+{
+    char err[512];
+    cache_op_t *op = op_start(asp, w, url, timeout_ms, kind, n, cmds, script, script_len, err, sizeof err);
+    if (!op) return fail(L, err, "unavailable");
+    op->r = w->cur;
     return worker_wait(L, op_cancel, op);
+}
+
+cache_op_t *cache_async_call(cache_async_t **asp, worker_t *w, const char *url, int timeout_ms, int kind,
+                             const cache_cmd_t *cmd, const char *script, size_t script_len,
+                             cache_async_done done, void *arg, char *err, size_t errlen)
+{
+    cache_op_t *op = op_start(asp, w, url, timeout_ms, kind, 1, cmd, script, script_len, err, errlen);
+    if (!op) return NULL;
+    op->done = done;
+    op->done_arg = arg;
+    return op;
 }
 
 void cache_async_reset(cache_async_t *as)

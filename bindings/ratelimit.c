@@ -58,7 +58,8 @@ static _Atomic int g_unset_logged;
 
 /* w->binding[BIND_RATELIMIT]: this worker's own connection (hiredis is one thread per handle). */
 typedef struct rl_conn {
-    redisContext *c;
+    redisContext *c;         /* the blocking path: runners, the CLI, Lua's ratelimit.check */
+    cache_async_t *as;       /* the loop's path: the host's checks on HTTP threads */
 } rl_conn_t;
 
 static int64_t now_us(void)
@@ -260,6 +261,106 @@ void ratelimit_check(worker_t *w, const char *name, const char *key, size_t keyl
     ratelimit_local_check(name, key, keylen, lim, cost, peek, now_us(), out);
 }
 
+/* ---- the same check on the loop ----------------------------------------------------------- */
+
+struct ratelimit_wait {
+    cache_op_t *op;
+    ratelimit_done_cb done;
+    void *arg;
+    ratelimit_limit_t lim;
+    int64_t cost;
+    size_t keylen;
+    char name[RATELIMIT_NAME_MAX];
+    char key[];              /* for the in-process answer when Redis fails */
+};
+
+/* Read the script's reply into out: 0, or -1 with err. */
+static int take_result(const redisReply *r, const ratelimit_limit_t *lim, ratelimit_result_t *out, char *err, size_t errlen)
+{
+    int ok = r->type == REDIS_REPLY_ARRAY && r->elements == 4;
+    for (size_t i = 0; ok && i < 4; i++) ok = r->element[i]->type == REDIS_REPLY_INTEGER;
+    if (!ok) {
+        snprintf(err, errlen, "redis: unexpected reply to the rate-limit script%s%s", r->type == REDIS_REPLY_ERROR ? ": " : "",
+                 r->type == REDIS_REPLY_ERROR ? r->str : "");
+        return -1;
+    }
+    memset(out, 0, sizeof *out);
+    out->allowed = r->element[0]->integer == 1;
+    out->limit = lim->burst;
+    out->remaining = r->element[1]->integer;
+    out->retry_after_us = r->element[2]->integer;
+    out->reset_after_us = r->element[3]->integer;
+    return 0;
+}
+
+static void on_async_reply(void *arg, const redisReply *reply, const char *err, const char *code)
+{
+    ratelimit_wait_t *wt = arg;
+    ratelimit_result_t res;
+    char why[512];
+    (void)code;
+    if (reply && take_result(reply, &wt->lim, &res, why, sizeof why) == 0) {
+        redis_ok();
+    } else {
+        redis_failed(reply ? why : err);
+        memset(&res, 0, sizeof res);
+        ratelimit_local_check(wt->name, wt->key, wt->keylen, &wt->lim, wt->cost, 0, now_us(), &res);
+    }
+    ratelimit_done_cb done = wt->done;
+    void *darg = wt->arg;
+    free(wt);
+    done(darg, &res);
+}
+
+int ratelimit_check_async(worker_t *w, const char *name, const char *key, size_t keylen, const ratelimit_limit_t *lim,
+                          int64_t cost, ratelimit_result_t *out, ratelimit_done_cb done, void *arg,
+                          ratelimit_wait_t **wait)
+{
+    pthread_once(&g_once, setup);
+    memset(out, 0, sizeof *out);
+    *wait = NULL;
+    if (lim->count <= 0) { out->allowed = 1; return 0; }
+    if (w->loop && use_redis(w)) {
+        char rkey[RATELIMIT_NAME_MAX + KEY_MAX + 16], err[512];
+        size_t rklen = redis_key(rkey, sizeof rkey, name, key, keylen);
+        rl_conn_t *rc = conn_of(w);
+        ratelimit_wait_t *wt = rklen && rc ? malloc(sizeof *wt + keylen + 1) : NULL;
+        if (wt) {
+            int64_t t = lim->period_us / lim->count;
+            if (t < 1) t = 1;
+            char a1[24], a2[24], a3[24];
+            const char *argv[8] = { "EVALSHA", g_sha, "1", rkey, a1, a2, a3, "0" };
+            size_t len[8] = { 7, 40, 1, rklen, 0, 0, 0, 1 };
+            len[4] = (size_t)snprintf(a1, sizeof a1, "%lld", (long long)t);
+            len[5] = (size_t)snprintf(a2, sizeof a2, "%lld", (long long)t * lim->burst);
+            len[6] = (size_t)snprintf(a3, sizeof a3, "%lld", (long long)cost);
+            cache_cmd_t cmd = { 8, argv, len };
+            wt->done = done;
+            wt->arg = arg;
+            wt->lim = *lim;
+            wt->cost = cost;
+            snprintf(wt->name, sizeof wt->name, "%s", name);
+            memcpy(wt->key, key, keylen);
+            wt->key[keylen] = 0;
+            wt->keylen = keylen;
+            wt->op = cache_async_call(&rc->as, w, redis_url_of(w), g_timeout_ms, CACHE_EVAL, &cmd, script, sizeof script - 1,
+                                      on_async_reply, wt, err, sizeof err);
+            if (wt->op) { *wait = wt; return 1; }
+            free(wt);
+            redis_failed(err);
+        }
+    }
+    ratelimit_local_check(name, key, keylen, lim, cost, 0, now_us(), out);
+    return 0;
+}
+
+void ratelimit_wait_cancel(ratelimit_wait_t *wt)
+{
+    if (!wt) return;
+    cache_async_forget(wt->op);
+    free(wt);
+}
+
 void ratelimit_reset(worker_t *w, const char *name, const char *key, size_t keylen)
 {
     pthread_once(&g_once, setup);
@@ -421,6 +522,7 @@ static void rl_worker_free(worker_t *w)
     rl_conn_t *rc = w->binding[BIND_RATELIMIT];
     if (!rc) return;
     conn_drop(rc);
+    cache_async_free(rc->as);
     free(rc);
     w->binding[BIND_RATELIMIT] = NULL;
 }

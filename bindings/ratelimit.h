@@ -69,6 +69,18 @@ void ratelimit_local_shutdown(void);
  * REDIS_URL is set and answers, else the in-process table. Never fails. */
 void ratelimit_check(struct worker *w, const char *name, const char *key, size_t keylen, const ratelimit_limit_t *lim,
                      int64_t cost, int peek, ratelimit_result_t *out);
+/* The same check from an HTTP thread, without waiting on Redis: 0 when answered now (out
+ * filled: no Redis, Redis in its back-off, or the in-process table), or 1 when the answer comes
+ * later as done(arg, result) from the loop (*wait is then the handle for ratelimit_wait_cancel).
+ * A Redis failure or a reply past RATE_LIMIT_TIMEOUT_MS is answered by the in-process table. */
+typedef struct ratelimit_wait ratelimit_wait_t;
+typedef void (*ratelimit_done_cb)(void *arg, const ratelimit_result_t *res);
+int ratelimit_check_async(struct worker *w, const char *name, const char *key, size_t keylen,
+                          const ratelimit_limit_t *lim, int64_t cost, ratelimit_result_t *out,
+                          ratelimit_done_cb done, void *arg, ratelimit_wait_t **wait);
+/* Forget a pending check: done is never called. */
+void ratelimit_wait_cancel(ratelimit_wait_t *wait);
+
 void ratelimit_reset(struct worker *w, const char *name, const char *key, size_t keylen);
 
 /* Count one rejection in rate_limit_rejections_total{name}. */
@@ -89,11 +101,17 @@ int ratelimit_trusted_load(const char *list, char *err, size_t errlen);
 /* Seconds for the headers: ceil, and at least 1 for Retry-After. */
 int64_t ratelimit_seconds(int64_t us);
 
-/* The route's limit, checked for r; key IP at phase 0 (before auth), key SUB at phase 1
- * (after auth: the token's subject, or the client IP for a caller without one). Returns 0
- * and fills *res when r may go on (res->limit 0 when nothing was checked), or -1 when a 429
- * has been queued. */
-int ratelimit_route(struct request *r, const ratelimit_rule_t *rule, int phase, struct ratelimit_result *res);
+/* The route's limit, checked for r on the loop (ratelimit_check_async); key IP at phase 0
+ * (before auth), key SUB at phase 1 (after auth: the token's subject, or the client IP for a
+ * caller without one). Returns 0 and fills *res when r may go on (res->limit 0 when nothing
+ * was checked), -1 when a 429 has been queued, or 1 when the answer comes later as
+ * done(arg, res) (*wait: the handle to cancel it; a refusal is then the caller's to send with
+ * ratelimit_refuse). */
+int ratelimit_route(struct request *r, const ratelimit_rule_t *rule, int phase, struct ratelimit_result *res,
+                    ratelimit_done_cb done, void *arg, ratelimit_wait_t **wait);
+
+/* Refuse r: its claims let go (no handler will run), a 429 queued (ratelimit_reject). */
+void ratelimit_refuse(struct request *r, const char *name, const ratelimit_result_t *res);
 
 /* Queue a 429 problem for res with Retry-After and RateLimit-* headers; counts it. */
 void ratelimit_reject(struct request *r, const char *name, const ratelimit_result_t *res);
@@ -102,9 +120,10 @@ void ratelimit_reject(struct request *r, const char *name, const ratelimit_resul
 struct MHD_Response;
 void ratelimit_add_headers(struct MHD_Response *resp, const ratelimit_result_t *res);
 
-/* The gateway's global per-IP limit (RATE_LIMIT_GLOBAL, default 1200/min, 0/off disables).
- * Returns 0 (go on, *res filled; res->limit 0 when off), or -1 when a 429 has been queued. */
-int ratelimit_gateway(struct request *r, ratelimit_result_t *res);
+/* The gateway's global per-client limit (RATE_LIMIT_GLOBAL), as ratelimit_route: 0 go on, -1
+ * 429 queued, 1 answer later through done (a refusal then sent by the caller, name "global"). */
+int ratelimit_gateway(struct request *r, ratelimit_result_t *res, ratelimit_done_cb done, void *arg,
+                      ratelimit_wait_t **wait);
 
 /* Check RATE_LIMIT_GLOBAL and TRUSTED_PROXIES at start-up: 0, or -1 after logging why. */
 int ratelimit_config_check(void);

@@ -272,19 +272,26 @@ static size_t sub_key(request_t *r, char *out, size_t outlen)
     return n;
 }
 
-int ratelimit_route(request_t *r, const ratelimit_rule_t *rule, int phase, ratelimit_result_t *res)
+void ratelimit_refuse(request_t *r, const char *name, const ratelimit_result_t *res)
 {
-    if (rule->key == RATELIMIT_KEY_NONE || (rule->key == RATELIMIT_KEY_IP) != (phase == 0)) return 0;
-    char key[320];
-    size_t n = rule->key == RATELIMIT_KEY_SUB ? sub_key(r, key, sizeof key) : 0;
-    if (!n) n = ip_key(r, key, sizeof key);
-    ratelimit_check(r->w, rule->name, key, n, &rule->limit, 1, 0, res);
-    if (res->allowed) return 0;
     if (r->claims_ref != LUA_NOREF && r->w->L) {   /* the handler will not run to release it */
         luaL_unref(r->w->L, LUA_REGISTRYINDEX, r->claims_ref);
         r->claims_ref = LUA_NOREF;
     }
-    ratelimit_reject(r, rule->name, res);
+    ratelimit_reject(r, name, res);
+}
+
+int ratelimit_route(request_t *r, const ratelimit_rule_t *rule, int phase, ratelimit_result_t *res,
+                    ratelimit_done_cb done, void *arg, ratelimit_wait_t **wait)
+{
+    *wait = NULL;
+    if (rule->key == RATELIMIT_KEY_NONE || (rule->key == RATELIMIT_KEY_IP) != (phase == 0)) return 0;
+    char key[320];
+    size_t n = rule->key == RATELIMIT_KEY_SUB ? sub_key(r, key, sizeof key) : 0;
+    if (!n) n = ip_key(r, key, sizeof key);
+    if (ratelimit_check_async(r->w, rule->name, key, n, &rule->limit, 1, res, done, arg, wait)) return 1;
+    if (res->allowed) return 0;
+    ratelimit_refuse(r, rule->name, res);
     return -1;
 }
 
@@ -317,14 +324,15 @@ int ratelimit_config_check(void)
     return 0;
 }
 
-int ratelimit_gateway(request_t *r, ratelimit_result_t *res)
+int ratelimit_gateway(request_t *r, ratelimit_result_t *res, ratelimit_done_cb done, void *arg, ratelimit_wait_t **wait)
 {
     pthread_once(&g_global_once, load_global);
+    *wait = NULL;
     res->limit = 0;
     if (g_global.count == 0) return 0;
     char key[80];
     size_t n = ip_key(r, key, sizeof key);
-    ratelimit_check(r->w, "global", key, n, &g_global, 1, 0, res);
+    if (ratelimit_check_async(r->w, "global", key, n, &g_global, 1, res, done, arg, wait)) return 1;
     if (res->allowed) return 0;
     ratelimit_reject(r, "global", res);
     return -1;

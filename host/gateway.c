@@ -590,22 +590,15 @@ static void forward_cancel(void *arg)
     httpc_call_free(arg);
 }
 
-void gateway_handle(request_t *r)
+/* Forward r to upstream `up` (its limit passed); from the access call or from the loop. */
+static void forward(request_t *r, int up)
 {
-    pthread_once(&g_once, load_config);
-    int up = gateway_route(r->uri, r->path_len);
-    if (up < 0) {
-        server_problem(r, 404, "Not Found", "No resource lives at this path.", NULL, NULL);
-        return;
-    }
-    /* The global per-client limit (CONTRACT §5), before any upstream work. */
-    if (ratelimit_gateway(r, &r->rl) != 0) return;   /* 429 queued */
     r->has_rl = r->rl.limit != 0;
-    if (g_origin[up].direct) { forward_direct(r, up); return; }
+    if (g_origin[up].direct) { forward_direct(r, up); goto out; }
 
     httpc_t *hc = worker_httpc(r->w);
     httpc_call_t *c = hc ? httpc_call_new(hc) : NULL;
-    if (!c) { server_problem(r, 503, "Service Unavailable", "out of memory", NULL, NULL); return; }
+    if (!c) { server_problem(r, 503, "Service Unavailable", "out of memory", NULL, NULL); goto out; }
     buf_t url;
     buf_init(&url);
     buf_add(&url, g_base[up], g_base_len[up]);
@@ -627,7 +620,47 @@ void gateway_handle(request_t *r)
     if (oom || httpc_call_start(c, forward_done, r) != 0) {
         httpc_call_free(c);
         server_problem(r, 503, "Service Unavailable", "out of memory", NULL, NULL);
-        return;
+        goto out;
     }
     server_park(r, forward_cancel, c);
+    return;
+out:
+    if (r->status && r->suspended == 1) server_unpark(r);   /* answered after a parked limit check */
+}
+
+static void limit_cancel(void *arg)
+{
+    ratelimit_wait_cancel(arg);
+}
+
+/* Redis answered the global limit (on the loop): refuse, or forward. */
+static void limit_done(void *arg, const ratelimit_result_t *res)
+{
+    request_t *r = arg;
+    r->wait_cancel = NULL;   /* the wait is over: its handle is freed by the limiter */
+    r->wait_arg = NULL;
+    r->rl = *res;
+    if (!res->allowed) {
+        ratelimit_refuse(r, "global", res);
+        server_unpark(r);
+        return;
+    }
+    forward(r, gateway_route(r->uri, r->path_len));
+}
+
+void gateway_handle(request_t *r)
+{
+    pthread_once(&g_once, load_config);
+    int up = gateway_route(r->uri, r->path_len);
+    if (up < 0) {
+        server_problem(r, 404, "Not Found", "No resource lives at this path.", NULL, NULL);
+        return;
+    }
+    /* The global per-client limit (CONTRACT §5), before any upstream work; held in Redis, it
+     * parks the request while Redis answers. */
+    ratelimit_wait_t *wait;
+    int rc = ratelimit_gateway(r, &r->rl, limit_done, r, &wait);
+    if (rc < 0) return;   /* 429 queued */
+    if (rc == 1) { server_park(r, limit_cancel, wait); return; }
+    forward(r, up);
 }

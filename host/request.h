@@ -52,6 +52,7 @@ typedef struct request {
     int retired;                /* its coroutine lives in the worker's previous generation */
     ratelimit_result_t rl;      /* the route's rate-limit answer, kept for a resumed response */
     int has_rl;
+    int step;                   /* server.c: how far the final call's checks have gone */
     struct db_conn *db;         /* the pooled connection lent to its open db.tx (bindings/db_pool.c) */
 } request_t;
 

@@ -384,6 +384,7 @@ void server_park(request_t *r, void (*cancel)(void *arg), void *arg)
 {
     r->wait_cancel = cancel;
     r->wait_arg = arg;
+    if (r->suspended == 1) return;   /* already parked (a rate-limit check came first) */
     MHD_suspend_connection(r->conn);
     r->suspended = 1;
     park_link(r->w, r);
@@ -459,6 +460,84 @@ static void dispatch_lua(request_t *r)
         r->claims_ref = LUA_NOREF;
     }
     lua_settop(L, 0);
+}
+
+/* ---- the route's checks, then its handler ---------------------------------------------- */
+
+/* A route's rate limit by client IP before the token is looked at (refusing cheaply), its
+ * auth, its rate limit by token subject after it (host-enforced, so no handler can forget
+ * it), then the handler. A limit held in Redis parks the request while Redis answers. */
+enum { STEP_LIMIT_IP, STEP_AUTH, STEP_LIMIT_SUB, STEP_HANDLER, STEP_DONE };
+
+static void proceed(request_t *r);
+static void match_route(request_t *r, char *allow, size_t allow_len);
+
+/* A parked request with an answer queued and no handler running: hand it back to MHD. */
+static void settle(request_t *r)
+{
+    if (r->suspended == 1 && !r->co) server_unpark(r);
+}
+
+static void limit_cancel(void *arg)
+{
+    ratelimit_wait_cancel(arg);
+}
+
+/* Redis answered a route's limit (on the loop): refuse, or go on where the checks were. */
+static void limit_done(void *arg, const ratelimit_result_t *res)
+{
+    request_t *r = arg;
+    r->wait_cancel = NULL;   /* the wait is over: its handle is freed by the limiter */
+    r->wait_arg = NULL;
+    r->rl = *res;
+    worker_t *w = r->w;
+    if (r->generation != w->generation) {
+        /* A reload while Redis answered: the route table changed under the request. Its
+         * claims (if any) belong to a state that may be gone; go round again from the top. */
+        r->claims_ref = LUA_NOREF;
+        match_route(r, NULL, 0);
+        if (r->route < 0) {
+            server_problem(r, 503, "Service Unavailable", "The service was reloaded; try again.", "Retry-After", "1");
+            settle(r);
+            return;
+        }
+        r->step = STEP_LIMIT_IP;
+    } else if (!res->allowed) {
+        ratelimit_refuse(r, w->snap->routes[r->route].rate_limit.name, res);
+        settle(r);
+        return;
+    }
+    proceed(r);
+}
+
+/* Run r's remaining steps until one answers, parks, or the handler has run. Called from the
+ * final access call, and again from the loop when a parked check is answered. */
+static void proceed(request_t *r)
+{
+    worker_t *w = r->w;
+    const route_info_t *ri = &w->snap->routes[r->route];
+    while (r->step != STEP_DONE) {
+        int step = r->step++;
+        if (step == STEP_LIMIT_IP || step == STEP_LIMIT_SUB) {
+            /* The check's result stays on the request: the response (maybe after a parked
+             * wait) carries its RateLimit-* headers. */
+            if (!ri->rate_limit.key) continue;
+            ratelimit_wait_t *wait;
+            int rc = ratelimit_route(r, &ri->rate_limit, step == STEP_LIMIT_SUB, &r->rl, limit_done, r, &wait);
+            if (rc == 1) { server_park(r, limit_cancel, wait); return; }
+            if (rc < 0) break;   /* 429 queued */
+        } else if (step == STEP_AUTH) {
+            if (auth_check(r, ri) != 0) break;   /* answered 401/403 */
+        } else {
+            r->has_rl = r->rl.limit != 0;
+            dispatch_lua(r);
+            if (!r->status && !r->suspended) server_problem(r, 500, "Internal Server Error", "No response was produced.", NULL, NULL);
+            if (r->co) return;   /* parked in its handler: run_coroutine resumes the connection */
+            break;
+        }
+    }
+    r->step = STEP_DONE;
+    settle(r);
 }
 
 /* ---- MHD callbacks --------------------------------------------------------------------- */
@@ -600,17 +679,8 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
         server_problem(r, 405, "Method Not Allowed", "This resource does not answer this method.", "Allow", allow);
         return MHD_YES;
     }
-    /* A route's rate limit: by client IP before the token is looked at (refusing cheaply),
-     * by token subject after it (host-enforced, so no handler can forget it). */
-    const route_info_t *ri = &w->snap->routes[r->route];
-    /* The check's result stays on the request: the response (maybe after a parked wait)
-     * carries its RateLimit-* headers. */
-    if (ri->rate_limit.key && ratelimit_route(r, &ri->rate_limit, 0, &r->rl) != 0) return MHD_YES;   /* 429 */
-    if (auth_check(r, ri) != 0) return MHD_YES;   /* answered 401/403 */
-    if (ri->rate_limit.key && ratelimit_route(r, &ri->rate_limit, 1, &r->rl) != 0) return MHD_YES;   /* 429 */
-    r->has_rl = r->rl.limit != 0;
-    dispatch_lua(r);
-    if (!r->status && !r->suspended) server_problem(r, 500, "Internal Server Error", "No response was produced.", NULL, NULL);
+    r->step = STEP_LIMIT_IP;
+    proceed(r);
     return MHD_YES;
 }
 
