@@ -22,6 +22,7 @@
 #include "../host/config.h"
 #include "../host/log.h"
 #include "../host/metrics.h"
+#include "../host/request.h"
 #include "../host/worker.h"
 #include "cache.h"
 #include "ratelimit.h"
@@ -269,6 +270,7 @@ struct ratelimit_wait {
     void *arg;
     ratelimit_limit_t lim;
     int64_t cost;
+    int peek;
     size_t keylen;
     char name[RATELIMIT_NAME_MAX];
     char key[];              /* for the in-process answer when Redis fails */
@@ -304,7 +306,7 @@ static void on_async_reply(void *arg, const redisReply *reply, const char *err, 
     } else {
         redis_failed(reply ? why : err);
         memset(&res, 0, sizeof res);
-        ratelimit_local_check(wt->name, wt->key, wt->keylen, &wt->lim, wt->cost, 0, now_us(), &res);
+        ratelimit_local_check(wt->name, wt->key, wt->keylen, &wt->lim, wt->cost, wt->peek, now_us(), &res);
     }
     ratelimit_done_cb done = wt->done;
     void *darg = wt->arg;
@@ -313,7 +315,7 @@ static void on_async_reply(void *arg, const redisReply *reply, const char *err, 
 }
 
 int ratelimit_check_async(worker_t *w, const char *name, const char *key, size_t keylen, const ratelimit_limit_t *lim,
-                          int64_t cost, ratelimit_result_t *out, ratelimit_done_cb done, void *arg,
+                          int64_t cost, int peek, ratelimit_result_t *out, ratelimit_done_cb done, void *arg,
                           ratelimit_wait_t **wait)
 {
     pthread_once(&g_once, setup);
@@ -329,7 +331,7 @@ int ratelimit_check_async(worker_t *w, const char *name, const char *key, size_t
             int64_t t = lim->period_us / lim->count;
             if (t < 1) t = 1;
             char a1[24], a2[24], a3[24];
-            const char *argv[8] = { "EVALSHA", g_sha, "1", rkey, a1, a2, a3, "0" };
+            const char *argv[8] = { "EVALSHA", g_sha, "1", rkey, a1, a2, a3, peek ? "1" : "0" };
             size_t len[8] = { 7, 40, 1, rklen, 0, 0, 0, 1 };
             len[4] = (size_t)snprintf(a1, sizeof a1, "%lld", (long long)t);
             len[5] = (size_t)snprintf(a2, sizeof a2, "%lld", (long long)t * lim->burst);
@@ -339,6 +341,7 @@ int ratelimit_check_async(worker_t *w, const char *name, const char *key, size_t
             wt->arg = arg;
             wt->lim = *lim;
             wt->cost = cost;
+            wt->peek = peek;
             snprintf(wt->name, sizeof wt->name, "%s", name);
             memcpy(wt->key, key, keylen);
             wt->key[keylen] = 0;
@@ -350,7 +353,7 @@ int ratelimit_check_async(worker_t *w, const char *name, const char *key, size_t
             redis_failed(err);
         }
     }
-    ratelimit_local_check(name, key, keylen, lim, cost, 0, now_us(), out);
+    ratelimit_local_check(name, key, keylen, lim, cost, peek, now_us(), out);
     return 0;
 }
 
@@ -438,6 +441,21 @@ static void push_info(lua_State *L, const ratelimit_result_t *res)
 
 /* ratelimit.check(name, key, limit, { cost = 1, peek = false }) → allowed, info. With peek the
  * answer is the one a real check would give, and nothing is stored. */
+/* A parked handler's check is answered (on the loop): its two results onto the coroutine. */
+static void lua_check_done(void *arg, const ratelimit_result_t *res)
+{
+    request_t *r = arg;
+    lua_checkstack(r->co, 4);
+    lua_pushboolean(r->co, res->allowed);
+    push_info(r->co, res);
+    worker_wake(r, 2);
+}
+
+static void lua_check_cancel(void *arg)
+{
+    ratelimit_wait_cancel(arg);
+}
+
 static int l_check(lua_State *L)
 {
     const char *name = check_name(L, "check");
@@ -464,7 +482,13 @@ static int l_check(lua_State *L)
     }
     worker_t *w = upworker(L, "check");
     ratelimit_result_t res;
-    ratelimit_check(w, name, key, keylen, &lim, (int64_t)cost, peek, &res);
+    if (worker_can_yield(L)) {   /* a handler: park it while Redis answers */
+        ratelimit_wait_t *wait;
+        if (ratelimit_check_async(w, name, key, keylen, &lim, (int64_t)cost, peek, &res, lua_check_done, w->cur, &wait))
+            return worker_wait(L, lua_check_cancel, wait);
+    } else {
+        ratelimit_check(w, name, key, keylen, &lim, (int64_t)cost, peek, &res);
+    }
     if (lim.count == 0) { res.limit = 0; res.remaining = 0; }
     lua_pushboolean(L, res.allowed);
     push_info(L, &res);

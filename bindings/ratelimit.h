@@ -76,7 +76,7 @@ void ratelimit_check(struct worker *w, const char *name, const char *key, size_t
 typedef struct ratelimit_wait ratelimit_wait_t;
 typedef void (*ratelimit_done_cb)(void *arg, const ratelimit_result_t *res);
 int ratelimit_check_async(struct worker *w, const char *name, const char *key, size_t keylen,
-                          const ratelimit_limit_t *lim, int64_t cost, ratelimit_result_t *out,
+                          const ratelimit_limit_t *lim, int64_t cost, int peek, ratelimit_result_t *out,
                           ratelimit_done_cb done, void *arg, ratelimit_wait_t **wait);
 /* Forget a pending check: done is never called. */
 void ratelimit_wait_cancel(ratelimit_wait_t *wait);
