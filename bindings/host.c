@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "../host/loop.h"
+#include "../host/request.h"
 #include "../host/snapshot.h"
 #include "../host/worker.h"
 
@@ -42,11 +44,45 @@ static int l_now(lua_State *L)
     return 1;
 }
 
-/* host.sleep(seconds): block this thread (runners pacing themselves; never in a handler). */
+/* A handler's nap: its request and the loop timer that ends it (freed when either happens). */
+typedef struct {
+    request_t *r;
+    loop_timer_t *timer;
+} nap_t;
+
+static void nap_done(loop_t *loop, void *arg)
+{
+    nap_t *nap = arg;
+    request_t *r = nap->r;
+    (void)loop;
+    free(nap);   /* the loop frees the timer */
+    worker_wake(r, 0);
+}
+
+/* The request went away during its nap. */
+static void nap_cancel(void *arg)
+{
+    nap_t *nap = arg;
+    loop_timer_cancel(nap->r->w->loop, nap->timer);
+    free(nap);
+}
+
+/* host.sleep(seconds): in a handler, park it on a loop timer (its thread serves others, as
+ * ngx.sleep); elsewhere (runners pacing themselves, `mercato lua`) block the thread. */
 static int l_sleep(lua_State *L)
 {
     lua_Number s = luaL_checknumber(L, 1);
-    if (s < 0 || s > 3600) return luaL_argerror(L, 1, "expecting 0 to 3600 seconds");
+    if (!(s >= 0 && s <= 3600)) return luaL_argerror(L, 1, "expecting 0 to 3600 seconds");
+    if (worker_can_yield(L)) {
+        worker_t *w = worker_from_lua(L);
+        nap_t *nap = malloc(sizeof *nap);
+        if (nap) {
+            nap->r = w->cur;
+            nap->timer = loop_timer_add(w->loop, (uint64_t)(s * 1000 + 0.5), nap_done, nap);
+            if (nap->timer) return worker_wait(L, nap_cancel, nap);
+            free(nap);
+        }
+    }
     struct timespec ts = { .tv_sec = (time_t)s, .tv_nsec = (long)((s - (lua_Number)(time_t)s) * 1e9) };
     while (nanosleep(&ts, &ts) != 0) {}
     return 0;

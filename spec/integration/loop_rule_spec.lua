@@ -87,6 +87,22 @@ describe("an upstream that never answers", function()
     assert.is_true(p99 < 50 and max < 500, ("p99 %.1f ms, slowest %.1f ms"):format(p99, max))
   end)
 
+  it("holds up no other request on the thread of a handler in host.sleep", function()
+    local t0 = host.now()
+    local socks = send_and_leave(product.port, 4, "GET", "/products/nap?s=1")
+    local statuses, p99, max = timed_gets(product.url .. "/products/p-", 100)
+    print(("# 100 GETs: p99 %.1f ms, slowest %.1f ms"):format(p99, max))
+    assert.same({ [200] = 100 }, statuses)
+    assert.is_true(p99 < 50 and max < 500, ("p99 %.1f ms, slowest %.1f ms"):format(p99, max))
+    for _, s in ipairs(socks) do
+      s:settimeout(5)
+      assert.equal("HTTP/1.1 200 OK", s:receive("*l"))
+      s:close()
+    end
+    local took = host.now() - t0
+    assert.is_true(took >= 0.95 and took < 2, "the naps ended after " .. took .. " s")
+  end)
+
   it("answers the callers 504 at the gateway's deadline and keeps serving", function()
     local gw = h.start({ SERVICE = "gateway", WORKERS = 1, GATEWAY_TIMEOUT_MS = 300,
                          PRODUCT_SERVICE_URL = product.url, ORDER_SERVICE_URL = hole_url }, dir)
