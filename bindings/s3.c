@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <lauxlib.h>
 #include <openssl/evp.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -293,8 +294,11 @@ static void type_path(const char *path, char *out, size_t cap)
 
 static int write_file(const char *path, const char *data, size_t len)
 {
+    /* A temporary name of this write's own (process, thread, sequence): two threads putting
+     * one key must never write into one file; the rename makes the last one win whole. */
+    static _Atomic unsigned g_seq;
     char tmp[1200];
-    snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
+    snprintf(tmp, sizeof tmp, "%s.%d.%ld.%u.tmp", path, (int)getpid(), (long)gettid(), atomic_fetch_add(&g_seq, 1));
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return -1;
     size_t off = 0;

@@ -7,6 +7,7 @@
 #include <lualib.h>
 #include <microhttpd.h>
 #include <openssl/hmac.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -221,6 +222,49 @@ TEST(the_disk_store_round_trips_and_misuse_raises)
     CHECK(system(cmd) == 0);
 }
 
+/* Two threads writing one key: each write lands whole (a temporary file of its own), none fails. */
+typedef struct { const char *dir; char fill; int failures; } writer_t;
+
+static void *write_many(void *arg)
+{
+    writer_t *wr = arg;
+    s3_config_t cfg = { 0 };
+    snprintf(cfg.blob_dir, sizeof cfg.blob_dir, "%s", wr->dir);
+    char body[4096];
+    memset(body, wr->fill, sizeof body);
+    for (int i = 0; i < 300; i++) {
+        s3_result_t res;
+        if (s3_disk_call(&cfg, "PUT", "products/same/key.png", body, sizeof body, "image/png", &res) != 0) wr->failures++;
+        buf_free(&res.body);
+    }
+    return NULL;
+}
+
+TEST(two_threads_putting_one_key_on_disk_never_share_a_temporary_file)
+{
+    char dir[] = "/tmp/mercato-s3-race.XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    writer_t a = { dir, 'a', 0 }, b = { dir, 'b', 0 };
+    pthread_t ta, tb;
+    pthread_create(&ta, NULL, write_many, &a);
+    pthread_create(&tb, NULL, write_many, &b);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    CHECK_INT(a.failures + b.failures, 0);
+    s3_config_t cfg = { 0 };
+    snprintf(cfg.blob_dir, sizeof cfg.blob_dir, "%s", dir);
+    s3_result_t res;
+    CHECK(s3_disk_call(&cfg, "GET", "products/same/key.png", NULL, 0, NULL, &res) == 0);
+    CHECK_INT(res.body.len, 4096);
+    int whole = res.body.len == 4096;
+    for (size_t i = 1; whole && i < res.body.len; i++) whole = res.body.data[i] == res.body.data[0];
+    CHECK(whole);
+    buf_free(&res.body);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+}
+
 TEST(an_unreachable_store_returns_unavailable_with_no_status)
 {
     setenv("S3_BUCKET", "b", 1);
@@ -252,6 +296,7 @@ int main(void)
     RUN(keys_never_leave_their_directory);
     RUN(urls_are_path_style_for_custom_endpoints_and_local_for_disk);
     RUN(the_disk_store_round_trips_and_misuse_raises);
+    RUN(two_threads_putting_one_key_on_disk_never_share_a_temporary_file);
     RUN(an_unreachable_store_returns_unavailable_with_no_status);
     MHD_stop_daemon(d);
     curl_global_cleanup();
