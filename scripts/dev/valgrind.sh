@@ -48,25 +48,66 @@ kill -TERM "$pid"
 wait "$pid"
 rc=$?
 
-echo "# $n requests served; valgrind log: $log"
-if [ "$rc" -eq 0 ]; then
-    echo "ok 1 - start/serve/stop exits 0 under valgrind"
-else
-    echo "not ok 1 - start/serve/stop exited $rc under valgrind"
-fi
-if grep -q "All heap blocks were freed" "$log" ||
-    { grep -q "definitely lost: 0 bytes" "$log" && grep -q "indirectly lost: 0 bytes" "$log"; }; then
-    echo "ok 2 - no memory definitely lost"
-else
-    echo "not ok 2 - memory definitely lost"
-    grep -A30 "definitely lost in" "$log" | head -60 | sed 's/^/# /'
-fi
-if grep -q "ERROR SUMMARY: 0 errors" "$log"; then
-    echo "ok 3 - no memory errors"
-else
-    echo "not ok 3 - valgrind reported errors"
-    grep -B2 -A20 "Invalid\|uninitialised\|indirectly lost in" "$log" | head -60 | sed 's/^/# /'
-fi
-echo "1..3"
-[ "$rc" -eq 0 ] && rm -rf "$dir"
+# The same for a gateway in front of a product fixture, both under valgrind: forwards (a named
+# upstream, a large answer, a body), a 502, a 504, and handlers parked on outbound HTTP and on
+# host.sleep.
+gport=$((port + 1)) uport=$((port + 2)) closed=$((port + 3))
+SERVICE=product SCRIPTS_DIR=spec/fixtures/gateway/scripts PORT=$uport LISTEN_ADDR=127.0.0.1 WORKERS=2 \
+    FIXTURE_STATE_DIR=$dir valgrind --leak-check=full --show-leak-kinds=definite,indirect \
+    --errors-for-leak-kinds=definite,indirect --error-exitcode=9 --log-file="$dir/upstream.log" "$bin" \
+    >"$dir/upstream.out" 2>&1 &
+upid=$!
+SERVICE=gateway PORT=$gport LISTEN_ADDR=127.0.0.1 WORKERS=2 GATEWAY_TIMEOUT_MS=1500 \
+    PRODUCT_SERVICE_URL=http://localhost:$uport ORDER_SERVICE_URL=http://127.0.0.1:$closed \
+    valgrind --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
+    --error-exitcode=9 --log-file="$dir/gateway.log" "$bin" >"$dir/gateway.out" 2>&1 &
+gpid=$!
+for _ in $(seq 1 300); do
+    curl -s -o /dev/null "http://127.0.0.1:$gport/products/ready" && curl -s -o /dev/null "http://127.0.0.1:$uport/health" && break
+    sleep 0.1
+done
+port=$gport
+hit '/products/x?y=1'
+hit '/products/big?n=200000'
+hit '/products/raw' -X POST --data-binary "@$dir/big"
+hit '/orders'
+hit '/products/slow?s=2'
+hit '/products/nap?s=0.2'
+hit '/products/relay' -X POST -d "{\"url\":\"http://127.0.0.1:$gport/health\"}"
+hit '/products/relay' -X POST -d "{\"url\":\"http://127.0.0.1:$closed/\"}"
+kill -TERM "$gpid"
+wait "$gpid"
+grc=$?
+kill -TERM "$upid"
+wait "$upid"
+urc=$?
+
+echo "# $n requests served; valgrind logs: $log, $dir/gateway.log, $dir/upstream.log"
+t=0
+check() {   # check NAME RC LOG
+    local name=$1 rc=$2 vlog=$3
+    t=$((t + 1))
+    if [ "$rc" -eq 0 ]; then echo "ok $t - $name: start/serve/stop exits 0 under valgrind"
+    else echo "not ok $t - $name: start/serve/stop exited $rc under valgrind"; fi
+    t=$((t + 1))
+    if grep -q "All heap blocks were freed" "$vlog" ||
+        { grep -q "definitely lost: 0 bytes" "$vlog" && grep -q "indirectly lost: 0 bytes" "$vlog"; }; then
+        echo "ok $t - $name: no memory definitely lost"
+    else
+        echo "not ok $t - $name: memory definitely lost"
+        grep -A30 "definitely lost in" "$vlog" | head -60 | sed 's/^/# /'
+    fi
+    t=$((t + 1))
+    if grep -q "ERROR SUMMARY: 0 errors" "$vlog"; then
+        echo "ok $t - $name: no memory errors"
+    else
+        echo "not ok $t - $name: valgrind reported errors"
+        grep -B2 -A20 "Invalid\|uninitialised\|indirectly lost in" "$vlog" | head -60 | sed 's/^/# /'
+    fi
+}
+check "a service" "$rc" "$log"
+check "the gateway" "$grc" "$dir/gateway.log"
+check "a service calling out" "$urc" "$dir/upstream.log"
+echo "1..$t"
+[ "$rc" -eq 0 ] && [ "$grc" -eq 0 ] && [ "$urc" -eq 0 ] && rm -rf "$dir"
 exit 0
