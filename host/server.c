@@ -353,6 +353,7 @@ static void run_coroutine(request_t *r, int nargs)
         if (retired) worker_swap_retired(w);
         return;
     }
+    worker_cancel_wait(r);   /* a wait it registered but never parked on (a raised yield) */
     lua_settop(L, 0);
     if (rc == LUA_YIELD) {
         handler_failed(r, "handler yielded outside an I/O binding", "coroutine.yield across the handler");
