@@ -322,15 +322,28 @@ static void release_coroutine(request_t *r, int reusable)
     }
 }
 
+/* The error object at 1 as text: itself, its __tostring, or its type. Run under lua_pcall:
+ * a __tostring may raise. */
+static int error_text(lua_State *L)
+{
+    if (lua_type(L, 1) == LUA_TSTRING) return 1;
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
+    lua_pushfstring(L, "error object: %s", luaL_typename(L, 1));
+    return 1;
+}
+
 /* The message and traceback of a coroutine that raised, pushed onto L (the coroutine is dead:
  * nothing is called on it, its error object is moved out first). */
 static void push_coroutine_error(lua_State *L, lua_State *co)
 {
+    lua_pushcfunction(L, error_text);
     lua_xmove(co, L, 1);
     const char *type = luaL_typename(L, -1);
-    int text = lua_type(L, -1) == LUA_TSTRING || (luaL_callmeta(L, -1, "__tostring") && lua_type(L, -1) == LUA_TSTRING);
-    const char *msg = text ? lua_tostring(L, -1) : lua_pushfstring(L, "error object: %s", type);
-    luaL_traceback(L, co, msg, 0);
+    if (lua_pcall(L, 1, 1, 0) != 0) {
+        lua_pop(L, 1);
+        lua_pushfstring(L, "error object: %s (its __tostring raised)", type);
+    }
+    luaL_traceback(L, co, lua_tostring(L, -1), 0);
 }
 
 /* Run r's handler coroutine with nargs values on its stack until it ends or parks. Ended: the
