@@ -63,4 +63,7 @@ uint64_t request_now_ns(void);
  * the decoded length. Invalid escapes are kept as they are. */
 size_t request_unescape(char *dst, const char *src, size_t len, int plus_space);
 
+/* 1 if src[0, len) is UTF-8 once percent-decoded (as request_unescape decodes), else 0. */
+int request_text_valid(const char *src, size_t len);
+
 #endif

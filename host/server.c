@@ -29,6 +29,7 @@
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "utf8.h"
 #include "worker.h"
 
 /* Route values besides router indexes and ROUTER_NOT_FOUND / ROUTER_METHOD_NOT_ALLOWED. */
@@ -89,6 +90,35 @@ size_t request_unescape(char *dst, const char *src, size_t len, int plus_space)
     }
     dst[o] = 0;
     return o;
+}
+
+int request_text_valid(const char *src, size_t len)
+{
+    unsigned char seq[4];
+    size_t have = 0, need = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)src[i];
+        if (c == '%' && i + 2 < len) {
+            int hi = (unsigned char)src[i + 1], lo = (unsigned char)src[i + 2];
+            int h = (hi >= '0' && hi <= '9') ? hi - '0' : (hi | 32) >= 'a' && (hi | 32) <= 'f' ? (hi | 32) - 'a' + 10 : -1;
+            int l = (lo >= '0' && lo <= '9') ? lo - '0' : (lo | 32) >= 'a' && (lo | 32) <= 'f' ? (lo | 32) - 'a' + 10 : -1;
+            if (h >= 0 && l >= 0) {
+                c = (unsigned char)(h * 16 + l);
+                i += 2;
+            }
+        }
+        if (!have) {
+            if (c < 0x80) continue;
+            need = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+            if (!need) return 0;
+        }
+        seq[have++] = c;
+        if (have == need) {
+            if (utf8_seq(seq, need) != need) return 0;
+            have = 0;
+        }
+    }
+    return have == 0;
 }
 
 /* ---- responses ------------------------------------------------------------------------- */
@@ -691,6 +721,16 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
         char allow[128];
         match_route(r, allow, sizeof allow);
         server_problem(r, 405, "Method Not Allowed", "This resource does not answer this method.", "Allow", allow);
+        return MHD_YES;
+    }
+    /* Client text reaches handlers as UTF-8 only: a path that is not is no resource here, a
+     * query string that is not a bad request (the handler never sees either). */
+    if (!request_text_valid(r->uri, r->path_len)) {
+        server_problem(r, 404, "Not Found", "No resource lives at this path.", NULL, NULL);
+        return MHD_YES;
+    }
+    if (r->query && !request_text_valid(r->query, strlen(r->query))) {
+        server_problem(r, 400, "Bad Request", "The query string is not valid UTF-8 once percent-decoded.", NULL, NULL);
         return MHD_YES;
     }
     r->step = STEP_LIMIT_IP;
