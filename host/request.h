@@ -26,11 +26,11 @@ typedef struct request {
     router_match_t match;
     size_t max_body;
     char *body;                 /* owned, NUL-terminated; its bytes count against BODY_BUFFER_BUDGET
-                                 * (grown by limits_body_append, freed by limits_body_drop) */
+                                 * (grown by quota_body_append, freed by quota_body_drop) */
     size_t body_len, body_cap;
     int body_too_large;
     int body_over_budget;       /* BODY_BUFFER_BUDGET was full: the body is dropped, 503 at the end */
-    struct loop_timer *read_timer;        /* REQUEST_READ_TIMEOUT_MS until the request is in (limits.c) */
+    struct loop_timer *read_timer;        /* REQUEST_READ_TIMEOUT_MS until the request is in (quota.c) */
     int started;                /* the first access-handler call is past */
     int status;                 /* status queued, 0 until then */
     size_t resp_bytes;

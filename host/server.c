@@ -26,7 +26,7 @@
 #include "auth.h"
 #include "bindings.h"
 #include "gateway.h"
-#include "limits.h"
+#include "quota.h"
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
@@ -615,7 +615,7 @@ static void *uri_cb(void *cls, const char *uri, struct MHD_Connection *conn)
     r->start_ns = request_now_ns();
     r->claims_ref = LUA_NOREF;
     r->conn = conn;
-    limits_read_start(r);   /* headers and body must follow within REQUEST_READ_TIMEOUT_MS */
+    quota_read_start(r);   /* headers and body must follow within REQUEST_READ_TIMEOUT_MS */
     t->inflight++;
     metrics_shard_add_inflight(t->w->metrics, 1);
     return r;
@@ -679,20 +679,20 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
             /* MHD 0.9.75 cannot queue a response mid-upload: drop what came, discard the
              * rest as it arrives, answer 413 at the end (REQUEST_READ_TIMEOUT_MS bounds it). */
             r->body_too_large = 1;
-            limits_body_drop(r);
+            quota_body_drop(r);
             return MHD_YES;
         }
-        int rc = limits_body_append(r, upload_data, n);
+        int rc = quota_body_append(r, upload_data, n);
         if (rc == -2) return MHD_NO;
         if (rc == -1) {   /* the process buffers all it may: the same, answered 503 */
             r->body_over_budget = 1;
-            limits_body_drop(r);
+            quota_body_drop(r);
         }
         return MHD_YES;
     }
 
     /* Final call: the whole request is here. */
-    limits_read_done(r);
+    quota_read_done(r);
     if (r->status) return MHD_YES;   /* already answered (413 by Content-Length) */
     if (r->body_too_large) {
         server_problem(r, 413, "Content Too Large", "The request body is larger than this endpoint accepts.", NULL, NULL);
@@ -852,8 +852,8 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     metrics_shard_add_inflight(t->w->metrics, -1);
     t->inflight--;
-    limits_read_done(r);
-    limits_body_drop(r);
+    quota_read_done(r);
+    quota_body_drop(r);
     free(r->uri);
     free(r);
 }
@@ -899,10 +899,10 @@ static void *http_thread_main(void *arg)
     t->w = worker_new(t->index, "http", s->cfg, NULL, t->err, sizeof t->err);
     if (!t->w) { report_started(t, -1); return NULL; }
     unsigned flags = MHD_USE_EPOLL | MHD_USE_TURBO | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;   /* parked handlers, forwards */
-    t->daemon = MHD_start_daemon(flags, 0, limits_accept, NULL, access_cb, t,
+    t->daemon = MHD_start_daemon(flags, 0, quota_accept, NULL, access_cb, t,
                                  MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
-                                 MHD_OPTION_NOTIFY_CONNECTION, limits_connection, NULL,
-                                 MHD_OPTION_CONNECTION_LIMIT, limits_max_connections(),   /* process-wide in limits.c */
+                                 MHD_OPTION_NOTIFY_CONNECTION, quota_connection, NULL,
+                                 MHD_OPTION_CONNECTION_LIMIT, quota_max_connections(),   /* process-wide in quota.c */
                                  MHD_OPTION_LISTEN_SOCKET, t->listen_fd,
                                  MHD_OPTION_STRICT_FOR_CLIENT, (int)1,   /* HTTP/1.1 without Host → 400 */
                                  MHD_OPTION_URI_LOG_CALLBACK, uri_cb, t,
@@ -998,7 +998,7 @@ server_t *server_start(const config_t *cfg, char *err, size_t errlen)
     server_t *s = calloc(1, sizeof *s);
     if (!s) { snprintf(err, errlen, "out of memory"); return NULL; }
     s->cfg = cfg;
-    limits_init(cfg);
+    quota_init(cfg);
     g_handler_errors = metrics_counter0("lua_handler_errors_total", "Handlers that raised an error or returned an invalid response.");
     static const char *const builtin_paths[] = { "/health", "/ready", "/metrics", "/openapi.json" };
     for (int i = 0; i < 4; i++) g_builtin_slot[i] = metrics_route_slot("GET", builtin_paths[i]);

@@ -44,7 +44,7 @@ TEST(defaults_follow_the_contract)
     CHECK_INT(c.max_body, 1024 * 1024);
     CHECK(c.workers >= 1);
     CHECK_INT(c.log_level, LOG_INFO);
-    CHECK_INT(c.max_connections, 0);   /* 0: limits.c's default, fitted to the open-file limit */
+    CHECK_INT(c.max_connections, 0);   /* 0: quota.c's default, fitted to the open-file limit */
     CHECK_INT(c.max_connections_per_ip, 256);
     CHECK_INT(c.body_buffer_budget, 128 * 1024 * 1024);
     CHECK_INT(c.request_read_timeout_ms, 60000);

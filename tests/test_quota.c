@@ -1,8 +1,8 @@
-/* test_limits: the per-IP connection table (open addressing, removal without tombstones). */
+/* test_quota: the per-IP connection table (open addressing, removal without tombstones). */
 #include <stdlib.h>
 #include <string.h>
 
-#include "limits.h"
+#include "quota.h"
 #include "test.h"
 
 static void key_of(int i, unsigned char key[9])
@@ -18,7 +18,7 @@ TEST(counts_follow_a_model_through_inserts_and_removals)
 {
     /* 20 connections at most: a 64-slot table, so probe runs collide and wrap. */
     config_t cfg = { .max_connections = 20, .max_connections_per_ip = 3 };
-    limits_init(&cfg);
+    quota_init(&cfg);
     unsigned model[40] = { 0 };
     unsigned live = 0;
     srand(7);
@@ -26,13 +26,13 @@ TEST(counts_follow_a_model_through_inserts_and_removals)
         int i = rand() % 40;
         unsigned char key[9];
         key_of(i, key);
-        if ((rand() & 1) && live < 20) { limits_ip_add(key, 1); model[i]++; live++; }
-        else if (model[i]) { limits_ip_add(key, -1); model[i]--; live--; }
+        if ((rand() & 1) && live < 20) { quota_ip_add(key, 1); model[i]++; live++; }
+        else if (model[i]) { quota_ip_add(key, -1); model[i]--; live--; }
         if (step % 997 == 0) {
             for (int k = 0; k < 40; k++) {
                 key_of(k, key);
-                if (limits_ip_count(key) != model[k]) {
-                    CHECK_INT(limits_ip_count(key), model[k]);
+                if (quota_ip_count(key) != model[k]) {
+                    CHECK_INT(quota_ip_count(key), model[k]);
                     return;
                 }
             }
@@ -41,8 +41,8 @@ TEST(counts_follow_a_model_through_inserts_and_removals)
     for (int k = 0; k < 40; k++) {
         unsigned char key[9];
         key_of(k, key);
-        while (model[k]) { limits_ip_add(key, -1); model[k]--; }
-        CHECK_INT(limits_ip_count(key), 0);
+        while (model[k]) { quota_ip_add(key, -1); model[k]--; }
+        CHECK_INT(quota_ip_count(key), 0);
     }
 }
 
@@ -51,12 +51,12 @@ TEST(a_removal_of_an_absent_key_changes_nothing)
     unsigned char a[9], b[9];
     key_of(1, a);
     key_of(2, b);
-    limits_ip_add(a, 1);
-    limits_ip_add(b, -1);
-    CHECK_INT(limits_ip_count(a), 1);
-    CHECK_INT(limits_ip_count(b), 0);
-    limits_ip_add(a, -1);
-    CHECK_INT(limits_ip_count(a), 0);
+    quota_ip_add(a, 1);
+    quota_ip_add(b, -1);
+    CHECK_INT(quota_ip_count(a), 1);
+    CHECK_INT(quota_ip_count(b), 0);
+    quota_ip_add(a, -1);
+    CHECK_INT(quota_ip_count(a), 0);
 }
 
 int main(void)

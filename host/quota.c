@@ -1,11 +1,11 @@
-/* limits: what clients may hold of the process — connections in all and per client IP,
+/* quota: what clients may hold of the process — connections in all and per client IP,
  * buffered request-body bytes, and how long a request may take to arrive.
  *
  * Every HTTP thread runs its own daemon, so MHD's own limits (per daemon) cannot say "the
  * process": the counts here are shared — atomics, and one mutex around the per-IP table, taken
  * once when a connection opens and once when it closes. A connection past a limit is closed at
  * accept (MHD's accept policy), before it costs a memory pool. */
-#include "limits.h"
+#include "quota.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -48,7 +48,7 @@ static struct {
 
 /* ---- set-up -------------------------------------------------------------------------------- */
 
-long limits_raise_nofile(void)
+long quota_raise_nofile(void)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 1024;
@@ -59,9 +59,9 @@ long limits_raise_nofile(void)
     return rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (rlim_t)1 << 30 ? 1L << 30 : (long)rl.rlim_cur;
 }
 
-void limits_init(const config_t *cfg)
+void quota_init(const config_t *cfg)
 {
-    long nofile = limits_raise_nofile();
+    long nofile = quota_raise_nofile();
     long fit = nofile - FD_RESERVE > 64 ? nofile - FD_RESERVE : 64;
     long max = cfg->max_connections ? cfg->max_connections : DEFAULT_MAX_CONNECTIONS;
     if (max > fit) {
@@ -97,7 +97,7 @@ void limits_init(const config_t *cfg)
     g.refused_ip = f ? metrics_cell(f, per_ip) : NULL;
 }
 
-unsigned limits_max_connections(void) { return g.max_conns ? g.max_conns : DEFAULT_MAX_CONNECTIONS; }
+unsigned quota_max_connections(void) { return g.max_conns ? g.max_conns : DEFAULT_MAX_CONNECTIONS; }
 
 /* ---- connections --------------------------------------------------------------------------- */
 
@@ -171,7 +171,7 @@ static void ip_remove(size_t i)
     }
 }
 
-unsigned limits_ip_count(const unsigned char key[9])
+unsigned quota_ip_count(const unsigned char key[9])
 {
     uint64_t h = ip_hash(key);
     pthread_mutex_lock(&g.lock);
@@ -180,7 +180,7 @@ unsigned limits_ip_count(const unsigned char key[9])
     return n;
 }
 
-void limits_ip_add(const unsigned char key[9], int d)
+void quota_ip_add(const unsigned char key[9], int d)
 {
     uint64_t h = ip_hash(key);
     pthread_mutex_lock(&g.lock);
@@ -195,7 +195,7 @@ void limits_ip_add(const unsigned char key[9], int d)
     pthread_mutex_unlock(&g.lock);
 }
 
-enum MHD_Result limits_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+enum MHD_Result quota_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
 {
     (void)cls; (void)addrlen;
     if (g.max_conns && atomic_load_explicit(&g.conns, memory_order_relaxed) >= (long)g.max_conns) {
@@ -203,14 +203,14 @@ enum MHD_Result limits_accept(void *cls, const struct sockaddr *addr, socklen_t 
         return MHD_NO;
     }
     unsigned char key[9];
-    if (g.per_ip && addr && ip_key(addr, key) && limits_ip_count(key) >= g.per_ip) {
+    if (g.per_ip && addr && ip_key(addr, key) && quota_ip_count(key) >= g.per_ip) {
         metrics_cell_add(g.refused_ip, 1);
         return MHD_NO;
     }
     return MHD_YES;
 }
 
-void limits_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+void quota_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                        enum MHD_ConnectionNotificationCode code)
 {
     (void)cls;
@@ -223,13 +223,13 @@ void limits_connection(void *cls, struct MHD_Connection *conn, void **socket_con
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     unsigned char key[9];
     if (!ci || !ci->client_addr || !ip_key(ci->client_addr, key)) return;
-    limits_ip_add(key, opened ? 1 : -1);
+    quota_ip_add(key, opened ? 1 : -1);
     if (opened) *socket_context = (void *)&g;
 }
 
 /* ---- request bodies ------------------------------------------------------------------------ */
 
-int limits_body_append(request_t *r, const char *data, size_t n)
+int quota_body_append(request_t *r, const char *data, size_t n)
 {
     size_t used = atomic_fetch_add_explicit(&g.body_bytes, n, memory_order_relaxed) + n;
     if (g.budget && used > g.budget) {
@@ -255,7 +255,7 @@ int limits_body_append(request_t *r, const char *data, size_t n)
     return 0;
 }
 
-void limits_body_drop(request_t *r)
+void quota_body_drop(request_t *r)
 {
     if (r->body_len) {
         atomic_fetch_sub_explicit(&g.body_bytes, r->body_len, memory_order_relaxed);
@@ -282,13 +282,13 @@ static void read_deadline(loop_t *loop, void *arg)
     log_debug("closing a connection whose request did not arrive within %d ms", g.read_timeout_ms);
 }
 
-void limits_read_start(request_t *r)
+void quota_read_start(request_t *r)
 {
     if (g.read_timeout_ms <= 0 || !r->w->loop || !r->conn) return;
     r->read_timer = loop_timer_add(r->w->loop, (uint64_t)g.read_timeout_ms, read_deadline, r);
 }
 
-void limits_read_done(request_t *r)
+void quota_read_done(request_t *r)
 {
     if (r->read_timer) loop_timer_cancel(r->w->loop, r->read_timer);
     r->read_timer = NULL;
