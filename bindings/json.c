@@ -73,19 +73,24 @@ static void enc_string(enc_t *e, const char *s, size_t len)
     buf_add(b, "\"", 1);
 }
 
+/* d as JSON writes it into tmp (40 bytes): its length, or -1 for NaN and infinities. The
+ * range is checked before the integer cast (a cast out of range is undefined). */
+static int format_number(lua_Number d, char *tmp)
+{
+    if (isnan(d) || isinf(d)) return -1;
+    if (d == floor(d) && fabs(d) < 9007199254740992.0) return snprintf(tmp, 40, "%lld", (long long)d);
+    /* The shortest form that reads back as the same double: 0.1, not 0.10000000000000001. */
+    int n = snprintf(tmp, 40, "%.15g", d);
+    if (strtod(tmp, NULL) != d) n = snprintf(tmp, 40, "%.16g", d);
+    if (strtod(tmp, NULL) != d) n = snprintf(tmp, 40, "%.17g", d);
+    return n;
+}
+
 static void enc_number(enc_t *e, lua_Number d)
 {
     char tmp[40];
-    int n;
-    if (isnan(d) || isinf(d)) { e->err = "cannot encode NaN or infinity"; return; }
-    if (d == floor(d) && fabs(d) < 9007199254740992.0) {
-        n = snprintf(tmp, sizeof tmp, "%lld", (long long)d);
-    } else {
-        /* The shortest form that reads back as the same double: 0.1, not 0.10000000000000001. */
-        n = snprintf(tmp, sizeof tmp, "%.15g", d);
-        if (strtod(tmp, NULL) != d) n = snprintf(tmp, sizeof tmp, "%.16g", d);
-        if (strtod(tmp, NULL) != d) n = snprintf(tmp, sizeof tmp, "%.17g", d);
-    }
+    int n = format_number(d, tmp);
+    if (n < 0) { e->err = "cannot encode NaN or infinity"; return; }
     buf_add(&e->out, tmp, (size_t)n);
 }
 
@@ -145,8 +150,8 @@ static void enc_table(enc_t *e, int idx, int depth)
             /* A number key (sparse table): write it as its decimal string, without touching
              * the key on the stack (lua_tostring would break lua_next). */
             char tmp[40];
-            lua_Number d = lua_tonumber(L, -2);
-            int m = d == floor(d) ? snprintf(tmp, sizeof tmp, "%lld", (long long)d) : snprintf(tmp, sizeof tmp, "%.17g", d);
+            int m = format_number(lua_tonumber(L, -2), tmp);
+            if (m < 0) { e->err = "cannot encode NaN or infinity"; lua_pop(L, 2); return; }
             enc_string(e, tmp, (size_t)m);
         }
         buf_add(&e->out, ":", 1);
