@@ -76,7 +76,7 @@ void quota_init(const config_t *cfg)
     if (g.per_ip && !g.table) {
         size_t cap = 64;
         while (cap < (size_t)g.max_conns * 2) cap *= 2;
-        g.table = calloc(cap, sizeof *g.table);   /* lives as long as the process */
+        g.table = calloc(cap, sizeof *g.table);   /* freed by quota_free */
         g.mask = cap - 1;
         if (!g.table) { log_error("out of memory: MAX_CONNECTIONS_PER_IP is not enforced"); g.per_ip = 0; }
         if (getrandom(g.seed, sizeof g.seed, 0) != sizeof g.seed) { g.seed[0] = (uint64_t)(uintptr_t)&g; g.seed[1] = 0x9e3779b97f4a7c15ull; }
@@ -95,6 +95,13 @@ void quota_init(const config_t *cfg)
     const char *total[] = { "total" }, *per_ip[] = { "per_ip" };
     g.refused_total = f ? metrics_cell(f, total) : NULL;
     g.refused_ip = f ? metrics_cell(f, per_ip) : NULL;
+}
+
+void quota_free(void)
+{
+    free(g.table);
+    g.table = NULL;
+    g.per_ip = 0;
 }
 
 unsigned quota_max_connections(void) { return g.max_conns ? g.max_conns : DEFAULT_MAX_CONNECTIONS; }

@@ -19,6 +19,9 @@ long quota_raise_nofile(void);
  * register their metrics. Once, before the HTTP threads start. */
 void quota_init(const config_t *cfg);
 
+/* Free the per-IP table: after the HTTP threads stopped. */
+void quota_free(void);
+
 /* The connection limit every daemon is given (each could hold them all). */
 unsigned quota_max_connections(void);
 

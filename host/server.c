@@ -1065,6 +1065,7 @@ void server_stop(server_t *s)
         if (s->threads[i].listen_fd >= 0 && s->threads[i].listen_fd != s->listen_fd) close(s->threads[i].listen_fd);
     }
     if (s->listen_fd >= 0) close(s->listen_fd);
+    quota_free();   /* no daemon accepts any more */
     free(s->threads);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);
