@@ -63,8 +63,13 @@ int cache_url_parse(const char *url, cache_url_t *u, char *err, size_t errlen)
 {
     memset(u, 0, sizeof *u);
     u->port = 6379;
+    /* No message here shows the URL: it may hold the password. */
+    if (url && strncmp(url, "rediss:", 7) == 0) {
+        snprintf(err, errlen, "REDIS_URL: the rediss scheme (TLS) is not supported");
+        return -1;
+    }
     if (!url || strncmp(url, "redis://", 8) != 0) {
-        snprintf(err, errlen, "REDIS_URL must look like redis://[:password@]host[:port][/db], got '%s'", url ? url : "(null)");
+        snprintf(err, errlen, "REDIS_URL: expecting the redis scheme with [:password@]host[:port][/db] (the value is not shown)");
         return -1;
     }
     const char *p = url + 8;

@@ -191,8 +191,9 @@ void db_error_from(db_error_t *err, PGconn *pg, const PGresult *res);
 /* The vocabulary code for an SQLSTATE; *misuse set for statement errors the caller raises. */
 const char *db_code_for_sqlstate(const char *sqlstate, int *misuse);
 
-/* Copy url into out with any password replaced by "***" (URI and key=value forms). */
-void db_redact_url(const char *url, char *out, size_t cap);
+/* DATABASE_URL is a postgresql:// URI or a key=value string libpq can parse: 0, or -1 with
+ * err saying so without quoting it (it holds the password). */
+int db_url_check(const char *url, db_error_t *err);
 
 /* How a column's text is turned into a Lua value. */
 typedef enum {

@@ -121,31 +121,25 @@ void db_error_from(db_error_t *err, PGconn *pg, const PGresult *res)
     if (state) snprintf(err->sqlstate, sizeof err->sqlstate, "%s", state);
 }
 
-void db_redact_url(const char *url, char *out, size_t cap)
+int db_url_check(const char *url, db_error_t *err)
 {
-    if (!cap) return;
-    snprintf(out, cap, "%s", url ? url : "");
-    char *scheme = strstr(out, "://");
-    if (scheme) {
-        /* postgresql://user:secret@host/db → postgresql://user:***@host/db */
-        char *auth = scheme + 3, *at = strchr(auth, '@'), *slash = strchr(auth, '/');
-        if (at && (!slash || at < slash)) {
-            char *colon = memchr(auth, ':', (size_t)(at - auth));
-            if (colon) {
-                char rest[1024];
-                snprintf(rest, sizeof rest, "%s", at);
-                snprintf(colon, cap - (size_t)(colon - out), ":***%s", rest);
-            }
-        }
+    /* libpq takes a dbname that is neither a URI nor key=value pairs as a database name, and
+     * its parse errors quote the text: check it here, and say what is wrong without it. */
+    int uri = !strncmp(url, "postgresql://", 13) || !strncmp(url, "postgres://", 11);
+    if (!uri && !strchr(url, '=')) {
+        db_set_error(err, "unavailable", "database unavailable: %s",
+                     "DATABASE_URL is neither a postgresql URI nor a key=value connection string (the value is not shown)");
+        return -1;
     }
-    /* password=secret, as a URI query parameter or a key=value pair */
-    for (char *p = strstr(out, "password="); p; p = strstr(p + 1, "password=")) {
-        char *v = p + 9, *end = v;
-        while (*end && *end != '&' && *end != ' ') end++;
-        char rest[1024];
-        snprintf(rest, sizeof rest, "%s", end);
-        snprintf(v, cap - (size_t)(v - out), "***%s", rest);
+    char *why = NULL;
+    PQconninfoOption *opts = PQconninfoParse(url, &why);
+    PQfreemem(why);   /* it may quote the URL: never shown */
+    if (!opts) {
+        db_set_error(err, "unavailable", "database unavailable: %s", "DATABASE_URL cannot be parsed (the value is not shown)");
+        return -1;
     }
+    PQconninfoFree(opts);
+    return 0;
 }
 
 /* ---- connection ------------------------------------------------------------------------ */
@@ -226,6 +220,7 @@ int db_conn_may_connect(db_conn_t *c, db_error_t *err)
         db_set_error(err, "unavailable", "database unavailable: %s", "DATABASE_URL is not set");
         return -1;
     }
+    if (db_url_check(c->url, err) < 0) return -1;
     if (now_ms() < c->retry_at_ms) {
         db_set_error(err, "unavailable", "database unavailable: %s", "the last connection attempt failed, retrying shortly");
         return -1;
@@ -236,10 +231,8 @@ int db_conn_may_connect(db_conn_t *c, db_error_t *err)
 int db_conn_adopt(db_conn_t *c, PGconn *pg, db_error_t *err)
 {
     if (!pg || PQstatus(pg) != CONNECTION_OK) {
-        char redacted[512];
-        db_redact_url(c->url, redacted, sizeof redacted);
         db_set_error(err, "unavailable", "database unavailable: %s", pg ? PQerrorMessage(pg) : "out of memory");
-        log_warn("db: cannot connect to %s: %s", redacted, err->msg);
+        log_warn("db: cannot connect: %s", err->msg);   /* libpq names host and port; never the URL */
         PQfinish(pg);
         c->backoff_ms = c->backoff_ms ? (c->backoff_ms * 2 > 2000 ? 2000 : c->backoff_ms * 2) : 100;
         c->retry_at_ms = now_ms() + c->backoff_ms;

@@ -215,6 +215,14 @@ static void on_statement_timeout(loop_t *loop, void *arg)
     conn_fail(op->c, &err);
 }
 
+/* The statement at the head of c's pipeline is the one the server works on: its deadline
+ * (statement_timeout plus grace) starts now, not when it was queued — time spent behind the
+ * statements before it on the connection is not its own. */
+static void arm_head(db_conn_t *c)
+{
+    if (c->head && c->timeout_ms) arm(c->head, (uint64_t)c->timeout_ms + DB_CLIENT_GRACE_MS, on_statement_timeout);
+}
+
 /* Put op's messages into the connection's pipeline: one sync group. 0, or -1 (the connection
  * failed; op is not queued). */
 static int send_op(db_conn_t *c, db_op_t *op)
@@ -273,7 +281,7 @@ static int send_op(db_conn_t *c, db_op_t *op)
     watch(c, PQsocket(pg), f ? LOOP_READ | LOOP_WRITE : LOOP_READ);
     op->sent = 1;
     queue_push(c, op);
-    if (c->timeout_ms) arm(op, (uint64_t)c->timeout_ms + DB_CLIENT_GRACE_MS, on_statement_timeout);
+    if (c->head == op) arm_head(c);
     return 0;
 }
 
@@ -602,6 +610,7 @@ static void collect(db_conn_t *c, int broken)
             PQclear(res);
             db_op_t *op = queue_pop(c);
             op->c = c;
+            arm_head(c);   /* the next one's turn */
             op_done(c, op);
             continue;
         }

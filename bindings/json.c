@@ -5,6 +5,7 @@
  *   json.null             the null sentinel (the same lightuserdata as cjson.null and db.null)
  *   json.array(t)         marks t as an array, so an empty one encodes as [] (not {})
  *   json.empty_array      a ready-made empty array
+ *   json.to_utf8(s)       s, with any byte that is not UTF-8 replaced by U+FFFD
  *
  * Why not lua-cjson alone: Debian's 2.1.0 encodes every empty table as {}, prints numbers with
  * 14 significant digits (ids and cents past 10^14 come out in exponent form), and its decoded
@@ -19,6 +20,7 @@
 
 #include "../host/bindings.h"
 #include "../host/buf.h"
+#include "../host/utf8.h"
 
 #define MAX_DEPTH 64
 #define ARRAY_MT "mercato.json.array"
@@ -51,13 +53,12 @@ static void enc_string(enc_t *e, const char *s, size_t len)
             u[4] = hex[c >> 4];
             u[5] = hex[c & 15];
         } else if (c >= 0x80) {
-            /* Validate UTF-8: JSON text must be UTF-8, and a bad byte here is a bug upstream. */
-            int n = (c & 0xe0) == 0xc0 ? 1 : (c & 0xf0) == 0xe0 ? 2 : (c & 0xf8) == 0xf0 ? 3 : -1;
-            if (n < 0 || c < 0xc2 || c > 0xf4 || i + (size_t)n >= len) { e->err = "string is not valid UTF-8"; return; }
-            for (int k = 1; k <= n; k++)
-                if (((unsigned char)s[i + k] & 0xc0) != 0x80) { e->err = "string is not valid UTF-8"; return; }
-            run += (size_t)n + 1;
-            i += (size_t)n;
+            /* JSON text must be UTF-8 (strictly: no overlongs or surrogates); a bad byte here
+             * is a bug upstream (client text is checked where it comes in). */
+            size_t n = utf8_seq((const unsigned char *)s + i, len - i);
+            if (!n) { e->err = "string is not valid UTF-8"; return; }
+            run += n;
+            i += n - 1;
             continue;
         } else {
             run++;
@@ -72,19 +73,24 @@ static void enc_string(enc_t *e, const char *s, size_t len)
     buf_add(b, "\"", 1);
 }
 
+/* d as JSON writes it into tmp (40 bytes): its length, or -1 for NaN and infinities. The
+ * range is checked before the integer cast (a cast out of range is undefined). */
+static int format_number(lua_Number d, char *tmp)
+{
+    if (isnan(d) || isinf(d)) return -1;
+    if (d == floor(d) && fabs(d) < 9007199254740992.0) return snprintf(tmp, 40, "%lld", (long long)d);
+    /* The shortest form that reads back as the same double: 0.1, not 0.10000000000000001. */
+    int n = snprintf(tmp, 40, "%.15g", d);
+    if (strtod(tmp, NULL) != d) n = snprintf(tmp, 40, "%.16g", d);
+    if (strtod(tmp, NULL) != d) n = snprintf(tmp, 40, "%.17g", d);
+    return n;
+}
+
 static void enc_number(enc_t *e, lua_Number d)
 {
     char tmp[40];
-    int n;
-    if (isnan(d) || isinf(d)) { e->err = "cannot encode NaN or infinity"; return; }
-    if (d == floor(d) && fabs(d) < 9007199254740992.0) {
-        n = snprintf(tmp, sizeof tmp, "%lld", (long long)d);
-    } else {
-        /* The shortest form that reads back as the same double: 0.1, not 0.10000000000000001. */
-        n = snprintf(tmp, sizeof tmp, "%.15g", d);
-        if (strtod(tmp, NULL) != d) n = snprintf(tmp, sizeof tmp, "%.16g", d);
-        if (strtod(tmp, NULL) != d) n = snprintf(tmp, sizeof tmp, "%.17g", d);
-    }
+    int n = format_number(d, tmp);
+    if (n < 0) { e->err = "cannot encode NaN or infinity"; return; }
     buf_add(&e->out, tmp, (size_t)n);
 }
 
@@ -144,8 +150,8 @@ static void enc_table(enc_t *e, int idx, int depth)
             /* A number key (sparse table): write it as its decimal string, without touching
              * the key on the stack (lua_tostring would break lua_next). */
             char tmp[40];
-            lua_Number d = lua_tonumber(L, -2);
-            int m = d == floor(d) ? snprintf(tmp, sizeof tmp, "%lld", (long long)d) : snprintf(tmp, sizeof tmp, "%.17g", d);
+            int m = format_number(lua_tonumber(L, -2), tmp);
+            if (m < 0) { e->err = "cannot encode NaN or infinity"; lua_pop(L, 2); return; }
             enc_string(e, tmp, (size_t)m);
         }
         buf_add(&e->out, ":", 1);
@@ -253,6 +259,12 @@ static int dec_string(dec_t *d, buf_t *b)
             return 0;
         }
         if (c < 0x20) { d->err = "control character in string"; return -1; }
+        if (c >= 0x80) {   /* JSON text is UTF-8 (RFC 8259 §8.1): a client's bad bytes are a 400 */
+            size_t n = utf8_seq((const unsigned char *)d->p, (size_t)(d->end - d->p));
+            if (!n) { d->err = "string is not valid UTF-8"; return -1; }
+            d->p += n;
+            continue;
+        }
         if (c != '\\') { d->p++; continue; }
         buf_add(b, run, (size_t)(d->p - run));
         d->p++;
@@ -423,6 +435,26 @@ static int l_array(lua_State *L)
     return 1;
 }
 
+/* json.to_utf8(s) → s when it is UTF-8, else a copy with each byte that is not part of a
+ * UTF-8 sequence replaced by U+FFFD: for echoing a client's text where it must encode. */
+static int l_to_utf8(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    if (utf8_valid(s, len)) { lua_settop(L, 1); return 1; }
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    const unsigned char *p = (const unsigned char *)s;
+    for (size_t i = 0; i < len;) {
+        size_t n = utf8_seq(p + i, len - i);
+        if (n) luaL_addlstring(&b, s + i, n);
+        else luaL_addlstring(&b, "\xef\xbf\xbd", 3);
+        i += n ? n : 1;
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
 static int l_is_array(lua_State *L)
 {
     size_t n;
@@ -434,7 +466,8 @@ static int l_is_array(lua_State *L)
 int luaopen_json(lua_State *L)
 {
     static const luaL_Reg fns[] = {
-        { "encode", l_encode }, { "decode", l_decode }, { "array", l_array }, { "is_array", l_is_array }, { NULL, NULL },
+        { "encode", l_encode }, { "decode", l_decode }, { "array", l_array }, { "is_array", l_is_array },
+        { "to_utf8", l_to_utf8 }, { NULL, NULL },
     };
     if (luaL_newmetatable(L, ARRAY_MT)) {
         lua_pushliteral(L, "array");

@@ -117,8 +117,13 @@ static int rpc_err(amqp_rpc_reply_t r, const char *what, queue_err_t *e)
 int queue_url_parse(const char *url, queue_url_t *u, char *err, size_t errlen)
 {
     memset(u, 0, sizeof *u);
+    /* No message here shows the URL: it holds the password. */
+    if (url && strncmp(url, "amqps:", 6) == 0) {
+        snprintf(err, errlen, "AMQP_URL: the amqps scheme (TLS) is not supported");
+        return -1;
+    }
     if (!url || strncmp(url, "amqp://", 7) != 0) {
-        snprintf(err, errlen, "AMQP_URL must look like amqp://user:password@host:port/vhost, got '%s'", url ? url : "(null)");
+        snprintf(err, errlen, "AMQP_URL: expecting the amqp scheme with user:password@host:port/vhost (the value is not shown)");
         return -1;
     }
     char *copy = strdup(url);
@@ -127,7 +132,7 @@ int queue_url_parse(const char *url, queue_url_t *u, char *err, size_t errlen)
     amqp_default_connection_info(&ci);
     int rc = amqp_parse_url(copy, &ci);
     if (rc != AMQP_STATUS_OK) {
-        snprintf(err, errlen, "AMQP_URL: cannot parse '%s': %s", url, amqp_error_string2(rc));
+        snprintf(err, errlen, "AMQP_URL: cannot be parsed (%s; the value is not shown)", amqp_error_string2(rc));
         free(copy);
         return -1;
     }

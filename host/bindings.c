@@ -74,7 +74,8 @@ int bindings_ready(worker_t *w, buf_t *out)
         int st = all[i]->ready(w, why, sizeof why);
         if (st < 0) continue;
         char esc[600];
-        log_json_escape(esc, sizeof esc, why, strlen(why));
+        size_t n = log_redact(why);   /* a library's message may echo a connection string */
+        log_json_escape(esc, sizeof esc, why, n);
         if (st) buf_addf(out, ",\"%s\":\"up\"", all[i]->name);
         else buf_addf(out, ",\"%s\":\"down: %s\"", all[i]->name, esc);
         down += !st;

@@ -18,6 +18,10 @@ typedef struct config {
     int access_log;               /* ACCESS_LOG, default 1 */
     size_t max_body;              /* MAX_BODY_BYTES, default 1 MiB */
     int shutdown_timeout_ms;      /* SHUTDOWN_TIMEOUT_MS, default 10000 */
+    long max_connections;         /* MAX_CONNECTIONS, 0 = 10000 (lowered to fit the open-file limit) */
+    long max_connections_per_ip;  /* MAX_CONNECTIONS_PER_IP, default 256; 0 = no limit */
+    size_t body_buffer_budget;    /* BODY_BUFFER_BUDGET, default 128 MiB; 0 = no limit */
+    int request_read_timeout_ms;  /* REQUEST_READ_TIMEOUT_MS, default 60000; 0 = none */
     const char *database_url;
     const char *redis_url;
     const char *amqp_url;

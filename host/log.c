@@ -67,6 +67,50 @@ size_t log_json_escape(char *dst, size_t cap, const char *src, size_t len)
     return o;
 }
 
+/* Where a URL (or a password value) ends: space, quote, backslash (an escape in JSON text),
+ * angle brackets, or the end. */
+static int url_end(char c)
+{
+    return c == 0 || c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '"' || c == '\'' || c == '\\' ||
+           c == '<' || c == '>';
+}
+
+static int scheme_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.';
+}
+
+size_t log_redact(char *s)
+{
+    static const char url_mark[] = "<url>", pw_mark[] = "***";
+    size_t n = strlen(s);
+    char *p = s;
+    while ((p = strstr(p, "://")) != NULL) {
+        char *start = p, *end = p + 3;
+        while (start > s && scheme_char(start[-1])) start--;
+        if (start == p || url_end(*end)) { p += 3; continue; }   /* no scheme, or nothing after it */
+        while (!url_end(*end)) end++;
+        size_t tail = n - (size_t)(end - s);
+        memcpy(start, url_mark, sizeof url_mark - 1);
+        memmove(start + sizeof url_mark - 1, end, tail + 1);
+        n -= (size_t)(end - start) - (sizeof url_mark - 1);
+        p = start + sizeof url_mark - 1;
+    }
+    /* A libpq key=value connection string's password. */
+    for (p = s; (p = strstr(p, "password=")) != NULL;) {
+        char *v = p + 9, *end = v;
+        while (!url_end(*end)) end++;
+        if (end - v > 3 || memcmp(v, pw_mark, (size_t)(end - v)) != 0) {
+            size_t tail = n - (size_t)(end - s);
+            memcpy(v, pw_mark, sizeof pw_mark - 1);
+            memmove(v + sizeof pw_mark - 1, end, tail + 1);
+            n -= (size_t)(end - v) - (sizeof pw_mark - 1);
+        }
+        p = v + sizeof pw_mark - 1;
+    }
+    return n;
+}
+
 /* Whole lines from several threads must not interleave, even on a pipe past PIPE_BUF. */
 static void write_all(int fd, const char *p, size_t n)
 {
@@ -89,8 +133,17 @@ void log_line(int level, const char *fields, const char *fmt, ...)
     int n = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     if (n < 0) return;
-    log_json_escape(esc, sizeof esc, msg, (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
+    size_t mlen = log_redact(msg);   /* no URL or password in a log line, whoever wrote the text */
+    log_json_escape(esc, sizeof esc, msg, mlen);
     log_timestamp(ts, sizeof ts);
+    char fbuf[8192];
+    if (fields && strstr(fields, "://") == NULL && strstr(fields, "password=") == NULL) {
+        /* the usual case: nothing to take out */
+    } else if (fields) {
+        snprintf(fbuf, sizeof fbuf, "%s", fields);
+        log_redact(fbuf);
+        fields = fbuf;
+    }
     int len = snprintf(line, sizeof line, "{\"ts\":\"%s\",\"level\":\"%s\",\"service\":\"%s\",\"msg\":\"%s\"%s%s}\n",
                        ts, level_names[level], g_service, esc, fields && *fields ? "," : "", fields ? fields : "");
     if (len < 0) return;

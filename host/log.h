@@ -22,6 +22,12 @@ void log_line(int level, const char *fields, const char *fmt, ...) __attribute__
  * more than cap - 1, always NUL-terminated. Control characters and invalid bytes escaped. */
 size_t log_json_escape(char *dst, size_t cap, const char *src, size_t len);
 
+/* Take secrets out of s in place: every URL (scheme://...) becomes "<url>", every
+ * "password=<value>" becomes "password=***". Returns the new length. log_line and /ready run
+ * every text through it, so a library's message that echoes a connection string shows
+ * neither the string nor its password. */
+size_t log_redact(char *s);
+
 /* RFC 3339 UTC timestamp with milliseconds into buf (at least 32 bytes). */
 void log_timestamp(char *buf, size_t cap);
 

@@ -10,6 +10,7 @@
 
 #include "bindings.h"
 #include "config.h"
+#include "quota.h"
 #include "log.h"
 #include "metrics.h"
 #include "reload.h"
@@ -202,6 +203,7 @@ int main(int argc, char **argv)
     int is_lua = cmd && strcmp(cmd, "lua") == 0;
 
     signal(SIGPIPE, SIG_IGN);
+    quota_raise_nofile();   /* connections are descriptors: the service's, and `mercato lua` load specs' */
     config_t cfg;
     char err[512];
     int rc = config_load(&cfg, !is_lua, err, sizeof err);

@@ -25,9 +25,12 @@ typedef struct request {
     int slot;                   /* metrics slot */
     router_match_t match;
     size_t max_body;
-    char *body;                 /* owned, NUL-terminated */
+    char *body;                 /* owned, NUL-terminated; its bytes count against BODY_BUFFER_BUDGET
+                                 * (grown by quota_body_append, freed by quota_body_drop) */
     size_t body_len, body_cap;
     int body_too_large;
+    int body_over_budget;       /* BODY_BUFFER_BUDGET was full: the body is dropped, 503 at the end */
+    struct loop_timer *read_timer;        /* REQUEST_READ_TIMEOUT_MS until the request is in (quota.c) */
     int started;                /* the first access-handler call is past */
     int status;                 /* status queued, 0 until then */
     size_t resp_bytes;
@@ -62,5 +65,8 @@ uint64_t request_now_ns(void);
 /* Percent-decode src into dst (capacity >= len + 1); '+' stays '+' unless plus_space. Returns
  * the decoded length. Invalid escapes are kept as they are. */
 size_t request_unescape(char *dst, const char *src, size_t len, int plus_space);
+
+/* 1 if src[0, len) is UTF-8 once percent-decoded (as request_unescape decodes), else 0. */
+int request_text_valid(const char *src, size_t len);
 
 #endif

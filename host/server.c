@@ -26,9 +26,11 @@
 #include "auth.h"
 #include "bindings.h"
 #include "gateway.h"
+#include "quota.h"
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "utf8.h"
 #include "worker.h"
 
 /* Route values besides router indexes and ROUTER_NOT_FOUND / ROUTER_METHOD_NOT_ALLOWED. */
@@ -89,6 +91,35 @@ size_t request_unescape(char *dst, const char *src, size_t len, int plus_space)
     }
     dst[o] = 0;
     return o;
+}
+
+int request_text_valid(const char *src, size_t len)
+{
+    unsigned char seq[4];
+    size_t have = 0, need = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)src[i];
+        if (c == '%' && i + 2 < len) {
+            int hi = (unsigned char)src[i + 1], lo = (unsigned char)src[i + 2];
+            int h = (hi >= '0' && hi <= '9') ? hi - '0' : (hi | 32) >= 'a' && (hi | 32) <= 'f' ? (hi | 32) - 'a' + 10 : -1;
+            int l = (lo >= '0' && lo <= '9') ? lo - '0' : (lo | 32) >= 'a' && (lo | 32) <= 'f' ? (lo | 32) - 'a' + 10 : -1;
+            if (h >= 0 && l >= 0) {
+                c = (unsigned char)(h * 16 + l);
+                i += 2;
+            }
+        }
+        if (!have) {
+            if (c < 0x80) continue;
+            need = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+            if (!need) return 0;
+        }
+        seq[have++] = c;
+        if (have == need) {
+            if (utf8_seq(seq, need) != need) return 0;
+            have = 0;
+        }
+    }
+    return have == 0;
 }
 
 /* ---- responses ------------------------------------------------------------------------- */
@@ -322,15 +353,28 @@ static void release_coroutine(request_t *r, int reusable)
     }
 }
 
+/* The error object at 1 as text: itself, its __tostring, or its type. Run under lua_pcall:
+ * a __tostring may raise. */
+static int error_text(lua_State *L)
+{
+    if (lua_type(L, 1) == LUA_TSTRING) return 1;
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
+    lua_pushfstring(L, "error object: %s", luaL_typename(L, 1));
+    return 1;
+}
+
 /* The message and traceback of a coroutine that raised, pushed onto L (the coroutine is dead:
  * nothing is called on it, its error object is moved out first). */
 static void push_coroutine_error(lua_State *L, lua_State *co)
 {
+    lua_pushcfunction(L, error_text);
     lua_xmove(co, L, 1);
     const char *type = luaL_typename(L, -1);
-    int text = lua_type(L, -1) == LUA_TSTRING || (luaL_callmeta(L, -1, "__tostring") && lua_type(L, -1) == LUA_TSTRING);
-    const char *msg = text ? lua_tostring(L, -1) : lua_pushfstring(L, "error object: %s", type);
-    luaL_traceback(L, co, msg, 0);
+    if (lua_pcall(L, 1, 1, 0) != 0) {
+        lua_pop(L, 1);
+        lua_pushfstring(L, "error object: %s (its __tostring raised)", type);
+    }
+    luaL_traceback(L, co, lua_tostring(L, -1), 0);
 }
 
 /* Run r's handler coroutine with nargs values on its stack until it ends or parks. Ended: the
@@ -353,6 +397,7 @@ static void run_coroutine(request_t *r, int nargs)
         if (retired) worker_swap_retired(w);
         return;
     }
+    worker_cancel_wait(r);   /* a wait it registered but never parked on (a raised yield) */
     lua_settop(L, 0);
     if (rc == LUA_YIELD) {
         handler_failed(r, "handler yielded outside an I/O binding", "coroutine.yield across the handler");
@@ -559,7 +604,6 @@ static int valid_request_id(const char *v)
 static void *uri_cb(void *cls, const char *uri, struct MHD_Connection *conn)
 {
     http_thread_t *t = cls;
-    (void)conn;
     request_t *r = calloc(1, sizeof *r);
     if (!r) return NULL;
     r->uri = strdup(uri ? uri : "/");
@@ -570,6 +614,8 @@ static void *uri_cb(void *cls, const char *uri, struct MHD_Connection *conn)
     r->w = t->w;
     r->start_ns = request_now_ns();
     r->claims_ref = LUA_NOREF;
+    r->conn = conn;
+    quota_read_start(r);   /* headers and body must follow within REQUEST_READ_TIMEOUT_MS */
     t->inflight++;
     metrics_shard_add_inflight(t->w->metrics, 1);
     return r;
@@ -628,34 +674,33 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
-        if (r->body_too_large) return MHD_YES;
+        if (r->body_too_large || r->body_over_budget) return MHD_YES;
         if (r->body_len + n > r->max_body) {
             /* MHD 0.9.75 cannot queue a response mid-upload: drop what came, discard the
-             * rest as it arrives, answer 413 at the end (the connection timeout bounds it). */
+             * rest as it arrives, answer 413 at the end (REQUEST_READ_TIMEOUT_MS bounds it). */
             r->body_too_large = 1;
-            free(r->body);
-            r->body = NULL;
-            r->body_len = r->body_cap = 0;
+            quota_body_drop(r);
             return MHD_YES;
         }
-        if (r->body_len + n + 1 > r->body_cap) {
-            size_t cap = r->body_cap ? r->body_cap : 4096;
-            while (cap < r->body_len + n + 1) cap *= 2;
-            char *b = realloc(r->body, cap);
-            if (!b) return MHD_NO;
-            r->body = b;
-            r->body_cap = cap;
+        int rc = quota_body_append(r, upload_data, n);
+        if (rc == -2) return MHD_NO;
+        if (rc == -1) {   /* the process buffers all it may: the same, answered 503 */
+            r->body_over_budget = 1;
+            quota_body_drop(r);
         }
-        memcpy(r->body + r->body_len, upload_data, n);
-        r->body_len += n;
-        r->body[r->body_len] = 0;
         return MHD_YES;
     }
 
     /* Final call: the whole request is here. */
+    quota_read_done(r);
     if (r->status) return MHD_YES;   /* already answered (413 by Content-Length) */
     if (r->body_too_large) {
         server_problem(r, 413, "Content Too Large", "The request body is larger than this endpoint accepts.", NULL, NULL);
+        return MHD_YES;
+    }
+    if (r->body_over_budget) {
+        server_problem(r, 503, "Service Unavailable", "The server is buffering as many request bodies as it may; retry shortly.",
+                       "Retry-After", "1");
         return MHD_YES;
     }
     worker_maybe_reload(w);
@@ -677,6 +722,16 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
         char allow[128];
         match_route(r, allow, sizeof allow);
         server_problem(r, 405, "Method Not Allowed", "This resource does not answer this method.", "Allow", allow);
+        return MHD_YES;
+    }
+    /* Client text reaches handlers as UTF-8 only: a path that is not is no resource here, a
+     * query string that is not a bad request (the handler never sees either). */
+    if (!request_text_valid(r->uri, r->path_len)) {
+        server_problem(r, 404, "Not Found", "No resource lives at this path.", NULL, NULL);
+        return MHD_YES;
+    }
+    if (r->query && !request_text_valid(r->query, strlen(r->query))) {
+        server_problem(r, 400, "Bad Request", "The query string is not valid UTF-8 once percent-decoded.", NULL, NULL);
         return MHD_YES;
     }
     r->step = STEP_LIMIT_IP;
@@ -797,7 +852,8 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     metrics_shard_add_inflight(t->w->metrics, -1);
     t->inflight--;
-    free(r->body);
+    quota_read_done(r);
+    quota_body_drop(r);
     free(r->uri);
     free(r);
 }
@@ -843,8 +899,10 @@ static void *http_thread_main(void *arg)
     t->w = worker_new(t->index, "http", s->cfg, NULL, t->err, sizeof t->err);
     if (!t->w) { report_started(t, -1); return NULL; }
     unsigned flags = MHD_USE_EPOLL | MHD_USE_TURBO | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;   /* parked handlers, forwards */
-    t->daemon = MHD_start_daemon(flags, 0, NULL, NULL, access_cb, t,
+    t->daemon = MHD_start_daemon(flags, 0, quota_accept, NULL, access_cb, t,
                                  MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
+                                 MHD_OPTION_NOTIFY_CONNECTION, quota_connection, NULL,
+                                 MHD_OPTION_CONNECTION_LIMIT, quota_max_connections(),   /* process-wide in quota.c */
                                  MHD_OPTION_LISTEN_SOCKET, t->listen_fd,
                                  MHD_OPTION_STRICT_FOR_CLIENT, (int)1,   /* HTTP/1.1 without Host → 400 */
                                  MHD_OPTION_URI_LOG_CALLBACK, uri_cb, t,
@@ -940,6 +998,7 @@ server_t *server_start(const config_t *cfg, char *err, size_t errlen)
     server_t *s = calloc(1, sizeof *s);
     if (!s) { snprintf(err, errlen, "out of memory"); return NULL; }
     s->cfg = cfg;
+    quota_init(cfg);
     g_handler_errors = metrics_counter0("lua_handler_errors_total", "Handlers that raised an error or returned an invalid response.");
     static const char *const builtin_paths[] = { "/health", "/ready", "/metrics", "/openapi.json" };
     for (int i = 0; i < 4; i++) g_builtin_slot[i] = metrics_route_slot("GET", builtin_paths[i]);
@@ -1006,6 +1065,7 @@ void server_stop(server_t *s)
         if (s->threads[i].listen_fd >= 0 && s->threads[i].listen_fd != s->listen_fd) close(s->threads[i].listen_fd);
     }
     if (s->listen_fd >= 0) close(s->listen_fd);
+    quota_free();   /* no daemon accepts any more */
     free(s->threads);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);

@@ -513,12 +513,17 @@ void worker_traceparent(worker_t *w, const request_t *r, char *out)
 int worker_can_yield(lua_State *L)
 {
     worker_t *w = worker_from_lua(L);
-    return w && w->loop && w->cur && w->cur->co == L;
+    /* lua_isyieldable: false inside a callback of a C function (string.gsub, table.sort, a
+     * metamethod called from C), where lua_yield would raise after the I/O was started. */
+    return w && w->loop && w->cur && w->cur->co == L && lua_isyieldable(L);
 }
 
 int worker_wait(lua_State *L, void (*cancel)(void *arg), void *arg)
 {
     request_t *r = worker_from_lua(L)->cur;
+    /* A wait registered before whose yield raised (and the handler went on) is forgotten:
+     * only the newest wait may wake the coroutine. */
+    if (r->wait_cancel) r->wait_cancel(r->wait_arg);
     r->wait_cancel = cancel;
     r->wait_arg = arg;
     return lua_yield(L, 0);

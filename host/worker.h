@@ -97,7 +97,8 @@ int worker_pcall(lua_State *L, int traceback_ref, int nargs, int nresults);
  * The values become the results of the binding's call. */
 
 /* True only inside the handler coroutine of the request an HTTP worker is serving (not in a
- * coroutine the handler made itself, a runner, `mercato lua` or the check state). */
+ * coroutine the handler made itself, a runner, `mercato lua` or the check state), and only
+ * where it can yield (not inside a callback of a C function such as string.gsub). */
 int worker_can_yield(lua_State *L);
 
 /* Park the running handler: cancel(arg) is called if the request goes away before

@@ -118,20 +118,44 @@ TEST(sqlstates_map_to_the_error_vocabulary)
     CHECK(misuse);
 }
 
-static const char *redact(const char *url)
+static const char *url_check(const char *url)
+{
+    static db_error_t err;
+    if (db_url_check(url, &err) == 0) return "ok";
+    return err.msg;
+}
+
+TEST(database_urls_are_checked_without_being_quoted)
+{
+    CHECK_STR(url_check("postgresql://app:s3cr%40t@db:5432/mercato_user"), "ok");
+    CHECK_STR(url_check("host=db password=hunter2 dbname=x"), "ok");
+    const char *bad[] = { "postgresq://u:s3cret@h/db", "host=db password=s3cret junk", "postgresql://u:s3cret@h/db?%zz=1",
+                          "s3cret" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *msg = url_check(bad[i]);
+        CHECK(strncmp(msg, "database unavailable: DATABASE_URL ", 35) == 0);
+        CHECK(strstr(msg, "s3cret") == NULL);
+    }
+}
+
+static const char *redact(const char *text)
 {
     static char out[256];
-    db_redact_url(url, out, sizeof out);
+    snprintf(out, sizeof out, "%s", text);
+    CHECK_INT(log_redact(out), strlen(out));
     return out;
 }
 
-TEST(urls_are_redacted_before_they_are_logged)
+TEST(log_text_loses_every_url_and_password)
 {
-    CHECK_STR(redact("postgresql://app:s3cr%40t@db:5432/mercato_user"), "postgresql://app:***@db:5432/mercato_user");
-    CHECK_STR(redact("postgresql://postgres@127.0.0.1:55432/mercato_user"), "postgresql://postgres@127.0.0.1:55432/mercato_user");
-    CHECK_STR(redact("postgres://db/x?user=a&password=hunter2&sslmode=require"), "postgres://db/x?user=a&password=***&sslmode=require");
+    CHECK_STR(redact("REDIS_URL 'rediss://:s3cret@h:1/0' is bad"), "REDIS_URL '<url>' is bad");
+    CHECK_STR(redact("postgresql://app:s3cr%40t@db:5432/x"), "<url>");
+    CHECK_STR(redact("a amqp://g:p@h/ and redis://h:1 b"), "a <url> and <url> b");
+    CHECK_STR(redact("{\"e\":\"x http://u:p@h/y\\nz\"}"), "{\"e\":\"x <url>\\nz\"}");
     CHECK_STR(redact("host=db password=hunter2 dbname=x"), "host=db password=*** dbname=x");
-    CHECK_STR(redact("postgresql://u:p@h/db?password=q"), "postgresql://u:***@h/db?password=***");
+    CHECK_STR(redact("password=*** stays, password= too"), "password=*** stays, password= too");
+    CHECK_STR(redact("the redis scheme, ://, not a URL: x:// y"), "the redis scheme, ://, not a URL: x:// y");
+    CHECK_STR(redact("no secret here"), "no secret here");
 }
 
 /* ---- through a lua_State ---------------------------------------------------------------- */
@@ -206,7 +230,8 @@ int main(void)
     RUN(oids_map_to_lua_types);
     RUN(timestamptz_becomes_rfc3339_utc);
     RUN(sqlstates_map_to_the_error_vocabulary);
-    RUN(urls_are_redacted_before_they_are_logged);
+    RUN(database_urls_are_checked_without_being_quoted);
+    RUN(log_text_loses_every_url_and_password);
     RUN(calls_raise_where_there_is_no_worker);
     RUN(misuse_raises_before_anything_is_sent);
     RUN(a_missing_or_unreachable_database_returns_unavailable_fast);

@@ -71,7 +71,10 @@ local request_mt = {
 local function traceback(msg)
   if type(msg) ~= "string" then
     local mt = getmetatable(msg)
-    msg = (mt and mt.__tostring) and tostring(msg) or ("error object: " .. type(msg))
+    local ok, text = false, nil
+    if mt and mt.__tostring then ok, text = pcall(tostring, msg) end   -- a __tostring may raise
+    msg = ok and type(text) == "string" and text
+      or ("error object: " .. type(msg) .. (mt and mt.__tostring and " (its __tostring failed)" or ""))
   end
   return debug.traceback(msg, 2)
 end

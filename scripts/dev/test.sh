@@ -7,7 +7,7 @@
 #   unit  C unit tests (build/tests/*), the same under ASan/UBSan, Lua unit specs, luacheck, make lint
 #   spec  the private stack (PostgreSQL, Redis, RabbitMQ, SMTP, S3) with fresh databases, then
 #         every spec/integration/*_spec.lua against the real build/mercato, the host specs again
-#         and the db pool spec again under ASan, and a valgrind start/serve/stop leak check
+#         and the db pool and yield-boundary specs again under ASan, and a valgrind start/serve/stop leak check
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 
@@ -94,7 +94,8 @@ spec_tier() {
         [ -f "$f" ] && suite "spec/${f#spec/integration/}" busted_spec "$f"
     done
     if [ -x build/asan/mercato ]; then
-        for f in spec/integration/host_spec.lua spec/integration/host_lifecycle_spec.lua spec/integration/db_pool_spec.lua; do
+        for f in spec/integration/host_spec.lua spec/integration/host_lifecycle_spec.lua spec/integration/db_pool_spec.lua \
+                 spec/integration/yield_boundary_spec.lua; do
             suite "asan/${f#spec/integration/}" env MERCATO_BIN=build/asan/mercato ASAN_OPTIONS=detect_leaks=1 \
                 build/asan/mercato lua spec/support/busted.lua -o TAP "$f"
         done

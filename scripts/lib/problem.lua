@@ -7,7 +7,10 @@
 --
 -- Bodies never carry SQL, stack traces or the binding's message: `from` logs the message and
 -- answers a fixed text.
+local json = require "json"
 local log = require "log"
+
+local to_utf8 = json.to_utf8
 
 local _M = {}
 
@@ -22,11 +25,22 @@ local titles = {
 }
 _M.titles = titles
 
+-- A copy of v whose strings (keys too) are UTF-8: a detail or an errors[] entry may quote what
+-- a client sent (a field name, an id), and the body must always encode.
+local function clean(v, depth)
+  local t = type(v)
+  if t == "string" then return to_utf8(v) end
+  if t ~= "table" or depth > 8 then return v end
+  local out = setmetatable({}, getmetatable(v))   -- keeps json.array marks
+  for k, x in pairs(v) do out[type(k) == "string" and to_utf8(k) or k] = clean(x, depth + 1) end
+  return out
+end
+
 -- problem.new(status, detail[, extra[, headers]]) → status, body, headers. `extra` members are
 -- copied into the body (errors, type, title, RFC 9457 extension members).
 function _M.new(status, detail, extra, headers)
-  local body = { type = "about:blank", title = titles[status] or "Error", status = status, detail = detail }
-  if extra then for k, v in pairs(extra) do body[k] = v end end
+  local body = { type = "about:blank", title = titles[status] or "Error", status = status, detail = clean(detail, 0) }
+  if extra then for k, v in pairs(extra) do body[type(k) == "string" and to_utf8(k) or k] = clean(v, 0) end end
   local h = { ["Content-Type"] = CTYPE }
   if headers then for k, v in pairs(headers) do h[k] = v end end
   return status, body, h

@@ -205,16 +205,19 @@ local function unescape(s)
   return (gsub(s, "%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
 
--- validate.form(body) → table of application/x-www-form-urlencoded parameters, or nil and the
--- name of a parameter given twice (RFC 6749 §3.1: parameters MUST NOT repeat).
+-- validate.form(body) → table of application/x-www-form-urlencoded parameters, or nil, why and
+-- "encoding" when a name or value is not UTF-8 once decoded, or nil, why and "repeated" for a
+-- parameter given twice (RFC 6749 §3.1: parameters MUST NOT repeat). `why` never quotes bytes
+-- that are not UTF-8.
 function _M.form(body)
   local out = {}
   for pair in (body or ""):gmatch("[^&]+") do
     local k, v = pair:match("^([^=]*)=?(.*)$")
-    k = unescape(k)
+    k, v = unescape(k), unescape(v)
+    if not _M.utf8_len(k) or not _M.utf8_len(v) then return nil, "the form is not valid UTF-8", "encoding" end
     if k ~= "" then
-      if out[k] ~= nil then return nil, k end
-      out[k] = unescape(v)
+      if out[k] ~= nil then return nil, "parameter " .. k .. " is repeated", "repeated" end
+      out[k] = v
     end
   end
   return out

@@ -219,6 +219,45 @@ describe("a pool's prepared statements and deadlines", function()
   end)
 end)
 
+describe("a pool's statement deadline", function()
+  setup(function() url = H.create_db(base_url, dbname) end)
+  teardown(function() H.drop_db(base_url, dbname) end)
+
+  it("starts when a statement reaches the head of its connection, not when it was queued", function()
+    -- 40 statements of 100 ms pipelined on one connection: the last is answered after ~4 s,
+    -- though none ran for longer than 100 ms (the deadline is 1000 ms + 2 s of grace).
+    local srv = start { DB_STATEMENT_TIMEOUT_MS = 1000 }
+    finally(function() srv:stop() end)
+    assert.equal(200, (H.call(srv, "GET", "/item/1")))
+    local reqs = {}
+    for i = 1, 40 do reqs[i] = { "GET", "/slow?ms=100" } end
+    local out = all_at_once(srv.port, reqs)
+    local statuses = {}
+    for i = 1, 40 do statuses[out[i].status] = (statuses[out[i].status] or 0) + 1 end
+    assert.same({ [200] = 40 }, statuses)
+    assert.equal(0, H.metric(srv, "db_reconnects_total"))
+    assert.equal(0, srv:stop())
+  end)
+
+  it("still drops a connection whose server stops answering, at statement_timeout plus grace", function()
+    local srv = start { DB_STATEMENT_TIMEOUT_MS = 300, DB_POOL_SIZE = 1 }
+    finally(function() srv:stop() end)
+    local _, doc = H.call(srv, "GET", "/backend")
+    local pid = assert(tonumber(doc.pid))
+    os.execute("kill -STOP " .. pid)
+    finally(function() os.execute("kill -CONT " .. pid .. " 2>/dev/null") end)
+    local t0 = socket.gettime()
+    local status, res = H.call(srv, "GET", "/item/2")
+    local waited = socket.gettime() - t0
+    os.execute("kill -CONT " .. pid)
+    assert.equal(422, status, cjson.encode(res))   -- the fixture answers a timeout as 422
+    assert.equal("timeout", res.code)
+    assert.is_true(waited > 2.2 and waited < 4, "waited " .. waited)
+    assert.equal(200, (H.call(srv, "GET", "/item/2")))
+    assert.equal(0, srv:stop())
+  end)
+end)
+
 describe("a pool with every connection held", function()
   local srv
 

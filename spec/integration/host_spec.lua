@@ -98,6 +98,18 @@ describe("the host", function()
     assert.truthy(log:find("stack traceback", 1, true))
   end)
 
+  it("turns an error object whose __tostring raises into a 500 problem, and keeps serving", function()
+    local res = get("/boom-tostring", { ["X-Request-Id"] = "boom-tostring-1" })
+    assert.equal("boom-tostring-1", problem(res, 500).request_id)
+    assert.equal(200, get("/hello").status)
+    local sync = server.start { service = "product", scripts = "spec/fixtures/host/scripts", env = { ASYNC = 0 } }
+    res = assert(raw.request(sync.port, "GET", "/boom-tostring"))
+    assert.equal(500, res.status)
+    assert.equal("application/problem+json", res.headers["content-type"])
+    assert.equal(200, assert(raw.request(sync.port, "GET", "/hello")).status)
+    assert.equal(0, sync:stop())
+  end)
+
   it("refuses bodies over the limit with 413, by Content-Length or while streaming", function()
     problem(assert(raw.request(srv.port, "POST", "/upload", { body = string.rep("x", 2049) })), 413)
     assert.equal(201, assert(raw.request(srv.port, "POST", "/upload", { body = string.rep("x", 2048) })).status)

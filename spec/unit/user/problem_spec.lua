@@ -30,6 +30,18 @@ describe("lib.problem", function()
     assert.equal("10", h["RateLimit-Limit"])
   end)
 
+  it("always encodes, whatever bytes of a client's it quotes", function()
+    local json = require "json"
+    local _, body = problem.not_found("product", "\255\192\175")
+    assert.equal("No product with id \239\191\189\239\191\189\239\191\189.", body.detail)
+    _, body = problem.validation({ { field = "\255", message = "is not allowed" } })
+    assert.same({ { field = "\239\191\189", message = "is not allowed" } }, body.errors)
+    assert.is_string(json.encode(body))
+    _, body = problem.new(400, "bad", { errors = json.array {}, ["x\237"] = { "\226\130" } })
+    assert.equal("[]", json.encode(body.errors))
+    assert.same({ "\239\191\189\239\191\189" }, body["x\239\191\189"])
+  end)
+
   it("carries validation errors", function()
     local status, body = problem.validation({ { field = "email", message = "is required" } })
     assert.equal(422, status)

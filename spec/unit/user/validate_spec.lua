@@ -146,9 +146,20 @@ describe("lib.validate", function()
     end)
 
     it("reports a repeated parameter", function()
-      local out, dup = validate.form("a=1&a=2")
+      local out, why, kind = validate.form("a=1&a=2")
       assert.is_nil(out)
-      assert.equal("a", dup)
+      assert.equal("parameter a is repeated", why)
+      assert.equal("repeated", kind)
+    end)
+
+    it("refuses names and values that are not UTF-8 once decoded, without quoting them", function()
+      for _, body in ipairs { "%FF=1", "a=%C0%AF", "%ED%A0%80=1&%ED%A0%80=2", "a=1&b=%E2%82" } do
+        local out, why, kind = validate.form(body)
+        assert.is_nil(out, body)
+        assert.equal("the form is not valid UTF-8", why)
+        assert.equal("encoding", kind)
+      end
+      assert.same({ ["é"] = "ü" }, validate.form("%C3%A9=%C3%BC"))
     end)
   end)
 end)

@@ -2,9 +2,9 @@
 -- (RFC 7009), GET /.well-known/jwks.json.
 --
 -- /oauth/token errors are RFC 6749 §5.2 bodies ({"error": "invalid_grant", ...}, 400; 401
--- invalid_client). A body that is not application/x-www-form-urlencoded is a 415 whose
--- problem+json body also carries "error": "invalid_request", so both OAuth clients and
--- CONTRACT §3 readers understand it. Rate limits answer 429 (problem+json, Retry-After).
+-- invalid_client). A body that is not application/x-www-form-urlencoded is a 415, and a form
+-- that is not UTF-8 a 400, whose problem+json body also carries "error": "invalid_request", so
+-- both OAuth clients and CONTRACT §3 readers understand it. Rate limits answer 429 (problem+json, Retry-After).
 local crypto = require "crypto"
 local jwt = require "jwt"
 local accounts = require "services.user.accounts"
@@ -39,6 +39,14 @@ local function wrong_type()
     { error = "invalid_request", error_description = "Content-Type must be " .. FORM })
 end
 
+-- The form itself cannot be read (repeated or not UTF-8): 400 invalid_request. Bytes that are
+-- not UTF-8 answer as a problem document that carries the RFC 6749 members too, like 415.
+local function bad_form(why, kind)
+  if kind ~= "encoding" then return oauth_error(400, "invalid_request", why) end
+  local st, body, h = problem.new(400, "The form is not valid UTF-8.", { error = "invalid_request", error_description = why })
+  return st, body, no_store(h)
+end
+
 -- Client credentials from HTTP Basic (RFC 6749 §2.3.1, form-encoded id and secret) or the
 -- body. → { id, secret } (either may be nil) | nil, error description (invalid_request)
 local function client_auth(req, form)
@@ -50,7 +58,8 @@ local function client_auth(req, form)
   local id, secret
   if raw then id, secret = raw:match("^([^:]*):(.*)$") end
   if not id then return nil, "malformed Basic credentials" end
-  local f = validate.form("i=" .. id .. "&s=" .. secret) or {}
+  local f = validate.form("i=" .. id .. "&s=" .. secret)
+  if not f then return nil, "malformed Basic credentials" end
   return { id = f.i or "", secret = f.s or "" }
 end
 
@@ -134,8 +143,8 @@ end
 
 function _M.token(req)
   if not is_form(req) then return wrong_type() end
-  local form, dup = validate.form(req.body)
-  if not form then return oauth_error(400, "invalid_request", "parameter " .. dup .. " is repeated") end
+  local form, why, kind = validate.form(req.body)
+  if not form then return bad_form(why, kind) end
   local grant = form.grant_type
   if not grant then return oauth_error(400, "invalid_request", "grant_type is required") end
   if grant == "client_credentials" then return client_grant(req, form) end
@@ -152,8 +161,8 @@ end
 -- expires within 15 minutes); refresh tokens take their whole session with them.
 function _M.revoke(req)
   if not is_form(req) then return wrong_type() end
-  local form, dup = validate.form(req.body)
-  if not form then return oauth_error(400, "invalid_request", "parameter " .. dup .. " is repeated") end
+  local form, why, kind = validate.form(req.body)
+  if not form then return bad_form(why, kind) end
   if not form.token or form.token == "" then return oauth_error(400, "invalid_request", "token is required") end
   local _, err, code = tokens.revoke(form.token)
   if err then return problem.from(code, err) end
