@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../host/log.h"
+#include "../core/log.h"
 #include "../host/loop.h"
 #include "../host/request.h"
 #include "../host/worker.h"

@@ -24,7 +24,7 @@
 #include <string.h>
 
 #include "../host/bindings.h"
-#include "../host/log.h"
+#include "../core/log.h"
 #include "../host/metrics.h"
 #include "../host/request.h"
 #include "../host/worker.h"

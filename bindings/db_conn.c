@@ -9,7 +9,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "../host/log.h"
+#include "../core/log.h"
 #include "../host/loop.h"
 #include "../host/metrics.h"
 #include "../host/worker.h"

@@ -15,7 +15,7 @@
 
 #include "../host/bindings.h"
 #include "../host/config.h"
-#include "../host/log.h"
+#include "../core/log.h"
 #include "db.h"
 
 /* pg_advisory_lock(MIGRATE_LOCK_KEY, hashtext(service)): 'merc' */

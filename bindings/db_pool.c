@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../host/log.h"
+#include "../core/log.h"
 #include "../host/loop.h"
 #include "../host/metrics.h"
 #include "../host/request.h"

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "../host/log.h"
+#include "../core/log.h"
 
 /* ---- helpers ----------------------------------------------------------------------------- */
 

@@ -19,7 +19,7 @@
 #include <string.h>
 
 #include "../host/bindings.h"
-#include "../host/buf.h"
+#include "../core/buf.h"
 #include "../host/utf8.h"
 
 #define MAX_DEPTH 64

@@ -5,8 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../host/buf.h"
-#include "../host/log.h"
+#include "../core/buf.h"
+#include "../core/log.h"
 #include "../host/request.h"
 #include "../host/worker.h"
 

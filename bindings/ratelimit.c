@@ -20,7 +20,7 @@
 
 #include "../host/bindings.h"
 #include "../host/config.h"
-#include "../host/log.h"
+#include "../core/log.h"
 #include "../host/metrics.h"
 #include "../host/request.h"
 #include "../host/worker.h"

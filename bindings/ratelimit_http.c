@@ -11,8 +11,8 @@
 #include <string.h>
 #include <strings.h>
 
-#include "../host/buf.h"
-#include "../host/log.h"
+#include "../core/buf.h"
+#include "../core/log.h"
 #include "../host/request.h"
 #include "../host/server.h"
 #include "../host/worker.h"

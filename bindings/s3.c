@@ -24,7 +24,7 @@
 
 #include "../host/bindings.h"
 #include "../host/config.h"
-#include "../host/log.h"
+#include "../core/log.h"
 #include "../host/worker.h"
 #include "../core/httpc.h"
 #include "../host/request.h"

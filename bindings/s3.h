@@ -12,7 +12,7 @@
 #include <stddef.h>
 
 #include "../core/httpc.h"
-#include "../host/buf.h"
+#include "../core/buf.h"
 
 #define S3_MAX_KEY 512
 

@@ -6,8 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../host/config.h"
-#include "../host/log.h"
+#include "log.h"
 #include "../host/loop.h"
 
 #define HTTPC_MAX_HEADERS_BYTES ((size_t)64 * 1024)
@@ -29,8 +28,9 @@ int httpc_global_init(void)
 {
     const char *v = getenv("HTTP_MAX_CONNS_PER_HOST");
     if (v && *v) {
-        long n = config_parse_number(v, 0);
-        if (n < 1 || n > 100000) {
+        char *end;
+        long n = strtol(v, &end, 10);
+        if (*end || n < 1 || n > 100000) {
             fprintf(stderr, "mercato: HTTP_MAX_CONNS_PER_HOST: expecting a number from 1 to 100000, got '%s'\n", v);
             return -1;
         }

@@ -17,7 +17,7 @@
 #include <curl/curl.h>
 #include <stddef.h>
 
-#include "../host/buf.h"
+#include "buf.h"
 
 struct loop;
 

@@ -18,7 +18,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#include "../host/buf.h"
+#include "buf.h"
 
 struct loop;
 

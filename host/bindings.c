@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "log.h"
+#include "../core/log.h"
 #include "worker.h"
 
 extern const binding_t binding_log;

@@ -9,7 +9,7 @@
 #include <lua.h>
 #include <stddef.h>
 
-#include "buf.h"
+#include "../core/buf.h"
 
 struct worker;
 struct config;

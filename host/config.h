@@ -4,7 +4,8 @@
 
 #include <stddef.h>
 
-enum { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
+#include "../core/log.h"   /* LOG_* levels */
+
 
 /* String fields point into the environment (or static defaults); nothing here is freed. */
 typedef struct config {

@@ -21,7 +21,7 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include "log.h"
+#include "../core/log.h"
 #include "metrics.h"
 #include "server.h"
 #include "worker.h"

@@ -11,7 +11,7 @@
 #include "bindings.h"
 #include "config.h"
 #include "quota.h"
-#include "log.h"
+#include "../core/log.h"
 #include "metrics.h"
 #include "reload.h"
 #include "runner.h"

@@ -18,7 +18,7 @@
 #include <sys/resource.h>
 
 #include "../bindings/ratelimit.h"
-#include "log.h"
+#include "../core/log.h"
 #include "loop.h"
 #include "metrics.h"
 #include "worker.h"

@@ -15,7 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "log.h"
+#include "../core/log.h"
 #include "metrics.h"
 #include "snapshot.h"
 

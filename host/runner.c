@@ -19,7 +19,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "log.h"
+#include "../core/log.h"
 #include "metrics.h"
 #include "snapshot.h"
 #include "worker.h"

@@ -27,7 +27,7 @@
 #include "bindings.h"
 #include "gateway.h"
 #include "quota.h"
-#include "log.h"
+#include "../core/log.h"
 #include "loop.h"
 #include "metrics.h"
 #include "utf8.h"

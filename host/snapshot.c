@@ -16,7 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "buf.h"
+#include "../core/buf.h"
 #include "metrics.h"
 #include "worker.h"
 

@@ -7,7 +7,7 @@
 #include <stdint.h>
 
 #include "config.h"
-#include "log.h"
+#include "../core/log.h"
 #include "metrics.h"
 #include "snapshot.h"
 

@@ -8,7 +8,7 @@
 
 #include "../bindings/db.h"
 #include "../host/bindings.h"
-#include "../host/log.h"
+#include "../core/log.h"
 #include "../host/metrics.h"
 #include "../host/worker.h"
 #include "test.h"

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 
 #include "../bindings/inventory.h"
-#include "../host/log.h"
+#include "../core/log.h"
 #include "../host/metrics.h"
 #include "../host/worker.h"
 #include "test.h"

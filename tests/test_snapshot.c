@@ -6,7 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "log.h"
+#include "../core/log.h"
 #include "metrics.h"
 #include "reload.h"
 #include "snapshot.h"
