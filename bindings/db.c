@@ -25,7 +25,7 @@
 
 #include "../host/bindings.h"
 #include "../core/log.h"
-#include "../host/metrics.h"
+#include "../core/metrics.h"
 #include "../host/request.h"
 #include "../host/worker.h"
 #include "db.h"

@@ -11,7 +11,7 @@
 
 #include "../core/log.h"
 #include "../host/loop.h"
-#include "../host/metrics.h"
+#include "../core/metrics.h"
 #include "../host/worker.h"
 
 db_settings_t db_settings = { .statement_timeout_ms = 5000, .connect_timeout_s = 3, .stmt_cache_max = DB_STMT_CACHE_MAX,

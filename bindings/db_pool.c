@@ -24,7 +24,7 @@
 
 #include "../core/log.h"
 #include "../host/loop.h"
-#include "../host/metrics.h"
+#include "../core/metrics.h"
 #include "../host/request.h"
 #include "../host/worker.h"
 

@@ -20,7 +20,7 @@
 #include <string.h>
 
 #include "../host/bindings.h"
-#include "../host/metrics.h"
+#include "../core/metrics.h"
 #include "../host/worker.h"
 #include "inventory.h"
 

@@ -7,7 +7,7 @@
 #include "../host/bindings.h"
 #include <string.h>
 
-#include "../host/metrics.h"
+#include "../core/metrics.h"
 
 #define MT "mercato.metric"
 

@@ -21,7 +21,7 @@
 #include "../host/bindings.h"
 #include "../host/config.h"
 #include "../core/log.h"
-#include "../host/metrics.h"
+#include "../core/metrics.h"
 #include "../host/request.h"
 #include "../host/worker.h"
 #include "cache.h"

@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #include "../core/log.h"
-#include "metrics.h"
+#include "../core/metrics.h"
 #include "server.h"
 #include "worker.h"
 

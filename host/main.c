@@ -12,7 +12,7 @@
 #include "config.h"
 #include "quota.h"
 #include "../core/log.h"
-#include "metrics.h"
+#include "../core/metrics.h"
 #include "reload.h"
 #include "runner.h"
 #include "server.h"

@@ -20,7 +20,7 @@
 #include "../bindings/ratelimit.h"
 #include "../core/log.h"
 #include "loop.h"
-#include "metrics.h"
+#include "../core/metrics.h"
 #include "worker.h"
 
 #define DEFAULT_MAX_CONNECTIONS 10000

@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "../core/log.h"
-#include "metrics.h"
+#include "../core/metrics.h"
 #include "snapshot.h"
 
 #define WATCH_MASK (IN_CLOSE_WRITE | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF)

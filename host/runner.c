@@ -20,7 +20,7 @@
 #include <time.h>
 
 #include "../core/log.h"
-#include "metrics.h"
+#include "../core/metrics.h"
 #include "snapshot.h"
 #include "worker.h"
 

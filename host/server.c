@@ -29,7 +29,7 @@
 #include "quota.h"
 #include "../core/log.h"
 #include "loop.h"
-#include "metrics.h"
+#include "../core/metrics.h"
 #include "utf8.h"
 #include "worker.h"
 

@@ -17,7 +17,7 @@
 #include <sys/stat.h>
 
 #include "../core/buf.h"
-#include "metrics.h"
+#include "../core/metrics.h"
 #include "worker.h"
 
 #define MAX_ASSET_BYTES (4u << 20)

@@ -8,7 +8,7 @@
 
 #include "config.h"
 #include "../core/log.h"
-#include "metrics.h"
+#include "../core/metrics.h"
 #include "snapshot.h"
 
 /* Per-thread contexts of the bindings that hold connections; each binding frees its own. */

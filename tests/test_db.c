@@ -9,7 +9,7 @@
 #include "../bindings/db.h"
 #include "../host/bindings.h"
 #include "../core/log.h"
-#include "../host/metrics.h"
+#include "../core/metrics.h"
 #include "../host/worker.h"
 #include "test.h"
 #include "test_lua.h"

@@ -8,7 +8,7 @@
 
 #include "../bindings/inventory.h"
 #include "../core/log.h"
-#include "../host/metrics.h"
+#include "../core/metrics.h"
 #include "../host/worker.h"
 #include "test.h"
 #include "test_lua.h"

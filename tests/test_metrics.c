@@ -1,7 +1,7 @@
 /* test_metrics: sharded HTTP counters, labelled families and the Prometheus text format. */
 #include <pthread.h>
 
-#include "metrics.h"
+#include "../core/metrics.h"
 #include "test.h"
 
 static metrics_shard_t *shards[2];

@@ -7,7 +7,7 @@
 #include <unistd.h>
 
 #include "../core/log.h"
-#include "metrics.h"
+#include "../core/metrics.h"
 #include "reload.h"
 #include "snapshot.h"
 #include "test.h"

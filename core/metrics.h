@@ -10,7 +10,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#include "../core/buf.h"
+#include "buf.h"
 
 #define METRICS_MAX_ROUTES 512     /* route slots over the process life, reloads included */
 #define METRICS_MAX_STATUS 48      /* distinct status codes tracked */
