@@ -25,101 +25,11 @@
 /* w->binding[BIND_CACHE]: owned by the worker, freed by cache_worker_free. */
 typedef struct cache_conn {
     redisContext *c;       /* NULL until first use, and after an I/O error */
-    cache_async_t *as;     /* the HTTP thread's non-blocking connection (cache_async.c), or NULL */
+    redis_async_t *as;     /* the HTTP thread's non-blocking connection (core/redis.c), or NULL */
     int timeout_ms;        /* REDIS_TIMEOUT_MS, read once */
 } cache_conn_t;
 
 /* ---- URL, error codes, reply mapping ------------------------------------------------------ */
-
-static int hexval(int ch)
-{
-    if (ch >= '0' && ch <= '9') return ch - '0';
-    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
-    return -1;
-}
-
-/* Copy s[0..n) %-decoded into out (outlen > 0). 0, or -1 if it does not fit or is malformed. */
-static int pct_decode(const char *s, size_t n, char *out, size_t outlen)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        int ch = (unsigned char)s[i];
-        if (ch == '%') {
-            if (i + 2 >= n) return -1;
-            int hi = hexval(s[i + 1]), lo = hexval(s[i + 2]);
-            if (hi < 0 || lo < 0) return -1;
-            ch = hi * 16 + lo;
-            i += 2;
-        }
-        if (o + 1 >= outlen) return -1;
-        out[o++] = (char)ch;
-    }
-    out[o] = 0;
-    return 0;
-}
-
-int cache_url_parse(const char *url, cache_url_t *u, char *err, size_t errlen)
-{
-    memset(u, 0, sizeof *u);
-    u->port = 6379;
-    /* No message here shows the URL: it may hold the password. */
-    if (url && strncmp(url, "rediss:", 7) == 0) {
-        snprintf(err, errlen, "REDIS_URL: the rediss scheme (TLS) is not supported");
-        return -1;
-    }
-    if (!url || strncmp(url, "redis://", 8) != 0) {
-        snprintf(err, errlen, "REDIS_URL: expecting the redis scheme with [:password@]host[:port][/db] (the value is not shown)");
-        return -1;
-    }
-    const char *p = url + 8;
-    const char *end = p + strcspn(p, "/?#");
-    const char *at = NULL;
-    for (const char *q = p; q < end; q++) if (*q == '@') at = q;
-    if (at) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        const char *uend = colon ? colon : at;
-        if (pct_decode(p, (size_t)(uend - p), u->user, sizeof u->user) < 0 ||
-            (colon && pct_decode(colon + 1, (size_t)(at - colon - 1), u->password, sizeof u->password) < 0)) {
-            snprintf(err, errlen, "REDIS_URL: malformed or too long user or password");
-            return -1;
-        }
-        p = at + 1;
-    }
-    const char *hend, *port = NULL;
-    if (*p == '[') {
-        const char *rb = memchr(p, ']', (size_t)(end - p));
-        if (!rb) { snprintf(err, errlen, "REDIS_URL: unterminated [IPv6] host"); return -1; }
-        if (rb + 1 < end && rb[1] == ':') port = rb + 2;
-        else if (rb + 1 != end) { snprintf(err, errlen, "REDIS_URL: junk after ]"); return -1; }
-        p++;
-        hend = rb;
-    } else {
-        const char *colon = memchr(p, ':', (size_t)(end - p));
-        hend = colon ? colon : end;
-        if (colon) port = colon + 1;
-    }
-    size_t hlen = (size_t)(hend - p);
-    if (hlen == 0 || hlen >= sizeof u->host) { snprintf(err, errlen, "REDIS_URL: missing or too long host"); return -1; }
-    memcpy(u->host, p, hlen);
-    u->host[hlen] = 0;
-    if (port) {
-        char *e;
-        long v = strtol(port, &e, 10);
-        if (port == e || e != end || v < 1 || v > 65535) { snprintf(err, errlen, "REDIS_URL: bad port"); return -1; }
-        u->port = (int)v;
-    }
-    if (*end == '/' && end[1] && end[1] != '?' && end[1] != '#') {
-        char *e;
-        long v = strtol(end + 1, &e, 10);
-        if (e == end + 1 || (*e && *e != '?' && *e != '#') || v < 0 || v > 1000000) {
-            snprintf(err, errlen, "REDIS_URL: the path must be a database number");
-            return -1;
-        }
-        u->db = (int)v;
-    }
-    return 0;
-}
 
 const char *cache_error_code(const char *msg)
 {
@@ -184,68 +94,14 @@ static void conn_drop(cache_conn_t *cc)
     cc->c = NULL;
 }
 
-/* An I/O error on c: the message and the code ("timeout" when a deadline passed). */
-static const char *io_error(const redisContext *c, int saved_errno, const char *what, char *err, size_t errlen)
-{
-    snprintf(err, errlen, "redis %s: %s", what, c && c->errstr[0] ? c->errstr : strerror(saved_errno));
-    if (c && c->err == REDIS_ERR_EOF) return "unavailable";
-    if (saved_errno == EAGAIN || saved_errno == EWOULDBLOCK || saved_errno == ETIMEDOUT || saved_errno == EINPROGRESS)
-        return "timeout";
-    return "unavailable";
-}
-
-/* True if an idle connection was closed by the server (CLIENT KILL, restart, timeout): Redis
- * never writes to an idle RESP2 client, so readable means EOF, an error or a protocol fault. */
-static int conn_stale(const redisContext *c)
-{
-    struct pollfd p = { .fd = c->fd, .events = POLLIN };
-    return poll(&p, 1, 0) != 0;
-}
-
-/* Run one command on a fresh connection during connect (AUTH, SELECT). 0 or -1 with err. */
-static int conn_setup_cmd(redisContext *c, int argc, const char **argv, char *err, size_t errlen, const char **code)
-{
-    redisReply *r = redisCommandArgv(c, argc, argv, NULL);
-    if (!r) { *code = io_error(c, errno, argv[0], err, errlen); return -1; }
-    int ok = r->type != REDIS_REPLY_ERROR;
-    if (!ok) { snprintf(err, errlen, "redis %s: %s", argv[0], r->str); *code = "unavailable"; }
-    freeReplyObject(r);
-    return ok ? 0 : -1;
-}
-
 /* Open cc->c from REDIS_URL with connect and command deadlines. 0, or -1 with err and code. */
 static int conn_open(worker_t *w, cache_conn_t *cc, char *err, size_t errlen, const char **code)
 {
     const char *url = redis_url_of(w);
     *code = "unavailable";
     if (!url) { snprintf(err, errlen, "cache: REDIS_URL is not set"); return -1; }
-    cache_url_t u;
-    if (cache_url_parse(url, &u, err, errlen) < 0) return -1;
-    int ms = timeout_ms();
-    struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
-    errno = 0;
-    redisContext *c = redisConnectWithTimeout(u.host, u.port, tv);
-    if (!c) { snprintf(err, errlen, "redis connect: out of memory"); return -1; }
-    if (c->err) {
-        int e = errno;
-        char why[512];
-        *code = io_error(c, e, "connect", why, sizeof why);
-        snprintf(err, errlen, "%s (%s:%d)", why, u.host, u.port);
-        redisFree(c);
-        return -1;
-    }
-    redisSetTimeout(c, tv);
-    redisEnableKeepAlive(c);
-    char db[16];
-    snprintf(db, sizeof db, "%d", u.db);
-    const char *auth2[] = { "AUTH", u.password }, *auth3[] = { "AUTH", u.user, u.password }, *sel[] = { "SELECT", db };
-    if ((u.password[0] && conn_setup_cmd(c, u.user[0] ? 3 : 2, u.user[0] ? auth3 : auth2, err, errlen, code) < 0) ||
-        (u.db && conn_setup_cmd(c, 2, sel, err, errlen, code) < 0)) {
-        redisFree(c);
-        return -1;
-    }
-    cc->c = c;
-    return 0;
+    cc->c = redis_connect(url, cc->timeout_ms, err, errlen, code);
+    return cc->c ? 0 : -1;
 }
 
 static cache_conn_t *conn_of(worker_t *w)
@@ -290,7 +146,7 @@ static int cache_exec(worker_t *w, int n, const cache_cmd_t *cmds, redisReply **
     if (!cc) { snprintf(err, errlen, "cache: out of memory"); *code = "unavailable"; return -1; }
     for (int attempt = 0; attempt < 2; attempt++) {
         int reused = cc->c != NULL;
-        if (cc->c && conn_stale(cc->c)) { conn_drop(cc); reused = 0; }
+        if (cc->c && redis_stale(cc->c)) { conn_drop(cc); reused = 0; }
         if (!cc->c && conn_open(w, cc, err, errlen, code) < 0) return -1;
         for (int i = 0; i < n; i++)
             if (redisAppendCommandArgv(cc->c, cmds[i].argc, cmds[i].argv, cmds[i].len) != REDIS_OK) {
@@ -303,7 +159,7 @@ static int cache_exec(worker_t *w, int n, const cache_cmd_t *cmds, redisReply **
         while (!done)
             if (redisBufferWrite(cc->c, &done) != REDIS_OK) { failed = 1; break; }
         if (failed) {
-            *code = io_error(cc->c, errno, "write", err, errlen);
+            *code = redis_io_error(cc->c, errno, "write", err, errlen);
             conn_drop(cc);
             if (reused && attempt == 0) continue;
             return -1;
@@ -312,7 +168,7 @@ static int cache_exec(worker_t *w, int n, const cache_cmd_t *cmds, redisReply **
             void *r = NULL;
             errno = 0;
             if (redisGetReply(cc->c, &r) != REDIS_OK || !r) {
-                *code = io_error(cc->c, errno, "read", err, errlen);
+                *code = redis_io_error(cc->c, errno, "read", err, errlen);
                 conn_drop(cc);
                 free_replies(replies, i);
                 return -1;
@@ -578,7 +434,7 @@ static int l_reset(lua_State *L)
     cache_conn_t *cc = w->binding[BIND_CACHE];
     if (cc) {
         conn_drop(cc);
-        cache_async_reset(cc->as);
+        redis_async_reset(cc->as);
     }
     return 0;
 }
@@ -590,7 +446,7 @@ static void cache_worker_free(worker_t *w)
     cache_conn_t *cc = w->binding[BIND_CACHE];
     if (!cc) return;
     conn_drop(cc);
-    cache_async_free(cc->as);
+    redis_async_free(cc->as);
     free(cc);
     w->binding[BIND_CACHE] = NULL;
 }

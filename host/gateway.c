@@ -8,7 +8,7 @@
  * it is queued. Buffering keeps one thread's MHD loop simple and is fine at these sizes;
  * streaming is the change to make if bodies grow. */
 #include "gateway.h"
-#include "../bindings/ratelimit.h"
+#include "../core/ratelimit.h"
 #include "../core/httpc.h"
 #include "../core/upstream.h"
 
@@ -23,6 +23,7 @@
 
 #include "../core/log.h"
 #include "../core/metrics.h"
+#include "ratelimit_http.h"
 #include "server.h"
 #include "worker.h"
 

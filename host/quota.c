@@ -6,6 +6,7 @@
  * once when a connection opens and once when it closes. A connection past a limit is closed at
  * accept (MHD's accept policy), before it costs a memory pool. */
 #include "quota.h"
+#include "ratelimit_http.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -17,7 +18,7 @@
 #include <sys/random.h>
 #include <sys/resource.h>
 
-#include "../bindings/ratelimit.h"
+#include "../core/ratelimit.h"
 #include "../core/log.h"
 #include "loop.h"
 #include "../core/metrics.h"

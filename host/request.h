@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../bindings/ratelimit.h"
+#include "../core/ratelimit.h"
 #include "router.h"
 
 struct worker;

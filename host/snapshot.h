@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../bindings/ratelimit.h"
+#include "../core/ratelimit.h"
 #include "config.h"
 #include "router.h"
 

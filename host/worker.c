@@ -1,4 +1,5 @@
 /* worker: one thread's world — its Lua state, connections, metrics shard and log buffer. */
+#include "ratelimit_http.h"
 #include "worker.h"
 
 #include <lauxlib.h>
@@ -424,10 +425,18 @@ void worker_free(worker_t *w)
     bindings_worker_free(w);
     httpc_free(w->httpc);   /* unwatches its connections: before the loop */
     gateway_worker_free(w);
+    ratelimit_conn_free(w->ratelimit);   /* unwatches its async connection: before the loop */
     loop_free(w->loop);   /* after the bindings: their async connections are watched by it */
     snapshot_unref(w->snap);
     logbuf_free(&w->access);   /* flushes; the metrics shard stays registered until exit */
     free(w);
+}
+
+ratelimit_ctx_t worker_limits(worker_t *w)
+{
+    const char *url = w->cfg ? w->cfg->redis_url : NULL;
+    if (!url) url = getenv("REDIS_URL");
+    return (ratelimit_ctx_t){ &w->ratelimit, w->loop, url && *url ? url : NULL };
 }
 
 httpc_t *worker_httpc(worker_t *w)

@@ -10,9 +10,10 @@
 #include "../core/log.h"
 #include "../core/metrics.h"
 #include "snapshot.h"
+#include "../core/ratelimit.h"
 
 /* Per-thread contexts of the bindings that hold connections; each binding frees its own. */
-enum { BIND_DB, BIND_DB_POOL, BIND_CACHE, BIND_QUEUE, BIND_JWT, BIND_RATELIMIT, BIND_MAX };
+enum { BIND_DB, BIND_DB_POOL, BIND_CACHE, BIND_QUEUE, BIND_JWT, BIND_MAX };
 
 struct request;
 struct loop;
@@ -41,6 +42,7 @@ typedef struct worker {
     struct loop *loop;
     struct httpc *httpc;         /* outbound HTTP on loop (or blocking); owned, made on first use */
     void *gateway;               /* SERVICE=gateway: its upstream connections (host/gateway.c) */
+    struct ratelimit_conn *ratelimit;   /* its connections to Redis for limits (owned) */
     struct request *waiting;     /* requests whose handler coroutine is parked on I/O */
     int nwaiting;
     void (*resume)(struct request *r);   /* server.c: resume r->co with r->resume_n values */
@@ -67,6 +69,9 @@ void worker_maybe_reload(worker_t *w);
 /* The worker's HTTP client (on its loop when it has one), made on first use; NULL when out of
  * memory. */
 struct httpc *worker_httpc(worker_t *w);
+
+/* Where this worker's rate-limit checks go: its connections, its loop, REDIS_URL. */
+ratelimit_ctx_t worker_limits(worker_t *w);
 
 /* The worker that owns L (set when the state is made). */
 worker_t *worker_from_lua(lua_State *L);

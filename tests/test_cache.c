@@ -16,33 +16,33 @@ extern const binding_t binding_cache;
 
 TEST(url_parses_host_port_db)
 {
-    cache_url_t u;
+    redis_url_t u;
     char err[256];
-    CHECK_INT(cache_url_parse("redis://127.0.0.1:56379/3", &u, err, sizeof err), 0);
+    CHECK_INT(redis_url_parse("redis://127.0.0.1:56379/3", &u, err, sizeof err), 0);
     CHECK_STR(u.host, "127.0.0.1");
     CHECK_INT(u.port, 56379);
     CHECK_INT(u.db, 3);
     CHECK_STR(u.password, "");
-    CHECK_INT(cache_url_parse("redis://cache", &u, err, sizeof err), 0);
+    CHECK_INT(redis_url_parse("redis://cache", &u, err, sizeof err), 0);
     CHECK_STR(u.host, "cache");
     CHECK_INT(u.port, 6379);
     CHECK_INT(u.db, 0);
-    CHECK_INT(cache_url_parse("redis://cache/", &u, err, sizeof err), 0);
+    CHECK_INT(redis_url_parse("redis://cache/", &u, err, sizeof err), 0);
     CHECK_INT(u.db, 0);
 }
 
 TEST(url_parses_credentials_and_ipv6)
 {
-    cache_url_t u;
+    redis_url_t u;
     char err[256];
-    CHECK_INT(cache_url_parse("redis://:s3cr%40t@h:1/0", &u, err, sizeof err), 0);
+    CHECK_INT(redis_url_parse("redis://:s3cr%40t@h:1/0", &u, err, sizeof err), 0);
     CHECK_STR(u.user, "");
     CHECK_STR(u.password, "s3cr@t");
     CHECK_STR(u.host, "h");
-    CHECK_INT(cache_url_parse("redis://app:pw:with:colons@h", &u, err, sizeof err), 0);
+    CHECK_INT(redis_url_parse("redis://app:pw:with:colons@h", &u, err, sizeof err), 0);
     CHECK_STR(u.user, "app");
     CHECK_STR(u.password, "pw:with:colons");
-    CHECK_INT(cache_url_parse("redis://[::1]:7000/2", &u, err, sizeof err), 0);
+    CHECK_INT(redis_url_parse("redis://[::1]:7000/2", &u, err, sizeof err), 0);
     CHECK_STR(u.host, "::1");
     CHECK_INT(u.port, 7000);
     CHECK_INT(u.db, 2);
@@ -50,7 +50,7 @@ TEST(url_parses_credentials_and_ipv6)
 
 TEST(url_rejects_malformed)
 {
-    cache_url_t u;
+    redis_url_t u;
     char err[256];
     const char *bad[] = {
         NULL, "", "http://h", "rediss://h", "redis://", "redis://h:0", "redis://h:99999", "redis://h:12x",
@@ -58,7 +58,7 @@ TEST(url_rejects_malformed)
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err[0] = 0;
-        int rc = cache_url_parse(bad[i], &u, err, sizeof err);
+        int rc = redis_url_parse(bad[i], &u, err, sizeof err);
         if (rc != -1) printf("#   accepted '%s'\n", bad[i] ? bad[i] : "(null)");
         CHECK_INT(rc, -1);
         CHECK(err[0] != 0);

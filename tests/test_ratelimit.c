@@ -6,7 +6,8 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "../bindings/ratelimit.h"
+#include "../core/ratelimit.h"
+#include "ratelimit_http.h"
 #include "bindings.h"
 #include "test.h"
 #include "test_lua.h"
@@ -312,16 +313,16 @@ TEST(throughput)
     printf("# in-process: %.0f checks/s (%.0f ns each)\n", n / s, s / n * 1e9);
     const char *url = getenv("REDIS_URL");
     if (!url) return;
-    config_t cfg = { .redis_url = url };
-    worker_t w = { .cfg = &cfg };
+    ratelimit_conn_t *conn = NULL;
+    ratelimit_ctx_t cx = { &conn, NULL, url };
     n = 20000;
     clock_gettime(CLOCK_MONOTONIC, &a);
-    for (int i = 0; i < n; i++) ratelimit_check(&w, "bench", "10.0.0.1", 8, &l, 1, 0, &r);
+    for (int i = 0; i < n; i++) ratelimit_check(&cx, "bench", "10.0.0.1", 8, &l, 1, 0, &r);
     clock_gettime(CLOCK_MONOTONIC, &b);
     CHECK(!r.local);
     s = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
     printf("# redis (one connection, sequential): %.0f checks/s (%.1f us each)\n", n / s, s / n * 1e6);
-    bindings_worker_free(&w);
+    ratelimit_conn_free(conn);
 }
 
 int main(void)

@@ -16,7 +16,6 @@
 #include <string.h>
 #include <sys/random.h>
 
-#include "../host/config.h"
 #include "ratelimit.h"
 
 #define DEFAULT_CAPACITY 100000
@@ -170,7 +169,9 @@ static void table_setup(size_t capacity)
 {
     if (!capacity) {
         const char *v = getenv("RATE_LIMIT_LOCAL_MAX_KEYS");
-        long n = v && *v ? config_parse_number(v, 0) : -1;
+        char *end = NULL;
+        long n = v && *v ? strtol(v, &end, 10) : -1;
+        if (end && *end) n = -1;
         capacity = n > 0 ? (size_t)n : DEFAULT_CAPACITY;
     }
     g.capacity = capacity;

@@ -13,10 +13,10 @@
 
 #include "../core/buf.h"
 #include "../core/log.h"
-#include "../host/request.h"
-#include "../host/server.h"
-#include "../host/worker.h"
-#include "ratelimit.h"
+#include "ratelimit_http.h"
+#include "request.h"
+#include "server.h"
+#include "worker.h"
 
 #define MAX_TRUSTED 64
 #define DEFAULT_TRUSTED "127.0.0.0/8, ::1"
@@ -289,7 +289,8 @@ int ratelimit_route(request_t *r, const ratelimit_rule_t *rule, int phase, ratel
     char key[320];
     size_t n = rule->key == RATELIMIT_KEY_SUB ? sub_key(r, key, sizeof key) : 0;
     if (!n) n = ip_key(r, key, sizeof key);
-    if (ratelimit_check_async(r->w, rule->name, key, n, &rule->limit, 1, 0, res, done, arg, wait)) return 1;
+    ratelimit_ctx_t cx = worker_limits(r->w);
+    if (ratelimit_check_async(&cx, rule->name, key, n, &rule->limit, 1, 0, res, done, arg, wait)) return 1;
     if (res->allowed) return 0;
     ratelimit_refuse(r, rule->name, res);
     return -1;
@@ -332,7 +333,8 @@ int ratelimit_gateway(request_t *r, ratelimit_result_t *res, ratelimit_done_cb d
     if (g_global.count == 0) return 0;
     char key[80];
     size_t n = ip_key(r, key, sizeof key);
-    if (ratelimit_check_async(r->w, "global", key, n, &g_global, 1, 0, res, done, arg, wait)) return 1;
+    ratelimit_ctx_t cx = worker_limits(r->w);
+    if (ratelimit_check_async(&cx, "global", key, n, &g_global, 1, 0, res, done, arg, wait)) return 1;
     if (res->allowed) return 0;
     ratelimit_reject(r, "global", res);
     return -1;
