@@ -24,6 +24,7 @@
 #include "../core/log.h"
 #include "../core/metrics.h"
 #include "ratelimit_http.h"
+#include "dispatch.h"
 #include "server.h"
 #include "worker.h"
 

@@ -59,6 +59,11 @@ typedef struct request {
     struct db_conn *db;         /* the pooled connection lent to its open db.tx (bindings/db_pool.c) */
 } request_t;
 
+/* Route values besides router indexes and ROUTER_NOT_FOUND / ROUTER_METHOD_NOT_ALLOWED. */
+enum { BUILTIN_HEALTH = -10, BUILTIN_READY, BUILTIN_METRICS, BUILTIN_OPENAPI, ROUTER_GATEWAY = -20 };
+
+static inline int request_is_builtin(int route) { return route >= BUILTIN_HEALTH && route <= BUILTIN_OPENAPI; }
+
 /* Monotonic clock in nanoseconds. */
 uint64_t request_now_ns(void);
 

@@ -29,13 +29,7 @@ int server_respond(request_t *r, int status, const char *ctype, const char *body
 int server_problem(request_t *r, int status, const char *title, const char *detail,
                    const char *header, const char *value);
 
-/* Park r while C-level work runs on the loop (the gateway's forward): its connection is
- * suspended; cancel(arg) is called if r goes away first (shutdown), after which the work must
- * never touch r. The work ends with server_unpark. */
-void server_park(request_t *r, void (*cancel)(void *arg), void *arg);
-
-/* The parked work queued r's response (server_queue/server_problem) or gave up: hand the
- * connection back to MHD, which sends it (or closes the connection when there is none). */
-void server_unpark(request_t *r);
+/* True once the server is stopping (SIGTERM): /ready says so, answers close their connection. */
+int server_stopping(void);
 
 #endif

@@ -1,0 +1,43 @@
+/* dispatch: the route's checks, the Lua handler in its coroutine, and parking
+ * (host/dispatch.c). */
+#ifndef MERCATO_DISPATCH_H
+#define MERCATO_DISPATCH_H
+
+#include <stddef.h>
+
+#include "request.h"
+
+struct worker;
+
+/* Once, at server start: ASYNC (handlers in coroutines) and the handler-error metric. */
+void dispatch_init(int async);
+
+/* Match r's method and path in the worker's current route table (r->route, r->match,
+ * r->generation, r->slot); allow (may be NULL) gets the methods of a 405. */
+void dispatch_match(request_t *r, char *allow, size_t allow_len);
+
+/* The final access call of a matched route: its checks, then its handler; r is answered,
+ * or parked until it is. */
+void dispatch_route(request_t *r);
+
+/* worker_t.resume: a parked handler's I/O is done (worker_wake). */
+void dispatch_resume(request_t *r);
+
+/* r goes away while parked (the daemon is stopping): forget its wait and its coroutine. */
+void dispatch_forget(request_t *r);
+
+/* The shutdown deadline: forget every parked request of w and hand its connection back to
+ * MHD, which closes it. */
+void dispatch_cancel_parked(struct worker *w);
+
+/* Park r while C-level work runs on the loop (the gateway's forward): its connection is
+ * suspended; cancel(arg) is called if r goes away first (shutdown), after which the work must
+ * never touch r. The work ends with server_unpark. Parking a parked request only replaces
+ * its cancel hook. */
+void server_park(request_t *r, void (*cancel)(void *arg), void *arg);
+
+/* The parked work queued r's response (server_queue/server_problem) or gave up: hand the
+ * connection back to MHD, which sends it (or closes the connection when there is none). */
+void server_unpark(request_t *r);
+
+#endif
