@@ -8,9 +8,6 @@
  * it is queued. Buffering keeps one thread's MHD loop simple and is fine at these sizes;
  * streaming is the change to make if bodies grow. */
 #include "gateway.h"
-#include "../core/ratelimit.h"
-#include "../core/httpc.h"
-#include "../core/upstream.h"
 
 #include <arpa/inet.h>
 #include <netdb.h>
@@ -21,10 +18,12 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "../core/httpc.h"
 #include "../core/log.h"
 #include "../core/metrics.h"
-#include "ratelimit_http.h"
+#include "../core/upstream.h"
 #include "dispatch.h"
+#include "ratelimit_http.h"
 #include "server.h"
 #include "worker.h"
 

@@ -5,7 +5,6 @@
  * call to one thread we created, gives each thread an idle moment to flush its access log,
  * and leaves room to park requests on I/O later. A connection is accepted by whichever idle
  * thread wins the accept, so a thread busy in a handler does not collect new clients. */
-#include "ratelimit_http.h"
 #include "server.h"
 
 #include <arpa/inet.h>

@@ -1,5 +1,4 @@
 /* worker: one thread's world — its Lua state, connections, metrics shard and log buffer. */
-#include "ratelimit_http.h"
 #include "worker.h"
 
 #include <lauxlib.h>
@@ -13,6 +12,7 @@
 
 #include "bindings.h"
 #include "gateway.h"
+#include "ratelimit_http.h"
 #include "loop.h"
 #include "../core/httpc.h"
 #include "prelude.h"   /* generated: luaJIT_BC_prelude, the compiled host/lua/prelude.lua */
