@@ -2,36 +2,23 @@
  * password hashing for Lua (`require "crypto"`).
  *   local h = crypto.argon2_hash(password)            -- "$argon2id$v=19$m=19456,t=2,p=1$..."
  *   local ok, err, code = crypto.argon2_verify(h, password)
- * Argon2 runs on the calling worker thread; a process-wide semaphore (ARGON2_MAX_CONCURRENT,
- * default 2 x cores) caps how many 19 MiB hashes are in flight, and a caller that waits longer
- * than ARGON2_WAIT_MS (default 2000) gets nil, "busy", "unavailable". */
+ * Argon2 runs on a pool of hashing threads (bindings/crypto_argon2.c): a handler parks until
+ * its hash is done; past the pool's queue, nil, "busy", "unavailable". */
 #include <lauxlib.h>
 
 #include "../host/bindings.h"
-#include <argon2.h>
-#include <errno.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
-#include <pthread.h>
-#include <semaphore.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "crypto.h"
 
-/* OWASP password storage cheat sheet, argon2id: m = 19 MiB, t = 2, p = 1. */
-#define ARGON2_T 2
-#define ARGON2_M_KIB 19456
-#define ARGON2_P 1
-#define ARGON2_SALT_LEN 16
-#define ARGON2_HASH_LEN 32
-#define ARGON2_MAX_M_KIB (256UL * 1024)   /* refuse to verify hashes asking for more memory */
 #define RANDOM_MAX (1 << 20)
 
 /* ---- base64 and hex ---------------------------------------------------------------------- */
@@ -121,82 +108,6 @@ void crypto_hex(char *dst, const void *src, size_t n)
         dst[2 * i + 1] = digits[s[i] & 15];
     }
     dst[2 * n] = 0;
-}
-
-/* ---- argon2 gate ------------------------------------------------------------------------ */
-
-static sem_t g_argon2_sem;
-static long g_argon2_wait_ms = 2000;
-static const char *g_argon2_bad_env;   /* the variable that held an invalid value, or NULL */
-static pthread_once_t g_argon2_once = PTHREAD_ONCE_INIT;
-static pthread_once_t g_dummy_once = PTHREAD_ONCE_INIT;
-static char g_dummy_hash[128];
-
-/* Size the semaphore from ARGON2_MAX_CONCURRENT / ARGON2_WAIT_MS, once per process. */
-static void argon2_gate_init(void)
-{
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    long slots = 2 * (cores > 0 ? cores : 1);
-    const char *v = getenv("ARGON2_MAX_CONCURRENT");
-    char *end;
-    if (v && *v) {
-        long n = strtol(v, &end, 10);
-        if (*end || n < 1 || n > 4096) g_argon2_bad_env = "ARGON2_MAX_CONCURRENT";
-        else slots = n;
-    }
-    v = getenv("ARGON2_WAIT_MS");
-    if (v && *v) {
-        long n = strtol(v, &end, 10);
-        if (*end || n < 0 || n > 600000) g_argon2_bad_env = "ARGON2_WAIT_MS";
-        else g_argon2_wait_ms = n;
-    }
-    sem_init(&g_argon2_sem, 0, (unsigned)slots);
-}
-
-/* Take an argon2 slot, waiting at most ARGON2_WAIT_MS; 0 when taken, -1 when busy. */
-static int argon2_acquire(void)
-{
-    pthread_once(&g_argon2_once, argon2_gate_init);
-    if (sem_trywait(&g_argon2_sem) == 0) return 0;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += g_argon2_wait_ms / 1000;
-    ts.tv_nsec += g_argon2_wait_ms % 1000 * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
-    int rc;
-    while ((rc = sem_timedwait(&g_argon2_sem, &ts)) != 0 && errno == EINTR) {}
-    return rc == 0 ? 0 : -1;
-}
-
-static void argon2_release(void) { sem_post(&g_argon2_sem); }
-
-/* Hash pw with fresh salt into out (capacity outlen); 0, or -1 with err set. */
-static int argon2_hash_into(const char *pw, size_t pwlen, char *out, size_t outlen, const char **err)
-{
-    unsigned char salt[ARGON2_SALT_LEN];
-    if (RAND_bytes(salt, sizeof salt) != 1) { *err = "random generator failed"; return -1; }
-    int rc = argon2id_hash_encoded(ARGON2_T, ARGON2_M_KIB, ARGON2_P, pw, pwlen, salt, sizeof salt,
-                                   ARGON2_HASH_LEN, out, outlen);
-    if (rc != ARGON2_OK) { *err = argon2_error_message(rc); return -1; }
-    return 0;
-}
-
-/* The hash unknown-user logins are checked against, made once with the real parameters. */
-static void dummy_hash_init(void)
-{
-    const char *err;
-    if (argon2_hash_into("mercato-dummy-password", 22, g_dummy_hash, sizeof g_dummy_hash, &err) != 0)
-        g_dummy_hash[0] = 0;
-}
-
-/* Whether an encoded hash asks for no more than ARGON2_MAX_M_KIB of memory. */
-static int argon2_memory_ok(const char *encoded)
-{
-    const char *m = strstr(encoded, "$m=");
-    if (!m) return 0;
-    char *end;
-    unsigned long kib = strtoul(m + 3, &end, 10);
-    return end != m + 3 && kib <= ARGON2_MAX_M_KIB;
 }
 
 /* ---- Lua bindings ----------------------------------------------------------------------- */
@@ -341,80 +252,24 @@ static int l_b64url_decode(lua_State *L) { return b64(L, 1, 0); }
 static int l_b64_encode(lua_State *L) { return b64(L, 0, 1); }
 static int l_b64_decode(lua_State *L) { return b64(L, 0, 0); }
 
-/* crypto.argon2_hash(password) → PHC string, or nil, err, code ("busy" → "unavailable"). */
-static int l_argon2_hash(lua_State *L)
-{
-    size_t n;
-    const char *pw = luaL_checklstring(L, 1, &n);
-    char out[128];
-    const char *err = NULL;
-    if (argon2_acquire() != 0) return fail(L, "busy", "unavailable");
-    int rc = argon2_hash_into(pw, n, out, sizeof out, &err);
-    argon2_release();
-    if (rc != 0) return fail(L, err, "unavailable");
-    lua_pushstring(L, out);
-    return 1;
-}
-
-/* Verify pw against encoded under the gate: 1 match, 0 mismatch, -1 busy, -2 malformed hash. */
-static int argon2_check(const char *encoded, const char *pw, size_t n)
-{
-    if (strncmp(encoded, "$argon2id$", 10) != 0 || !argon2_memory_ok(encoded)) return -2;
-    if (argon2_acquire() != 0) return -1;
-    int rc = argon2id_verify(encoded, pw, n);
-    argon2_release();
-    if (rc == ARGON2_OK) return 1;
-    if (rc == ARGON2_VERIFY_MISMATCH) return 0;
-    return -2;
-}
-
-/* crypto.argon2_verify(hash, password) → true | false | nil, err, code. */
-static int l_argon2_verify(lua_State *L)
-{
-    const char *encoded = luaL_checkstring(L, 1);
-    size_t n;
-    const char *pw = luaL_checklstring(L, 2, &n);
-    int rc = argon2_check(encoded, pw, n);
-    if (rc == -1) return fail(L, "busy", "unavailable");
-    if (rc == -2) return fail(L, "malformed argon2id hash", "invalid");
-    lua_pushboolean(L, rc);
-    return 1;
-}
-
-/* crypto.dummy_verify(password) → false, after the work a real verify costs (unknown users). */
-static int l_dummy_verify(lua_State *L)
-{
-    size_t n;
-    const char *pw = luaL_checklstring(L, 1, &n);
-    pthread_once(&g_dummy_once, dummy_hash_init);
-    if (!g_dummy_hash[0]) return fail(L, "argon2 unavailable", "unavailable");
-    if (argon2_check(g_dummy_hash, pw, n) == -1) return fail(L, "busy", "unavailable");
-    lua_pushboolean(L, 0);
-    return 1;
-}
-
 int luaopen_crypto(lua_State *L)
 {
     static const luaL_Reg fns[] = {
         { "sha256", l_sha256 }, { "hmac_sha256", l_hmac_sha256 }, { "hex", l_hex }, { "equal", l_equal },
         { "random", l_random }, { "uuid4", l_uuid4 }, { "uuid7", l_uuid7 },
         { "base64url_encode", l_b64url_encode }, { "base64url_decode", l_b64url_decode },
-        { "base64_encode", l_b64_encode }, { "base64_decode", l_b64_decode },
-        { "argon2_hash", l_argon2_hash }, { "argon2_verify", l_argon2_verify },
-        { "dummy_verify", l_dummy_verify }, { NULL, NULL },
+        { "base64_encode", l_b64_encode }, { "base64_decode", l_b64_decode }, { NULL, NULL },
     };
     lua_newtable(L);
     luaL_setfuncs(L, fns, 0);
+    luaL_setfuncs(L, crypto_argon2_fns, 0);
     return 1;
 }
 
-/* Size the argon2 gate at start-up, so a bad environment shows before the first login. */
-static int crypto_global_init(void)
-{
-    pthread_once(&g_argon2_once, argon2_gate_init);
-    if (!g_argon2_bad_env) return 0;
-    fprintf(stderr, "mercato: %s must be a positive number\n", g_argon2_bad_env);
-    return -1;
-}
-
-const binding_t binding_crypto = { .name = "crypto", .open = luaopen_crypto, .global_init = crypto_global_init };
+const binding_t binding_crypto = {
+    .name = "crypto",
+    .open = luaopen_crypto,
+    .global_init = crypto_argon2_init,            /* a bad ARGON2_* shows before the first login */
+    .global_cleanup = crypto_argon2_cleanup,      /* joins the hashing threads */
+    .worker_free = crypto_argon2_worker_free,     /* no job posts to a loop being freed */
+};

@@ -2,7 +2,7 @@
  *
  * Two kinds of connection, both made on first use and kept across requests and Lua state swaps:
  *  - each worker's own blocking connection, in w->binding[BIND_DB] (runners, `mercato lua`,
- *    the inventory hot path, and handler code that cannot park);
+ *    and handler code that cannot park);
  *  - on HTTP threads, a pool of non-blocking connections driven by the thread's loop
  *    (w->binding[BIND_DB_POOL], bindings/db_pool.c): a handler's statement borrows one, parks
  *    until the answer is in and gives it back; a db.tx keeps it until COMMIT or ROLLBACK.

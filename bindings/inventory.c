@@ -1,16 +1,42 @@
-/* inventory: stock reservations in C on the worker's PostgreSQL connection (the hot path of
- * checkout). The C API (bindings/inventory.h) is here; the Lua module is inventory_lua.c. */
+/* inventory: stock reservations for Lua (`require "inventory"`). The module is Lua over the db
+ * module (bindings/lua/inventory.lua, compiled into the binary); this file gives it its C
+ * primitives — argument checks that raise on misuse and answer nil, err, "invalid" for values
+ * a client could have sent, the item order, the outcome counter — and loads it.
+ *
+ *   local ok, info, code = inventory.reserve(reservation_id, { { product_id = p, quantity = 2 } }, 900)
+ *   -- true, { status = "reserved", replayed = false }
+ *   -- nil, { insufficient = { { product_id = p, requested = 2, available = 1 } } }, "conflict"
+ *   -- nil, "message", "unavailable" | "timeout" | "invalid" | "conflict"
+ *   local ok, err, code = inventory.commit(id)     -- true, "committed", product_ids | bare nil (unknown id)
+ *   local ok, err, code = inventory.release(id)    -- true, "released", product_ids | bare nil (idempotent)
+ *   -- a second commit or release: true, "already", {}
+ *   local n, err, code = inventory.expire(100)     -- reservations released past their TTL
+ *   local lvl, err, code = inventory.set_stock(product_id, 40, 7)  -- { stock, reserved, version }
+ *   local lvl, err, code = inventory.get(product_id)                -- or bare nil
+ *   local a, err, code = inventory.audit(product_id)  -- { ..., balanced = true }
+ *
+ * A set_stock on a stale version returns nil, message, "conflict", { stock, reserved, version }
+ * (the current level). In a handler every statement parks it; inside the caller's db.tx an
+ * operation is a savepoint of that transaction. */
 #include "inventory.h"
 
 #include <ctype.h>
-#include <stdio.h>
+#include <lauxlib.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include "../core/log.h"
+#include "../host/bindings.h"
+#include "../core/metrics.h"
+#include "../host/worker.h"
+#include "inventory_lua.h"   /* generated: luaJIT_BC_inventory, the compiled bindings/lua/inventory.lua */
 
-/* ---- helpers ----------------------------------------------------------------------------- */
+#define UV_WORKER lua_upvalueindex(1)
+
+static const char *const outcomes[] = { "reserved", "replayed", "insufficient", "error" };
+static metric_cell_t *g_reservations[4];
+
+/* ---- C API ------------------------------------------------------------------------------- */
 
 int inventory_uuid(const char *s, size_t len, char out[37])
 {
@@ -48,424 +74,205 @@ int inventory_sort_items(inv_item_t *items, int n)
     return out;
 }
 
-static void fail(db_error_t *err, const char *code, const char *msg)
+/* ---- argument checks (the primitives the Lua module calls first) --------------------------- */
+
+/* Raise unless this state can reach a database (the scratch check state has no worker). */
+static void need_worker(lua_State *L, const char *fn)
 {
-    memset(err, 0, sizeof *err);
-    snprintf(err->msg, sizeof err->msg, "%s", msg);
-    err->code = code;
+    if (!lua_touserdata(L, UV_WORKER))
+        luaL_error(L, "%s: no database here (scripts are being checked, not served); call from handlers", fn);
 }
 
-static int retryable(const db_error_t *err)
+/* Misuse: "bad argument #idx to 'fn' (fn: expecting what, got type)". */
+static int arg_type_error(lua_State *L, int idx, const char *fn, const char *what, int have)
 {
-    return !strcmp(err->sqlstate, "40001") || !strcmp(err->sqlstate, "40P01");
+    return luaL_error(L, "bad argument #%d to '%s' (%s: expecting %s, got %s)", idx, fn, fn, what, lua_typename(L, have));
 }
 
-/* One statement through the connection's prepared statement cache. */
-static PGresult *q(db_conn_t *c, const char *sql, int n, const char *const *v, db_error_t *err)
+static int push_invalid(lua_State *L, const char *msg)
 {
-    return db_conn_query(c, sql, strlen(sql), n, v, err);
+    lua_pushnil(L);
+    lua_pushstring(L, msg);
+    lua_pushliteral(L, "invalid");
+    return 3;
 }
 
-static long long col_ll(const PGresult *r, int row, int col)
+/* Argument idx as a canonical UUID in out; raises when it is not a string. 0 when malformed. */
+static int uuid_arg(lua_State *L, int idx, const char *fn, const char *what, char out[37])
 {
-    return PQgetisnull(r, row, col) ? 0 : strtoll(PQgetvalue(r, row, col), NULL, 10);
+    if (lua_type(L, idx) != LUA_TSTRING) return arg_type_error(L, idx, fn, what, lua_type(L, idx));
+    size_t len;
+    const char *s = lua_tolstring(L, idx, &len);
+    return inventory_uuid(s, len, out);
 }
 
-/* ---- transactions -------------------------------------------------------------------------- */
-
-/* BEGIN at the top level, a savepoint inside the caller's db.tx; tx_depth is raised so that
- * the connection is never silently replaced in the middle (db_conn_query's rule). */
-static int tx_begin(db_conn_t *c, int depth, db_error_t *err)
+/* A whole number in [min, max] at idx (raises when not a number). */
+static int int_arg(lua_State *L, int idx, const char *fn, const char *what, double min, double max, double *out)
 {
-    const char *sql = depth == 0 ? "BEGIN ISOLATION LEVEL READ COMMITTED" : "SAVEPOINT mercato_inventory";
-    if (db_conn_command(c, sql, err) < 0) return -1;
-    c->tx_depth = depth + 1;
+    if (lua_type(L, idx) != LUA_TNUMBER) return arg_type_error(L, idx, fn, what, lua_type(L, idx));
+    double d = lua_tonumber(L, idx);
+    *out = d;
+    return d == floor(d) && d >= min && d <= max;
+}
+
+/* C.reserve(reservation_id, items, ttl) → rid, sorted items { {product_id, quantity}, ... }, ttl
+ * | nil, err, "invalid". */
+static int l_check_reserve(lua_State *L)
+{
+    const char *fn = "inventory.reserve";
+    need_worker(L, fn);
+    char rid[37];
+    int rid_ok = uuid_arg(L, 1, fn, "a reservation_id string", rid);
+    if (!lua_istable(L, 2)) return arg_type_error(L, 2, fn, "an items table", lua_type(L, 2));
+    double ttl = 900;
+    int ttl_ok = lua_isnoneornil(L, 3) || int_arg(L, 3, fn, "a ttl_seconds number", 1, INV_MAX_TTL_S, &ttl);
+    int n = (int)lua_objlen(L, 2);
+    if (n > INV_MAX_ITEMS) return push_invalid(L, "too many items in one reservation");
+    /* The array lives in a userdata: a raise below frees it with the state. */
+    inv_item_t *items = lua_newuserdata(L, (size_t)(n ? n : 1) * sizeof *items);
+    const char *bad = !rid_ok ? "reservation_id is not a UUID" : !ttl_ok ? "ttl_seconds must be a whole number of seconds, 1 to 7 days" : NULL;
+    if (!bad && n == 0) bad = "a reservation needs at least one item";
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, 2, i + 1);
+        if (!lua_istable(L, -1)) return luaL_error(L, "bad argument #2 to '%s' (%s: item %d is not a table)", fn, fn, i + 1);
+        lua_getfield(L, -1, "product_id");
+        lua_getfield(L, -2, "quantity");
+        int top = lua_gettop(L);
+        memset(&items[i], 0, sizeof items[i]);
+        if (!uuid_arg(L, top - 1, fn, "an item's product_id string", items[i].product_id) && !bad) bad = "an item's product_id is not a UUID";
+        double qn = 0;
+        if (!int_arg(L, top, fn, "an item's quantity number", 1, INV_MAX_QUANTITY, &qn) && !bad) bad = "an item's quantity must be a whole number from 1 to 1000000";
+        items[i].quantity = qn >= 1 && qn <= INV_MAX_QUANTITY ? (long)qn : 0;   /* no cast of NaN or 1e300 */
+        lua_pop(L, 3);
+    }
+    if (bad) return push_invalid(L, bad);
+    n = inventory_sort_items(items, n);
+    for (int i = 0; i < n; i++)
+        if (items[i].quantity > INV_MAX_QUANTITY) return push_invalid(L, "an item's quantity must be a whole number from 1 to 1000000");
+    lua_pushstring(L, rid);
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_createtable(L, 0, 2);
+        lua_pushstring(L, items[i].product_id);
+        lua_setfield(L, -2, "product_id");
+        lua_pushnumber(L, (lua_Number)items[i].quantity);
+        lua_setfield(L, -2, "quantity");
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_pushnumber(L, ttl);
+    return 3;
+}
+
+/* C.rid(fn, reservation_id) → the lower-case id, or nil when it is not a UUID (no reservation
+ * has that id). Raises when it is not a string. */
+static int l_check_rid(lua_State *L)
+{
+    const char *fn = luaL_checkstring(L, 1);
+    need_worker(L, fn);
+    lua_remove(L, 1);
+    char rid[37];
+    if (!uuid_arg(L, 1, fn, "a reservation_id string", rid)) { lua_pushnil(L); return 1; }
+    lua_pushstring(L, rid);
+    return 1;
+}
+
+/* C.pid(fn, product_id) → the lower-case id, or nil when it is not a UUID. */
+static int l_check_pid(lua_State *L)
+{
+    const char *fn = luaL_checkstring(L, 1);
+    need_worker(L, fn);
+    lua_remove(L, 1);
+    char pid[37];
+    if (!uuid_arg(L, 1, fn, "a product_id string", pid)) { lua_pushnil(L); return 1; }
+    lua_pushstring(L, pid);
+    return 1;
+}
+
+/* C.set_stock(product_id, stock[, expected_version]) → pid, stock, expected (or nil) | nil (not
+ * a UUID) | nil, err, code. */
+static int l_check_set_stock(lua_State *L)
+{
+    const char *fn = "inventory.set_stock";
+    need_worker(L, fn);
+    char pid[37];
+    int pid_ok = uuid_arg(L, 1, fn, "a product_id string", pid);
+    double stock = 0, version = -1;
+    int stock_ok = int_arg(L, 2, fn, "a stock number", 0, 2147483647.0, &stock);
+    int version_ok = lua_isnoneornil(L, 3) || int_arg(L, 3, fn, "an expected version number", 0, 9007199254740992.0, &version);
+    if (!pid_ok) { lua_pushnil(L); return 1; }   /* no product has that id */
+    if (!stock_ok) return push_invalid(L, "stock must be a whole number from 0 to 2147483647");
+    if (!version_ok) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "the expected version is not a version of this inventory");
+        lua_pushliteral(L, "conflict");
+        return 3;
+    }
+    lua_pushstring(L, pid);
+    lua_pushnumber(L, stock);
+    if (version >= 0) lua_pushnumber(L, version); else lua_pushnil(L);
+    return 3;
+}
+
+/* C.limit([limit]) → the expire batch, or nil, err, "invalid". */
+static int l_check_limit(lua_State *L)
+{
+    need_worker(L, "inventory.expire");
+    double limit = 100;
+    if (!lua_isnoneornil(L, 1) && !int_arg(L, 1, "inventory.expire", "a limit number", 1, 100000, &limit))
+        return push_invalid(L, "limit must be a whole number from 1 to 100000");
+    lua_pushnumber(L, limit);
+    return 1;
+}
+
+/* C.array(t) → t, marked as a JSON array (an empty one encodes as []). */
+static int l_array(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_getmetatable(L, "mercato.json.array");
+    lua_setmetatable(L, 1);
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* C.count(outcome): inventory_reservations_total{outcome}. */
+static int l_count(lua_State *L)
+{
+    const char *o = luaL_checkstring(L, 1);
+    for (int i = 0; i < 4; i++)
+        if (strcmp(o, outcomes[i]) == 0 && g_reservations[i]) metrics_cell_add(g_reservations[i], 1);
     return 0;
 }
 
-/* COMMIT / RELEASE, or ROLLBACK / ROLLBACK TO; whatever fails, no transaction of ours is left
- * open at the top level, and a savepoint that cannot be rolled back loses the outer db.tx
- * (marked lost, as db.tx itself does). 0 or -1 with err. */
-static int tx_finish(db_conn_t *c, int depth, int commit, db_error_t *err)
+/* ---- module ------------------------------------------------------------------------------- */
+
+static int inventory_global_init(void)
 {
-    int rc = 0;
-    if (c->tx_lost || !c->pg) {
-        fail(err, "unavailable", "database unavailable: the connection was lost inside the transaction");
-        rc = -1;
-    } else {
-        const char *sql = depth == 0 ? (commit ? "COMMIT" : "ROLLBACK")
-                          : commit ? "RELEASE SAVEPOINT mercato_inventory"
-                                   : "ROLLBACK TO SAVEPOINT mercato_inventory; RELEASE SAVEPOINT mercato_inventory";
-        if (db_conn_command(c, sql, err) < 0) {
-            rc = -1;
-            if (depth > 0) db_conn_close(c);   /* tx_depth > 0 here: the outer db.tx is marked lost */
-        } else if (commit && depth == 0 && PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
-            rc = -1;
-            fail(err, "unavailable", "database unavailable: COMMIT left the transaction open");
-        }
-    }
-    c->tx_depth = depth;
-    if (depth == 0) {
-        if (c->pg && PQtransactionStatus(c->pg) != PQTRANS_IDLE) db_conn_close(c);
-        c->tx_lost = 0;
-    }
-    return rc;
-}
-
-/* The body of one transaction: its outcome (>= 0) with *commit set, or -1 with err. */
-typedef int (*tx_body_fn)(db_conn_t *c, void *arg, int *commit, db_error_t *err);
-
-/* Run body in a transaction, again (up to INV_RETRIES times, top level only) after a deadlock
- * or serialization failure: the rolled-back attempt changed nothing. */
-static int with_tx(db_conn_t *c, tx_body_fn body, void *arg, db_error_t *err)
-{
-    int depth = c->tx_depth;
-    for (int attempt = 0;; attempt++) {
-        if (tx_begin(c, depth, err) < 0) return -1;
-        int commit = 0;
-        int r = body(c, arg, &commit, err);
-        db_error_t end;
-        if (tx_finish(c, depth, r >= 0 && commit, &end) < 0 && r >= 0 && commit) {
-            *err = end;
-            r = -1;
-        }
-        if (r >= 0) return r;
-        if (depth > 0 || attempt >= INV_RETRIES || !retryable(err)) return -1;
-        log_info("inventory: %s (SQLSTATE %s); retrying", err->msg, err->sqlstate);
-        struct timespec ts = { 0, (long)(1 + attempt * 4 + rand() % 5) * 1000000L };
-        nanosleep(&ts, NULL);
-    }
-}
-
-/* ---- reserve ------------------------------------------------------------------------------ */
-
-/* Claim the reservation id; a row already there means a replay (or a concurrent duplicate,
- * which waits here for the first to finish). */
-#define SQL_CLAIM \
-    "INSERT INTO reservations (id, status, expires_at) VALUES ($1::uuid, 'reserved', now() + make_interval(secs => $2::float8)) " \
-    "ON CONFLICT (id) DO NOTHING RETURNING status"
-
-/* Take one item: the conditional update, its ledger row and the reservation item together. */
-#define SQL_TAKE \
-    "WITH u AS (UPDATE inventory SET stock = stock - $2::int, reserved = reserved + $2::int, version = version + 1 " \
-    "WHERE product_id = $1::uuid AND stock >= $2::int RETURNING product_id, stock, reserved), " \
-    "l AS (INSERT INTO inventory_ledger (product_id, kind, quantity, reservation_id, stock_after, reserved_after) " \
-    "SELECT product_id, 'reserve', $2::int, $3::uuid, stock, reserved FROM u), " \
-    "i AS (INSERT INTO reservation_items (reservation_id, product_id, quantity) SELECT $3::uuid, product_id, $2::int FROM u) " \
-    "SELECT stock FROM u"
-
-#define SQL_AVAILABLE "SELECT stock FROM inventory WHERE product_id = $1::uuid"
-
-typedef struct reserve_arg {
-    const char *rid;
-    inv_item_t *items;
-    int n;
-    long ttl_s;
-    char *status;
-} reserve_arg_t;
-
-/* The id exists: the same items → a replay reporting its current status; others → invalid. */
-static int reserve_replay(db_conn_t *c, reserve_arg_t *a, db_error_t *err)
-{
-    const char *v[] = { a->rid };
-    PGresult *r = q(c, "SELECT status FROM reservations WHERE id = $1::uuid", 1, v, err);
-    if (!r) return -1;
-    snprintf(a->status, 16, "%s", PQntuples(r) ? PQgetvalue(r, 0, 0) : "released");
-    PQclear(r);
-    r = q(c, "SELECT product_id, quantity FROM reservation_items WHERE reservation_id = $1::uuid ORDER BY product_id", 1, v, err);
-    if (!r) return -1;
-    int same = PQntuples(r) == a->n;
-    for (int i = 0; same && i < a->n; i++)
-        same = !strcmp(PQgetvalue(r, i, 0), a->items[i].product_id) && col_ll(r, i, 1) == a->items[i].quantity;
-    PQclear(r);
-    if (!same) {
-        fail(err, "invalid", "this reservation_id was already used with other items");
-        return -1;
-    }
-    return INV_REPLAYED;
-}
-
-/* How much of item i is available now; NULL result → -1. */
-static long available_now(db_conn_t *c, const inv_item_t *it, db_error_t *err)
-{
-    const char *v[] = { it->product_id };
-    PGresult *r = q(c, SQL_AVAILABLE, 1, v, err);
-    if (!r) return -1;
-    long have = PQntuples(r) ? (long)col_ll(r, 0, 0) : 0;
-    PQclear(r);
-    return have;
-}
-
-static int reserve_body(db_conn_t *c, void *arg, int *commit, db_error_t *err)
-{
-    reserve_arg_t *a = arg;
-    char ttl[24];
-    snprintf(ttl, sizeof ttl, "%ld", a->ttl_s);
-    const char *cv[] = { a->rid, ttl };
-    PGresult *r = q(c, SQL_CLAIM, 2, cv, err);
-    if (!r) return -1;
-    int claimed = PQntuples(r) == 1;
-    PQclear(r);
-    if (!claimed) return reserve_replay(c, a, err);
-
-    int nshort = 0;
-    for (int i = 0; i < a->n; i++) {
-        inv_item_t *it = &a->items[i];
-        it->is_short = 0;
-        long have = 0;
-        if (nshort == 0) {
-            char qty[24];
-            snprintf(qty, sizeof qty, "%ld", it->quantity);
-            const char *v[] = { it->product_id, qty, a->rid };
-            /* A shortfall seen by the UPDATE may be gone by the SELECT (a release committed in
-             * between): take again rather than report "requested 3, available 5". */
-            int taken = 0;
-            for (int tries = 0; tries < 3 && !taken; tries++) {
-                r = q(c, SQL_TAKE, 3, v, err);
-                if (!r) return -1;
-                taken = PQntuples(r) == 1;
-                PQclear(r);
-                if (taken) break;
-                if ((have = available_now(c, it, err)) < 0) return -1;
-                if (have < it->quantity) break;
-            }
-            if (taken) continue;
-        } else if ((have = available_now(c, it, err)) < 0) {
-            return -1;
-        }
-        if (nshort == 0 || have < it->quantity) {
-            it->is_short = 1;
-            it->available = have < it->quantity ? have : it->quantity - 1;
-            nshort++;
-        }
-    }
-    if (nshort) return INV_INSUFFICIENT;   /* rolled back: nothing was reserved, not even the id */
-    snprintf(a->status, 16, "reserved");
-    *commit = 1;
-    return INV_DONE;
-}
-
-int inventory_reserve(db_conn_t *c, const char *rid, inv_item_t *items, int n, long ttl_s, char status[16],
-                      db_error_t *err)
-{
-    reserve_arg_t a = { rid, items, n, ttl_s, status };
-    status[0] = 0;
-    return with_tx(c, reserve_body, &a, err);
-}
-
-/* ---- commit, release, expire ----------------------------------------------------------------- */
-
-#define SQL_LOCK_RESERVATION "SELECT status FROM reservations WHERE id = $1::uuid FOR UPDATE"
-
-/* The reservation's inventory rows, locked in product_id order (the ORDER BY is applied
- * before the row locks, so every transaction takes them in the same order). */
-#define SQL_LOCK_ROWS \
-    "SELECT product_id FROM inventory WHERE product_id IN " \
-    "(SELECT product_id FROM reservation_items WHERE reservation_id = $1::uuid) ORDER BY product_id FOR UPDATE"
-
-#define SQL_APPLY_COMMIT \
-    "WITH u AS (UPDATE inventory i SET reserved = i.reserved - ri.quantity, version = i.version + 1 " \
-    "FROM reservation_items ri WHERE ri.reservation_id = $1::uuid AND i.product_id = ri.product_id " \
-    "RETURNING i.product_id, ri.quantity, i.stock, i.reserved) " \
-    "INSERT INTO inventory_ledger (product_id, kind, quantity, reservation_id, stock_after, reserved_after) " \
-    "SELECT product_id, 'commit', quantity, $1::uuid, stock, reserved FROM u"
-
-/* $2: 1 when the reservation still holds its stock (release, expire), 0 for a return of sold
- * goods (stock back, nothing held). */
-#define SQL_APPLY_RELEASE \
-    "WITH u AS (UPDATE inventory i SET stock = i.stock + ri.quantity, " \
-    "reserved = i.reserved - CASE WHEN $2::int = 1 THEN ri.quantity ELSE 0 END, version = i.version + 1 " \
-    "FROM reservation_items ri WHERE ri.reservation_id = $1::uuid AND i.product_id = ri.product_id " \
-    "RETURNING i.product_id, ri.quantity, i.stock, i.reserved) " \
-    "INSERT INTO inventory_ledger (product_id, kind, quantity, reservation_id, stock_after, reserved_after) " \
-    "SELECT product_id, $3::text, quantity, $1::uuid, stock, reserved FROM u"
-
-#define SQL_SET_STATUS "UPDATE reservations SET status = $2::text, updated_at = now() WHERE id = $1::uuid"
-
-typedef struct change_arg {
-    const char *rid;
-    int op;              /* 'c' commit, 'r' release, 'e' expire (rid filled by the body) */
-    char id[37];
-    inv_ids_t *ids;      /* may be NULL */
-} change_arg_t;
-
-/* Run the statements in order; the first one's product_id column goes into ids. */
-static int run_all(db_conn_t *c, const char *const *sql, const char *const *const *vals, const int *n, int count,
-                   inv_ids_t *ids, db_error_t *err)
-{
-    for (int i = 0; i < count; i++) {
-        PGresult *r = q(c, sql[i], n[i], vals[i], err);
-        if (!r) return -1;
-        for (int k = 0; i == 0 && ids && k < PQntuples(r) && ids->n < INV_MAX_ITEMS; k++)
-            snprintf(ids->id[ids->n++], 37, "%s", PQgetvalue(r, k, 0));
-        PQclear(r);
-    }
+    char err[128];
+    const char *label[] = { "outcome" };
+    metric_family_t *f = metrics_family("inventory_reservations_total", "Stock reservation attempts, by outcome.",
+                                        METRIC_COUNTER, 1, label, 0, NULL, err, sizeof err);
+    for (int i = 0; f && i < 4; i++) g_reservations[i] = metrics_cell(f, &outcomes[i]);
     return 0;
 }
 
-/* Apply a state change to a reservation locked by this transaction whose status is st. */
-static int apply_change(db_conn_t *c, const char *rid, int op, const char *st, inv_ids_t *ids, int *commit,
-                        db_error_t *err)
+int luaopen_inventory(lua_State *L)
 {
-    int held = !strcmp(st, "reserved"), sold = !strcmp(st, "committed");
-    if (op == 'c') {
-        if (sold) return INV_ALREADY;
-        if (!held) {
-            fail(err, "conflict", "the reservation was released or expired; it cannot be committed");
-            return INV_STATE;
-        }
-    } else if (!held && !sold) {
-        return INV_ALREADY;   /* released or expired before: the stock is back already */
-    }
-    const char *id1[] = { rid };
-    const char *rel[] = { rid, held ? "1" : "0", op == 'e' ? "expire" : held ? "release" : "return" };
-    const char *setv[] = { rid, op == 'c' ? "committed" : op == 'e' ? "expired" : "released" };
-    const char *sql[] = { SQL_LOCK_ROWS, op == 'c' ? SQL_APPLY_COMMIT : SQL_APPLY_RELEASE, SQL_SET_STATUS };
-    const char *const *vals[] = { id1, op == 'c' ? id1 : rel, setv };
-    const int n[] = { 1, op == 'c' ? 1 : 3, 2 };
-    if (ids) ids->n = 0;   /* a retried attempt starts over */
-    if (run_all(c, sql, vals, n, 3, ids, err) < 0) return -1;
-    *commit = 1;
-    return INV_DONE;
+    static const luaL_Reg fns[] = {
+        { "reserve", l_check_reserve }, { "rid", l_check_rid }, { "pid", l_check_pid },
+        { "set_stock", l_check_set_stock }, { "limit", l_check_limit }, { "array", l_array }, { "count", l_count },
+        { NULL, NULL },
+    };
+    if (luaL_loadbuffer(L, (const char *)luaJIT_BC_inventory, luaJIT_BC_inventory_SIZE, "=inventory.lua") != 0)
+        return lua_error(L);
+    lua_newtable(L);   /* C: the primitives */
+    lua_pushlightuserdata(L, worker_from_lua(L));   /* NULL in the scratch check state: calls raise */
+    luaL_setfuncs(L, fns, 1);
+    lua_call(L, 1, 1);   /* inventory.lua(C) → the module */
+    return 1;
 }
 
-static int change_body(db_conn_t *c, void *arg, int *commit, db_error_t *err)
-{
-    change_arg_t *a = arg;
-    PGresult *r;
-    if (a->op == 'e') {
-        r = q(c, "SELECT id, status FROM reservations WHERE status = 'reserved' AND expires_at < now() "
-                 "ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED", 0, NULL, err);
-    } else {
-        const char *v[] = { a->rid };
-        r = q(c, "SELECT id, status FROM reservations WHERE id = $1::uuid FOR UPDATE", 1, v, err);
-    }
-    if (!r) return -1;
-    if (PQntuples(r) == 0) { PQclear(r); return INV_NOT_FOUND; }
-    char st[16];
-    snprintf(a->id, sizeof a->id, "%s", PQgetvalue(r, 0, 0));
-    snprintf(st, sizeof st, "%s", PQgetvalue(r, 0, 1));
-    PQclear(r);
-    return apply_change(c, a->id, a->op, st, a->ids, commit, err);
-}
-
-int inventory_commit(db_conn_t *c, const char *rid, inv_ids_t *ids, db_error_t *err)
-{
-    if (ids) ids->n = 0;
-    change_arg_t a = { .rid = rid, .op = 'c', .ids = ids };
-    return with_tx(c, change_body, &a, err);
-}
-
-int inventory_release(db_conn_t *c, const char *rid, inv_ids_t *ids, db_error_t *err)
-{
-    if (ids) ids->n = 0;
-    change_arg_t a = { .rid = rid, .op = 'r', .ids = ids };
-    return with_tx(c, change_body, &a, err);
-}
-
-int inventory_expire(db_conn_t *c, int limit, db_error_t *err)
-{
-    int done = 0;
-    while (done < limit) {
-        change_arg_t a = { .op = 'e' };
-        int r = with_tx(c, change_body, &a, err);
-        if (r < 0) return done > 0 ? done : -1;
-        if (r == INV_NOT_FOUND) break;
-        if (r == INV_DONE) {
-            log_info("inventory: reservation %s expired; its stock is released", a.id);
-            done++;
-        }
-    }
-    return done;
-}
-
-/* ---- stock levels ---------------------------------------------------------------------------- */
-
-typedef struct stock_arg {
-    const char *pid;
-    long stock;
-    long long expected;
-    inv_level_t *out;
-} stock_arg_t;
-
-#define SQL_SET_STOCK \
-    "WITH u AS (UPDATE inventory SET stock = $2::int, version = version + 1 WHERE product_id = $1::uuid " \
-    "RETURNING product_id, stock, reserved, version), " \
-    "l AS (INSERT INTO inventory_ledger (product_id, kind, quantity, stock_after, reserved_after) " \
-    "SELECT product_id, 'restock', $2::int - $3::int, stock, reserved FROM u WHERE $2::int <> $3::int) " \
-    "SELECT stock, reserved, version FROM u"
-
-static void level_from(const PGresult *r, inv_level_t *out)
-{
-    out->stock = col_ll(r, 0, 0);
-    out->reserved = col_ll(r, 0, 1);
-    out->version = col_ll(r, 0, 2);
-}
-
-static int stock_body(db_conn_t *c, void *arg, int *commit, db_error_t *err)
-{
-    stock_arg_t *a = arg;
-    const char *v[] = { a->pid };
-    PGresult *r = q(c, "SELECT stock, reserved, version FROM inventory WHERE product_id = $1::uuid FOR UPDATE", 1, v, err);
-    if (!r) return -1;
-    if (PQntuples(r) == 0) { PQclear(r); return INV_NOT_FOUND; }
-    level_from(r, a->out);
-    PQclear(r);
-    if (a->expected >= 0 && a->expected != a->out->version) {
-        fail(err, "conflict", "the inventory changed since that version was read");
-        return INV_STALE;
-    }
-    char stock[24], old[24];
-    snprintf(stock, sizeof stock, "%ld", a->stock);
-    snprintf(old, sizeof old, "%lld", a->out->stock);
-    const char *sv[] = { a->pid, stock, old };
-    if (!(r = q(c, SQL_SET_STOCK, 3, sv, err))) return -1;
-    level_from(r, a->out);
-    PQclear(r);
-    *commit = 1;
-    return INV_DONE;
-}
-
-int inventory_set_stock(db_conn_t *c, const char *pid, long stock, long long expected_version, inv_level_t *out,
-                        db_error_t *err)
-{
-    stock_arg_t a = { pid, stock, expected_version, out };
-    return with_tx(c, stock_body, &a, err);
-}
-
-int inventory_get(db_conn_t *c, const char *pid, inv_level_t *out, db_error_t *err)
-{
-    const char *v[] = { pid };
-    PGresult *r = q(c, "SELECT stock, reserved, version FROM inventory WHERE product_id = $1::uuid", 1, v, err);
-    if (!r) return -1;
-    int found = PQntuples(r) == 1;
-    if (found) level_from(r, out);
-    PQclear(r);
-    return found ? INV_DONE : INV_NOT_FOUND;
-}
-
-#define SQL_AUDIT \
-    "SELECT i.stock, i.reserved, " \
-    "COALESCE(SUM(l.quantity) FILTER (WHERE l.kind = 'initial'), 0), " \
-    "COALESCE(SUM(l.quantity) FILTER (WHERE l.kind = 'restock'), 0), " \
-    "COALESCE(SUM(l.quantity) FILTER (WHERE l.kind = 'commit'), 0) - COALESCE(SUM(l.quantity) FILTER (WHERE l.kind = 'return'), 0), " \
-    "COALESCE(SUM(l.quantity) FILTER (WHERE l.kind = 'reserve'), 0) - " \
-    "COALESCE(SUM(l.quantity) FILTER (WHERE l.kind IN ('commit', 'release', 'expire')), 0), " \
-    "(SELECT COALESCE(SUM(ri.quantity), 0) FROM reservation_items ri JOIN reservations r ON r.id = ri.reservation_id " \
-    "WHERE ri.product_id = i.product_id AND r.status = 'reserved') " \
-    "FROM inventory i LEFT JOIN inventory_ledger l ON l.product_id = i.product_id " \
-    "WHERE i.product_id = $1::uuid GROUP BY i.product_id, i.stock, i.reserved"
-
-int inventory_audit(db_conn_t *c, const char *pid, inv_audit_t *out, db_error_t *err)
-{
-    const char *v[] = { pid };
-    PGresult *r = q(c, SQL_AUDIT, 1, v, err);
-    if (!r) return -1;
-    if (PQntuples(r) == 0) { PQclear(r); return INV_NOT_FOUND; }
-    long long *f[] = { &out->stock, &out->reserved, &out->initial, &out->restocks, &out->sold, &out->held, &out->open_items };
-    for (int i = 0; i < 7; i++) *f[i] = col_ll(r, 0, i);
-    PQclear(r);
-    out->balanced = out->initial + out->restocks - out->sold - out->held == out->stock && out->held == out->reserved &&
-                    out->open_items == out->reserved;
-    return INV_DONE;
-}
+const binding_t binding_inventory = {
+    .name = "inventory",
+    .open = luaopen_inventory,
+    .global_init = inventory_global_init,
+};

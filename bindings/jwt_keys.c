@@ -7,16 +7,22 @@
  *                         JWKS. Rotation: move the old key here, point JWT_PRIVATE_KEY_FILE at the
  *                         new one, restart; delete the old file once its tokens expired (15 min).
  *   JWT_PUBLIC_KEY_FILE   one PEM public key (a service that only verifies).
- *   JWKS_URL              the user service's /.well-known/jwks.json, fetched with libcurl on the
- *                         first unknown kid, then again on an unknown kid at most every 30 s
- *                         (every 2 s while no fetch has succeeded yet, so start-up order does
- *                         not matter). The fetch runs on the calling thread (3 s timeout).
+ *   JWKS_URL              the user service's /.well-known/jwks.json, fetched by a thread of its
+ *                         own (libcurl, 3 s timeout), never on a request: at start (init waits
+ *                         for that first attempt, at most 3 s), every JWKS_REFRESH_S (300), after
+ *                         a failure again with back-off (1 s doubling to 60 s), and — when a
+ *                         token names a kid nobody knows — once more, no sooner than
+ *                         JWKS_MIN_REFETCH_S (30) after the previous attempt (2 s while none has
+ *                         succeeded, so start-up order does not matter). That token is refused
+ *                         at once (401; 503 while no fetch has succeeded): random kids cost one
+ *                         fetch per 30 s and no wait. A failed fetch keeps the keys it had.
  * A kid is the key's RFC 7638 thumbprint unless the JWKS names it. Only RSA keys of at least
  * 2048 bits are accepted. */
 #include "jwt_keys.h"
 
 #include <curl/curl.h>
 #include <dirent.h>
+#include <errno.h>
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/err.h>
@@ -24,16 +30,21 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "../core/log.h"
 #include "crypto.h"
 #include "json_reader.h"
 
 #define JWKS_MAX_BYTES ((size_t)512 * 1024)
 #define KEY_FILE_MAX (64 * 1024)
+#define JWKS_TIMEOUT_MS 3000L           /* one fetch, and how long start-up waits for the first */
+#define JWKS_BACKOFF_MAX_S 60
+#define JWKS_FIRST_REFETCH_S 2          /* unknown kids, while no fetch has succeeded */
 
 typedef struct {
     char kid[JWT_KID_MAX];
@@ -50,21 +61,33 @@ static struct {
     char signing_kid[JWT_KID_MAX];
     char issuer[256], audience[256];
     char *jwks_url;                 /* owned; NULL when not configured */
-    pthread_mutex_t fetch_lock;     /* one JWKS fetch at a time; guards the two fields below */
-    time_t fetched_at;              /* monotonic seconds of the last attempt, 0 = never */
-    int jwks_ok;                    /* a fetch has succeeded */
     EVP_MD *sha256;                 /* fetched once: EVP_sha256() makes OpenSSL 3 fetch per use */
-} g = { .lock = PTHREAD_RWLOCK_INITIALIZER, .fetch_lock = PTHREAD_MUTEX_INITIALIZER };
+    /* The refresh thread's schedule, under `refresh`; `wake` tells the thread it changed (or to
+     * stop) and tells init the first attempt is over. */
+    pthread_mutex_t refresh;
+    pthread_cond_t wake;
+    pthread_t thread;
+    int running;                    /* the thread was started (joined by cleanup) */
+    atomic_int stop;                /* also read by libcurl's progress callback: abort the fetch */
+    long refresh_s, min_refetch_s;  /* JWKS_REFRESH_S, JWKS_MIN_REFETCH_S */
+    uint64_t due_ns;                /* the next scheduled fetch (monotonic) */
+    uint64_t asked_ns;              /* an unknown kid asked for a fetch at this time, or 0 */
+    uint64_t last_ns;               /* when the last attempt started, 0 = never */
+    int attempts, failures;         /* attempts made; failures in a row */
+    int jwks_ok;                    /* a fetch has succeeded */
+} g = { .lock = PTHREAD_RWLOCK_INITIALIZER, .refresh = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER };
 
 /* ---- keys ------------------------------------------------------------------------------- */
 
-/* Monotonic seconds. */
-static time_t mono_now(void)
+/* Monotonic nanoseconds. */
+static uint64_t mono_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec;
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
+
+#define SEC_NS(s) ((uint64_t)(s) * 1000000000ull)
 
 /* Whether kid is non-empty and made only of characters that need no escaping anywhere. */
 static int kid_ok(const char *kid)
@@ -210,7 +233,14 @@ static size_t on_body(char *p, size_t size, size_t nmemb, void *ud)
     return b->failed ? 0 : n;
 }
 
-/* GET url into out; 0 on a 200 answer, else -1 with why. */
+/* libcurl progress callback: abort the transfer when the keyset is being cleaned up. */
+static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
+{
+    (void)ud; (void)dltotal; (void)dlnow; (void)ultotal; (void)ulnow;
+    return atomic_load(&g.stop);
+}
+
+/* GET url into out; 0 on a 200 answer, else -1 with why. Blocks: the refresh thread only. */
 static int http_get(const char *url, buf_t *out, char *why, size_t whylen)
 {
     CURL *c = curl_easy_init();
@@ -218,9 +248,11 @@ static int http_get(const char *url, buf_t *out, char *why, size_t whylen)
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 3000L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, JWKS_TIMEOUT_MS);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 1000L);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(c, CURLOPT_USERAGENT, "mercato-jwks");
     CURLcode rc = curl_easy_perform(c);
@@ -299,14 +331,18 @@ static int parse_jwks(const char *doc, size_t len, jwk_t **out, int *count)
 }
 
 /* Fetch JWKS_URL and replace the JWKS-sourced keys; 0, or -1 leaving the keyset as it was. */
-static int jwks_refresh(void)
+static int jwks_refresh(char *why, size_t whylen)
 {
     buf_t body;
-    char why[256];
     jwk_t *fresh;
     int nfresh;
     buf_init(&body);
-    if (http_get(g.jwks_url, &body, why, sizeof why) != 0 || parse_jwks(body.data, body.len, &fresh, &nfresh) != 0) {
+    if (http_get(g.jwks_url, &body, why, whylen) != 0) {
+        buf_free(&body);
+        return -1;
+    }
+    if (parse_jwks(body.data, body.len, &fresh, &nfresh) != 0) {
+        snprintf(why, whylen, "the answer is not a JWK Set");
         buf_free(&body);
         return -1;
     }
@@ -328,20 +364,127 @@ static int jwks_refresh(void)
     g.nkeys = kept;
     pthread_rwlock_unlock(&g.lock);
     free(fresh);
+    if (!grown) snprintf(why, whylen, "out of memory");
     return grown ? 0 : -1;
 }
 
-/* Fetch the JWKS again when the rate limit allows (one thread fetches, the others wait for it). */
-static void jwks_maybe_refresh(void)
+/* ---- the refresh thread ------------------------------------------------------------------ */
+
+/* When the thread should fetch next (with g.refresh held). */
+static uint64_t next_fetch_ns(void)
 {
-    pthread_mutex_lock(&g.fetch_lock);
-    time_t now = mono_now();
-    int due = !g.fetched_at || now - g.fetched_at >= (g.jwks_ok ? JWT_JWKS_MIN_REFETCH : 2);
-    if (due) {
-        g.fetched_at = now;
-        if (jwks_refresh() == 0) g.jwks_ok = 1;
+    return g.asked_ns && g.asked_ns < g.due_ns ? g.asked_ns : g.due_ns;
+}
+
+static void *refresh_main(void *arg)
+{
+    (void)arg;
+    pthread_setname_np(pthread_self(), "jwks-refresh");
+    pthread_mutex_lock(&g.refresh);
+    while (!atomic_load(&g.stop)) {
+        uint64_t now = mono_ns(), next = next_fetch_ns();
+        if (now < next) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);   /* the cond waits on CLOCK_MONOTONIC */
+            uint64_t at = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + (next - now);
+            ts.tv_sec = (time_t)(at / 1000000000ull);
+            ts.tv_nsec = (long)(at % 1000000000ull);
+            pthread_cond_timedwait(&g.wake, &g.refresh, &ts);
+            continue;
+        }
+        g.last_ns = now;
+        if (g.asked_ns && g.asked_ns <= now) g.asked_ns = 0;   /* this attempt answers it */
+        pthread_mutex_unlock(&g.refresh);
+
+        char why[256] = "";
+        int rc = jwks_refresh(why, sizeof why);
+
+        pthread_mutex_lock(&g.refresh);
+        now = mono_ns();
+        g.attempts++;
+        if (rc == 0) {
+            if (!g.jwks_ok || g.failures) log_info("jwks: keys fetched from JWKS_URL");
+            g.jwks_ok = 1;
+            g.failures = 0;
+            g.due_ns = now + SEC_NS(g.refresh_s);
+        } else {
+            long backoff = g.failures < 6 ? 1L << g.failures : JWKS_BACKOFF_MAX_S;
+            if (backoff > JWKS_BACKOFF_MAX_S) backoff = JWKS_BACKOFF_MAX_S;
+            if (backoff > g.refresh_s) backoff = g.refresh_s;
+            if (!atomic_load(&g.stop))
+                log_warn("jwks: fetching JWKS_URL failed (%s); keeping the keys we have, next try in %ld s", why, backoff);
+            g.failures++;
+            g.due_ns = now + SEC_NS(backoff);
+        }
+        pthread_cond_broadcast(&g.wake);   /* init waits for the first attempt */
     }
-    pthread_mutex_unlock(&g.fetch_lock);
+    pthread_mutex_unlock(&g.refresh);
+    return NULL;
+}
+
+/* An unknown kid: have the thread fetch again, as soon as the rate limit allows. Never waits
+ * for the fetch (only for the mutex, which no one holds across I/O). */
+static void jwks_ask_refresh(void)
+{
+    pthread_mutex_lock(&g.refresh);
+    uint64_t gap = SEC_NS(g.jwks_ok ? g.min_refetch_s : JWKS_FIRST_REFETCH_S);
+    uint64_t at = g.last_ns ? g.last_ns + gap : 0, now = mono_ns();
+    if (at < now) at = now;
+    if (!g.asked_ns || at < g.asked_ns) {
+        g.asked_ns = at;
+        if (at < g.due_ns) pthread_cond_broadcast(&g.wake);
+    }
+    pthread_mutex_unlock(&g.refresh);
+}
+
+/* Start the thread and wait for its first attempt (start-up may block, at most one fetch's
+ * time). 0, or -1 when the thread cannot start. */
+static int refresh_start(void)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_destroy(&g.wake);
+    pthread_cond_init(&g.wake, &ca);
+    pthread_condattr_destroy(&ca);
+    atomic_store(&g.stop, 0);
+    g.due_ns = 0;   /* at once */
+    g.asked_ns = g.last_ns = 0;
+    g.attempts = g.failures = g.jwks_ok = 0;
+    if (pthread_create(&g.thread, NULL, refresh_main, NULL) != 0) return -1;
+    g.running = 1;
+    pthread_mutex_lock(&g.refresh);
+    uint64_t until = mono_ns() + SEC_NS(1) * (JWKS_TIMEOUT_MS + 500) / 1000;
+    while (!g.attempts) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+        if (now >= until) break;
+        ts.tv_sec = (time_t)(until / 1000000000ull);
+        ts.tv_nsec = (long)(until % 1000000000ull);
+        if (pthread_cond_timedwait(&g.wake, &g.refresh, &ts) == ETIMEDOUT) break;
+    }
+    pthread_mutex_unlock(&g.refresh);
+    return 0;
+}
+
+static void refresh_stop(void)
+{
+    if (!g.running) return;
+    pthread_mutex_lock(&g.refresh);
+    atomic_store(&g.stop, 1);
+    pthread_cond_broadcast(&g.wake);
+    pthread_mutex_unlock(&g.refresh);
+    pthread_join(g.thread, NULL);   /* a fetch in flight is aborted by its progress callback */
+    g.running = 0;
+}
+
+int jwt_keys_fetch_attempts(void)
+{
+    pthread_mutex_lock(&g.refresh);
+    int n = g.attempts;
+    pthread_mutex_unlock(&g.refresh);
+    return n;
 }
 
 /* ---- lookups ------------------------------------------------------------------------------ */
@@ -363,11 +506,10 @@ EVP_PKEY *jwt_keys_lookup(const char *kid, int *unavailable)
     *unavailable = 0;
     if (key) return key;
     if (g.jwks_url) {
-        jwks_maybe_refresh();
-        if ((key = find(kid))) return key;
-        pthread_mutex_lock(&g.fetch_lock);
+        jwks_ask_refresh();
+        pthread_mutex_lock(&g.refresh);
         *unavailable = !g.jwks_ok;
-        pthread_mutex_unlock(&g.fetch_lock);
+        pthread_mutex_unlock(&g.refresh);
         return NULL;
     }
     pthread_rwlock_rdlock(&g.lock);
@@ -447,6 +589,22 @@ static int load_dir(const char *dir)
     return rc;
 }
 
+/* name as whole seconds, 1 to a day, into *out (def when unset); 0, or -1 with a message. */
+static int env_seconds(const char *name, long def, long *out)
+{
+    const char *v = getenv(name);
+    *out = def;
+    if (!v || !*v) return 0;
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (*end || n < 1 || n > 86400) {
+        fprintf(stderr, "mercato: %s must be a whole number of seconds from 1 to 86400\n", name);
+        return -1;
+    }
+    *out = n;
+    return 0;
+}
+
 int jwt_keys_init(void)
 {
     const char *v;
@@ -469,8 +627,14 @@ int jwt_keys_init(void)
         if (rc != 0) return -1;
     }
     if ((v = getenv("JWKS_URL")) && *v) {
+        if (env_seconds("JWKS_REFRESH_S", 300, &g.refresh_s) != 0 || env_seconds("JWKS_MIN_REFETCH_S", 30, &g.min_refetch_s) != 0)
+            return -1;
         if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || !(g.jwks_url = strdup(v))) {
             fprintf(stderr, "mercato: JWKS_URL: libcurl cannot be initialised\n");
+            return -1;
+        }
+        if (refresh_start() != 0) {
+            fprintf(stderr, "mercato: JWKS_URL: cannot start the refresh thread\n");
             return -1;
         }
     }
@@ -479,6 +643,7 @@ int jwt_keys_init(void)
 
 void jwt_keys_cleanup(void)
 {
+    refresh_stop();   /* first: it writes the keyset */
     pthread_rwlock_wrlock(&g.lock);
     for (int i = 0; i < g.nkeys; i++) entry_free(&g.keys[i]);
     free(g.keys);
@@ -491,7 +656,6 @@ void jwt_keys_cleanup(void)
     if (g.jwks_url) curl_global_cleanup();
     free(g.jwks_url);
     g.jwks_url = NULL;
-    g.fetched_at = 0;
     g.jwks_ok = 0;
     EVP_MD_free(g.sha256);
     g.sha256 = NULL;

@@ -15,7 +15,6 @@ enum { JWT_TOKEN_OK, JWT_TOKEN_INVALID, JWT_TOKEN_EXPIRED, JWT_TOKEN_UNAVAILABLE
 #define JWT_CLOCK_SKEW 60          /* seconds of leeway on exp and nbf */
 #define JWT_MAX_TOKEN 8192         /* longer bearer tokens are refused unread */
 #define JWT_KID_MAX 128
-#define JWT_JWKS_MIN_REFETCH 30    /* seconds between JWKS fetches caused by unknown kids */
 
 /* ---- keyset (jwt_keys.c) ---------------------------------------------------------------- */
 
@@ -24,10 +23,14 @@ enum { JWT_TOKEN_OK, JWT_TOKEN_INVALID, JWT_TOKEN_EXPIRED, JWT_TOKEN_UNAVAILABLE
 int jwt_keys_init(void);
 void jwt_keys_cleanup(void);
 
-/* A new reference (caller EVP_PKEY_free-s it) to the verification key `kid`, fetching the JWKS
- * again when the kid is unknown and a fetch is allowed. NULL when unknown; then *unavailable
- * says whether that is because no key source could be read. */
+/* A new reference (caller EVP_PKEY_free-s it) to the verification key `kid`. NULL when unknown
+ * — then, with JWKS_URL, the refresh thread is asked to fetch again (never waited for) and
+ * *unavailable says whether no fetch has succeeded yet, or without it whether no key source
+ * is configured at all. */
 EVP_PKEY *jwt_keys_lookup(const char *kid, int *unavailable);
+
+/* JWKS fetches attempted since jwt_keys_init (tests). */
+int jwt_keys_fetch_attempts(void);
 
 /* A new reference to the signing key (JWT_PRIVATE_KEY_FILE) and its kid, or NULL. */
 EVP_PKEY *jwt_keys_signing(char *kid, size_t kidlen);

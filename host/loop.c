@@ -2,9 +2,11 @@
 #include "loop.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -31,6 +33,11 @@ struct loop {
     loop_timer_t **heap;         /* binary min-heap on (due_ns, seq) */
     size_t nheap, capheap;
     uint64_t seq;
+    /* Posts from other threads: a FIFO under post_lock; the eventfd is written when it goes
+     * from empty to non-empty, and read (then the list taken whole) on the loop's thread. */
+    int post_fd;
+    pthread_mutex_t post_lock;
+    loop_post_t *post_head, *post_tail;
 };
 
 uint64_t loop_now_ns(void)
@@ -184,6 +191,52 @@ void loop_unwatch(loop_t *l, int fd)
     w->arg = NULL;
 }
 
+/* ---- posts from other threads ----------------------------------------------------------- */
+
+void loop_post(loop_t *l, loop_post_t *p, loop_post_cb cb, void *arg)
+{
+    p->next = NULL;
+    p->cb = cb;
+    p->arg = arg;
+    pthread_mutex_lock(&l->post_lock);
+    int was_empty = !l->post_head;
+    if (l->post_tail) l->post_tail->next = p;
+    else l->post_head = p;
+    l->post_tail = p;
+    /* Written under the lock: once the lock is let go the post may already have run and the
+     * loop been freed, so this thread touches nothing of the loop after it. EAGAIN means the
+     * counter is already non-zero: the loop wakes anyway. */
+    if (was_empty) {
+        uint64_t one = 1;
+        if (write(l->post_fd, &one, sizeof one) < 0) { /* EAGAIN only: the loop is awake already */ }
+    }
+    pthread_mutex_unlock(&l->post_lock);
+}
+
+/* Take the whole queue (posts made meanwhile go to the next round) and call it in order. The
+ * eventfd is reset under the lock too, so it is non-zero exactly while the queue is not
+ * empty: no wake-up is ever spurious. */
+static void run_posts(loop_t *l, loop_t *arg_loop)
+{
+    uint64_t n;
+    pthread_mutex_lock(&l->post_lock);
+    loop_post_t *p = l->post_head;
+    if (p && read(l->post_fd, &n, sizeof n) < 0) { /* cannot fail while the queue is not empty */ }
+    l->post_head = l->post_tail = NULL;
+    pthread_mutex_unlock(&l->post_lock);
+    while (p) {
+        loop_post_t *next = p->next;   /* p belongs to its owner again once cb runs */
+        p->cb(arg_loop, p->arg);
+        p = next;
+    }
+}
+
+static void on_post_fd(loop_t *l, int fd, int events, void *arg)
+{
+    (void)fd; (void)events; (void)arg;
+    run_posts(l, l);
+}
+
 /* ---- the loop -------------------------------------------------------------------------- */
 
 loop_t *loop_new(void)
@@ -191,17 +244,25 @@ loop_t *loop_new(void)
     loop_t *l = calloc(1, sizeof *l);
     if (!l) return NULL;
     l->ep = epoll_create1(EPOLL_CLOEXEC);
-    if (l->ep < 0) { free(l); return NULL; }
+    l->post_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    pthread_mutex_init(&l->post_lock, NULL);
+    if (l->ep < 0 || l->post_fd < 0 || loop_watch(l, l->post_fd, LOOP_READ, on_post_fd, NULL) < 0) {
+        loop_free(l);
+        return NULL;
+    }
     return l;
 }
 
 void loop_free(loop_t *l)
 {
     if (!l) return;
+    run_posts(l, NULL);   /* their owners release them */
     for (size_t i = 0; i < l->nheap; i++) free(l->heap[i]);
     free(l->heap);
     free(l->watches);
-    close(l->ep);
+    if (l->post_fd >= 0) close(l->post_fd);
+    if (l->ep >= 0) close(l->ep);
+    pthread_mutex_destroy(&l->post_lock);
     free(l);
 }
 

@@ -1,6 +1,7 @@
 /* loop: one HTTP thread's event loop — fd watches and timers over epoll, made explicit so that
  * bindings can park a request on a socket (hiredis async, libpq async) and be called back on
- * the same thread. Not thread-safe: a loop is created, run and freed by one thread. */
+ * the same thread. A loop is created, run and freed by one thread; the only call another
+ * thread may make is loop_post (a hashing pool handing back a finished job). */
 #ifndef MERCATO_LOOP_H
 #define MERCATO_LOOP_H
 
@@ -10,6 +11,7 @@ enum { LOOP_READ = 1, LOOP_WRITE = 2 };
 
 typedef struct loop loop_t;
 typedef struct loop_timer loop_timer_t;
+typedef struct loop_post loop_post_t;
 
 /* Called with the ready events (LOOP_READ | LOOP_WRITE; an error or hang-up reports both the
  * directions that are watched). The callback may watch/unwatch any fd, this one included. */
@@ -17,11 +19,30 @@ typedef void (*loop_io_cb)(loop_t *loop, int fd, int events, void *arg);
 /* Called once when the timer is due; the loop frees the timer right after (do not cancel it). */
 typedef void (*loop_timer_cb)(loop_t *loop, void *arg);
 
-/* A new loop, or NULL (out of memory / epoll_create1 failed). */
+/* Called on the loop's thread for a loop_post; loop is NULL when the loop is being freed with
+ * the post still queued: then only release what arg holds. */
+typedef void (*loop_post_cb)(loop_t *loop, void *arg);
+
+/* A post's link, embedded in the poster's own object (no allocation: posting cannot fail).
+ * Owned by the loop from loop_post until its callback is called. */
+struct loop_post {
+    loop_post_t *next;
+    loop_post_cb cb;
+    void *arg;
+};
+
+/* A new loop, or NULL (out of memory / epoll_create1 or eventfd failed). */
 loop_t *loop_new(void);
 /* Close the epoll fd and free every pending timer without calling it; watched fds are not
- * closed (their owners close them). */
+ * closed (their owners close them). Posts still queued are called with loop NULL, on the
+ * freeing thread. No thread may post to the loop once loop_free has begun. */
 void loop_free(loop_t *loop);
+
+/* From any thread: have cb(loop, arg) called on the loop's thread, in its next iteration (as
+ * an I/O callback, before that iteration's timers), waking it if it waits. Posts from one
+ * thread are called in the order they were made. p is the caller's memory, untouched by the
+ * caller until cb runs; every post is called exactly once. */
+void loop_post(loop_t *loop, loop_post_t *p, loop_post_cb cb, void *arg);
 
 /* Watch fd for events (LOOP_READ | LOOP_WRITE; 0 keeps it registered but idle), replacing any
  * earlier watch of fd. 0, or -1 with errno. */

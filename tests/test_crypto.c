@@ -1,5 +1,6 @@
 /* test_crypto: the crypto binding through a real Lua state — published vectors, misuse that
- * raises, failures that return nil, err, code, and the argon2 concurrency gate. */
+ * raises, failures that return nil, err, code, and the argon2 pool's bounds (queue, wait). */
+#include <argon2.h>
 #include <lauxlib.h>
 #include <lualib.h>
 #include <pthread.h>
@@ -9,6 +10,7 @@
 #include "test.h"
 
 int luaopen_crypto(lua_State *L);
+void crypto_argon2_cleanup(void);
 
 static lua_State *L;
 
@@ -161,32 +163,60 @@ TEST(dummy_verify_costs_a_real_verification_and_says_false)
     CHECK(dummy > real / 3 && dummy < real * 3);
 }
 
-/* Holds the single argon2 slot for one hash on its own thread and state. */
-static void *hash_in_thread(void *arg)
+/* An argon2id hash of "pw" with t = 60: about 40x the cost of a login's, to hold the thread. */
+static char slow_hash[160];
+
+/* A blocking caller verifying against slow_hash on its own thread and state; its result in *arg. */
+static void *verify_in_thread(void *arg)
 {
     lua_State *s = new_state();
-    if (luaL_dostring(s, "crypto.argon2_hash('held')") != 0) abort();
+    lua_pushstring(s, slow_hash);
+    lua_setglobal(s, "SLOW");
+    if (luaL_dostring(s, "local ok, err, code = crypto.argon2_verify(SLOW, 'pw') "
+                         "return ok ~= nil and tostring(ok) or err .. ' ' .. code") != 0) abort();
+    snprintf(arg, 64, "%s", lua_tostring(s, -1));
     lua_close(s);
-    (void)arg;
     return NULL;
 }
 
-TEST(argon2_answers_busy_when_no_slot_frees_in_time)
+static double since_ms(const struct timespec *a)
 {
-    /* main() set ARGON2_MAX_CONCURRENT=1 and ARGON2_WAIT_MS=0. */
-    pthread_t t;
-    pthread_create(&t, NULL, hash_in_thread, NULL);
-    struct timespec nap = { 0, 5 * 1000000L };
+    struct timespec b;
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    return (b.tv_sec - a->tv_sec) * 1e3 + (b.tv_nsec - a->tv_nsec) / 1e6;
+}
+
+TEST(argon2_answers_busy_past_the_queue_and_past_the_wait)
+{
+    /* main() set ARGON2_THREADS=1, ARGON2_QUEUE=1, ARGON2_WAIT_MS=0: one job runs, one may
+     * wait, and a job that waits at all is past its wait when the thread gets to it. */
+    char first[64] = "", second[64] = "";
+    pthread_t t1, t2;
+    const unsigned char salt[16] = "0123456789abcdef";
+    CHECK_INT(argon2id_hash_encoded(60, 19456, 1, "pw", 2, salt, sizeof salt, 32, slow_hash, sizeof slow_hash), ARGON2_OK);
+    struct timespec nap = { 0, 30 * 1000000L };
+    pthread_create(&t1, NULL, verify_in_thread, first);    /* taken by the idle thread at once */
     nanosleep(&nap, NULL);
+    pthread_create(&t2, NULL, verify_in_thread, second);   /* waits behind it */
+    nanosleep(&nap, NULL);
+    struct timespec a;
+    clock_gettime(CLOCK_MONOTONIC, &a);
     CHECK_STR(eval("local h, err, code = crypto.argon2_hash('x') return tostring(h) .. ' ' .. err .. ' ' .. code"),
               "nil busy unavailable");
-    pthread_join(t, NULL);
-    CHECK(strncmp(eval("return crypto.argon2_hash('x')"), "$argon2id$", 10) == 0);
+    double refused_ms = since_ms(&a);
+    printf("# a job past the full queue is refused in %.2f ms\n", refused_ms);
+    CHECK(refused_ms < 5);   /* at once: it never waited for the running hash */
+    pthread_join(t1, NULL);
+    pthread_join(t2, NULL);
+    CHECK_STR(first, "true");
+    CHECK_STR(second, "busy unavailable");
+    CHECK(strncmp(eval("return crypto.argon2_hash('x')"), "$argon2id$", 10) == 0);   /* idle again: computed */
 }
 
 int main(void)
 {
-    setenv("ARGON2_MAX_CONCURRENT", "1", 1);
+    setenv("ARGON2_THREADS", "1", 1);
+    setenv("ARGON2_QUEUE", "1", 1);
     setenv("ARGON2_WAIT_MS", "0", 1);
     L = new_state();
     RUN(sha256_matches_the_fips_180_vector);
@@ -201,7 +231,8 @@ int main(void)
     RUN(argon2_verify_accepts_the_reference_implementation_vector);
     RUN(argon2_verify_refuses_malformed_hashes_with_invalid);
     RUN(dummy_verify_costs_a_real_verification_and_says_false);
-    RUN(argon2_answers_busy_when_no_slot_frees_in_time);
+    RUN(argon2_answers_busy_past_the_queue_and_past_the_wait);
     lua_close(L);
+    crypto_argon2_cleanup();   /* joins the hashing thread (ASan: nothing left behind) */
     return test_done();
 }

@@ -6,6 +6,7 @@
 #include <lualib.h>
 #include <stdlib.h>
 
+#include "../bindings/db.h"
 #include "../bindings/inventory.h"
 #include "../core/log.h"
 #include "../core/metrics.h"
@@ -66,7 +67,7 @@ TEST(misuse_raises_and_bad_values_return_invalid_before_anything_is_sent)
     g_cfg.database_url = "postgresql://postgres@127.0.0.1:1/none";
     lua_State *L = test_state(&w, "inventory");
     CHECK(strstr(test_eval(L, "return inventory.reserve(nil, {})"), "expecting a reservation_id string, got nil") != NULL);
-    CHECK(strstr(test_eval(L, "return inventory.reserve(" RID ", 'x')"), "table expected") != NULL);
+    CHECK(strstr(test_eval(L, "return inventory.reserve(" RID ", 'x')"), "expecting an items table, got string") != NULL);
     CHECK(strstr(test_eval(L, "return inventory.reserve(" RID ", { 'x' })"), "item 1 is not a table") != NULL);
     CHECK(strstr(test_eval(L, "return inventory.reserve(" RID ", { { product_id = 1, quantity = 1 } })"),
                  "expecting an item's product_id string, got number") != NULL);

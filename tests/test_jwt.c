@@ -220,30 +220,82 @@ TEST(thumbprint_matches_rfc_7638_example)
     BN_free(e);
 }
 
-/* ---- a one-connection-at-a-time HTTP server that serves one JWKS document --------------- */
+/* ---- a one-connection-at-a-time HTTP server that serves one JWKS document, or hangs ------ */
 
 static struct {
-    int fd, port, hits, stop;
+    int fd, port, hits, stop, hang;
+    int held[64], nheld;          /* hang: accepted connections, never answered */
+    struct sockaddr_in addr;
+    pthread_t thread;
     char body[8192];
 } srv;
 
-/* Answer every request with srv.body until srv.stop. */
+/* Answer every request with srv.body until srv.stop; with srv.hang, accept and say nothing. */
 static void *serve(void *arg)
 {
     (void)arg;
     for (;;) {
         int c = accept(srv.fd, NULL, NULL);
         if (c < 0 || srv.stop) { if (c >= 0) close(c); return NULL; }
+        __atomic_add_fetch(&srv.hits, 1, __ATOMIC_SEQ_CST);
+        if (srv.hang) {
+            if (srv.nheld < 64) srv.held[srv.nheld++] = c;
+            else close(c);
+            continue;
+        }
         char req[2048];
         if (read(c, req, sizeof req) > 0) {
             char head[256];
             int hn = snprintf(head, sizeof head, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
                                                  "Connection: close\r\n\r\n", strlen(srv.body));
             if (write(c, head, (size_t)hn) < 0 || write(c, srv.body, strlen(srv.body)) < 0) {}
-            __atomic_add_fetch(&srv.hits, 1, __ATOMIC_SEQ_CST);
         }
         close(c);
     }
+}
+
+static void srv_start(void)
+{
+    memset(&srv.addr, 0, sizeof srv.addr);
+    srv.addr.sin_family = AF_INET;
+    srv.addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t alen = sizeof srv.addr;
+    srv.fd = socket(AF_INET, SOCK_STREAM, 0);
+    bind(srv.fd, (struct sockaddr *)&srv.addr, sizeof srv.addr);
+    listen(srv.fd, 8);
+    getsockname(srv.fd, (struct sockaddr *)&srv.addr, &alen);
+    srv.port = ntohs(srv.addr.sin_port);
+    srv.hits = srv.stop = srv.hang = srv.nheld = 0;
+    pthread_create(&srv.thread, NULL, serve, NULL);
+}
+
+static void srv_stop(void)
+{
+    srv.stop = 1;
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    connect(c, (struct sockaddr *)&srv.addr, sizeof srv.addr);
+    close(c);
+    pthread_join(srv.thread, NULL);
+    for (int i = 0; i < srv.nheld; i++) close(srv.held[i]);
+    close(srv.fd);
+}
+
+/* Point JWKS_URL at srv and load the keys again (init waits for the first fetch). */
+static void verify_through_srv(void)
+{
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/.well-known/jwks.json", srv.port);
+    jwt_keys_cleanup();
+    unsetenv("JWT_PRIVATE_KEY_FILE");
+    setenv("JWKS_URL", url, 1);
+    CHECK_INT(jwt_keys_init(), 0);
+}
+
+static double ms_since(const struct timespec *a)
+{
+    struct timespec b;
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    return (double)(b.tv_sec - a->tv_sec) * 1e3 + (double)(b.tv_nsec - a->tv_nsec) / 1e6;
 }
 
 TEST(a_verifier_fetches_the_jwks_once_and_not_per_unknown_kid)
@@ -251,38 +303,56 @@ TEST(a_verifier_fetches_the_jwks_once_and_not_per_unknown_kid)
     snprintf(srv.body, sizeof srv.body, "%s", eval("return jwt.jwks()"));
     const char *other = eval("OTHER = jwt.sign(claims(), { key = PRIV_B }) return OTHER");
     CHECK(other[0] == 'e');
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t alen = sizeof a;
-    srv.fd = socket(AF_INET, SOCK_STREAM, 0);
-    bind(srv.fd, (struct sockaddr *)&a, sizeof a);
-    listen(srv.fd, 8);
-    getsockname(srv.fd, (struct sockaddr *)&a, &alen);
-    srv.port = ntohs(a.sin_port);
-    pthread_t t;
-    pthread_create(&t, NULL, serve, NULL);
-
-    char url[128];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/.well-known/jwks.json", srv.port);
-    jwt_keys_cleanup();
-    unsetenv("JWT_PRIVATE_KEY_FILE");
-    setenv("JWKS_URL", url, 1);
-    CHECK_INT(jwt_keys_init(), 0);
+    srv_start();
+    verify_through_srv();
+    CHECK_INT(jwt_keys_fetch_attempts(), 1);   /* init waited for the first fetch */
     CHECK_STR(eval("return code_of(T)"), "ok");
     CHECK_INT(srv.hits, 1);
     CHECK_STR(eval("return code_of(OTHER) .. code_of(OTHER) .. code_of(OTHER)"), "invalidinvalidinvalid");
+    struct timespec nap = { 0, 200 * 1000000L };
+    nanosleep(&nap, NULL);
     CHECK_INT(srv.hits, 1);   /* unknown kids do not refetch within 30 s */
     CHECK_STR(eval("local t, err, code = jwt.sign(claims()) return code"), "unavailable");   /* no signing key here */
-
-    srv.stop = 1;
-    int c = socket(AF_INET, SOCK_STREAM, 0);
-    connect(c, (struct sockaddr *)&a, sizeof a);
-    close(c);
-    pthread_join(t, NULL);
-    close(srv.fd);
+    srv_stop();
 
     jwt_keys_cleanup();   /* the JWKS server is gone now: verification is unavailable, not invalid */
     CHECK_INT(jwt_keys_init(), 0);
     CHECK_STR(eval("return code_of(T)"), "unavailable");
+}
+
+TEST(an_unknown_kid_never_waits_for_a_fetch_even_from_an_upstream_that_hangs)
+{
+    setenv("JWKS_MIN_REFETCH_S", "1", 1);
+    srv_start();
+    verify_through_srv();
+    CHECK_STR(eval("return code_of(T)"), "ok");
+    srv.hang = 1;   /* from now on: accepted, never answered (curl's timeout is 3 s) */
+    double worst = 0;
+    int n = 0;
+    struct timespec a, t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (ms_since(&t0) < 2500) {
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        const char *got = eval("return code_of(OTHER)");
+        double ms = ms_since(&a);
+        if (ms > worst) worst = ms;
+        CHECK_STR(got, "invalid");
+        CHECK_STR(eval("return code_of(T)"), "ok");   /* the keys it had keep working */
+        n++;
+        struct timespec nap = { 0, 10 * 1000000L };
+        nanosleep(&nap, NULL);
+    }
+    printf("# %d unknown-kid verifications while the JWKS upstream hangs: the slowest took %.2f ms; %d fetches started\n",
+           n, worst, srv.hits);
+    CHECK(worst < 50);
+    CHECK_INT(srv.hits, 2);   /* one refresh asked for (1 s after the first), still hanging */
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    jwt_keys_cleanup();       /* aborts the hanging fetch */
+    double stop_ms = ms_since(&a);
+    printf("# cleanup with a fetch in flight took %.0f ms\n", stop_ms);
+    CHECK(stop_ms < 1500);
+    srv_stop();
+    unsetenv("JWKS_MIN_REFETCH_S");
 }
 
 TEST(verification_is_fast)
@@ -363,6 +433,7 @@ int main(void)
     RUN(jwks_publishes_the_signing_key_modulus_and_exponent);
     RUN(thumbprint_matches_rfc_7638_example);
     RUN(a_verifier_fetches_the_jwks_once_and_not_per_unknown_kid);
+    RUN(an_unknown_kid_never_waits_for_a_fetch_even_from_an_upstream_that_hangs);
     RUN(verification_is_fast);
 
     lua_close(L);

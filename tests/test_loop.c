@@ -1,6 +1,9 @@
 /* test_loop: the per-thread event loop — fd watches, unwatch inside a callback, timers in
- * deadline order, cancel, zero-delay timers, and the wait bounded by the next timer. */
+ * deadline order, cancel, zero-delay timers, the wait bounded by the next timer, and posts
+ * from other threads (each called once, in order, waking a waiting loop). */
+#include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include "loop.h"
@@ -105,6 +108,109 @@ TEST(a_watch_can_be_changed_from_its_callback)
     loop_free(l);
 }
 
+/* ---- posts from other threads ----------------------------------------------------------- */
+
+#define POSTERS 4
+#define PER_POSTER 5000
+
+typedef struct {
+    loop_post_t link;
+    int poster, seq;
+} msg_t;
+
+static loop_t *posted_to;
+static int got, last_seq[POSTERS], out_of_order, null_loops, wrong_thread;
+static pthread_t loop_thread;
+
+static void on_msg(loop_t *l, void *arg)
+{
+    msg_t *m = arg;
+    if (!l) null_loops++;
+    else if (!pthread_equal(pthread_self(), loop_thread)) wrong_thread++;
+    if (m->seq != last_seq[m->poster] + 1) out_of_order++;
+    last_seq[m->poster] = m->seq;
+    got++;
+    free(m);   /* the callback owns the message again */
+}
+
+static void *poster(void *arg)
+{
+    int id = (int)(intptr_t)arg;
+    for (int i = 1; i <= PER_POSTER; i++) {
+        msg_t *m = malloc(sizeof *m);
+        m->poster = id;
+        m->seq = i;
+        loop_post(posted_to, &m->link, on_msg, m);
+        if (i % 512 == 0) usleep(100);   /* let the loop drain between bursts sometimes */
+    }
+    return NULL;
+}
+
+TEST(posts_from_many_threads_each_run_once_in_order_on_the_loop_thread)
+{
+    loop_t *l = loop_new();
+    posted_to = l;
+    loop_thread = pthread_self();
+    got = out_of_order = null_loops = wrong_thread = 0;
+    for (int i = 0; i < POSTERS; i++) last_seq[i] = 0;
+    pthread_t t[POSTERS];
+    for (int i = 0; i < POSTERS; i++) pthread_create(&t[i], NULL, poster, (void *)(intptr_t)i);
+    uint64_t t0 = loop_now_ns();
+    /* The 2 s bound only guards against a hang: each wait ends because a post woke it. */
+    while (got < POSTERS * PER_POSTER && loop_now_ns() - t0 < 10000000000ull) loop_run_once(l, 2000);
+    for (int i = 0; i < POSTERS; i++) pthread_join(t[i], NULL);
+    CHECK_INT(got, POSTERS * PER_POSTER);
+    CHECK_INT(out_of_order, 0);
+    CHECK_INT(null_loops, 0);
+    CHECK_INT(wrong_thread, 0);
+    CHECK_INT(loop_run_once(l, 0), 0);   /* the eventfd is reset with the queue: no stray wake-up */
+    loop_free(l);
+}
+
+static void *post_later(void *arg)
+{
+    usleep(50000);
+    msg_t *m = malloc(sizeof *m);
+    m->poster = 0;
+    m->seq = 1;
+    loop_post(arg, &m->link, on_msg, m);
+    return NULL;
+}
+
+TEST(a_post_wakes_a_loop_waiting_without_a_deadline)
+{
+    loop_t *l = loop_new();
+    loop_thread = pthread_self();
+    got = out_of_order = null_loops = wrong_thread = 0;
+    last_seq[0] = 0;
+    pthread_t t;
+    pthread_create(&t, NULL, post_later, l);
+    uint64_t t0 = loop_now_ns();
+    CHECK_INT(loop_run_once(l, -1), 1);
+    uint64_t ms = (loop_now_ns() - t0) / 1000000;
+    pthread_join(t, NULL);
+    CHECK_INT(got, 1);
+    CHECK(ms >= 40 && ms < 5000);
+    loop_free(l);
+}
+
+TEST(posts_still_queued_at_free_are_called_with_no_loop)
+{
+    loop_t *l = loop_new();
+    got = out_of_order = null_loops = 0;
+    last_seq[1] = 0;
+    for (int i = 1; i <= 3; i++) {
+        msg_t *m = malloc(sizeof *m);
+        m->poster = 1;
+        m->seq = i;
+        loop_post(l, &m->link, on_msg, m);
+    }
+    loop_free(l);   /* ASan: the three messages are freed by their callbacks */
+    CHECK_INT(got, 3);
+    CHECK_INT(null_loops, 3);
+    CHECK_INT(out_of_order, 0);
+}
+
 int main(void)
 {
     RUN(timers_fire_in_deadline_order_and_cancelled_ones_never);
@@ -112,5 +218,8 @@ int main(void)
     RUN(free_drops_pending_timers_without_calling_them);
     RUN(an_fd_unwatched_by_a_callback_is_not_called_in_the_same_iteration);
     RUN(a_watch_can_be_changed_from_its_callback);
+    RUN(posts_from_many_threads_each_run_once_in_order_on_the_loop_thread);
+    RUN(a_post_wakes_a_loop_waiting_without_a_deadline);
+    RUN(posts_still_queued_at_free_are_called_with_no_loop);
     return test_done();
 }

@@ -2,7 +2,7 @@
 -- convention, UUID layouts and argon2id password hashing.
 --
 -- Run: build/mercato lua spec/support/busted.lua -o TAP spec/integration/crypto_spec.lua
--- Needs no env (ARGON2_MAX_CONCURRENT / ARGON2_WAIT_MS keep their defaults).
+-- Needs no env (the ARGON2_* settings keep their defaults).
 local crypto = require "crypto"
 
 describe("crypto", function()

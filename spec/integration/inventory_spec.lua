@@ -269,6 +269,63 @@ io.write(ok and "ok" or (type(info) == "table" and "short" or ("error " .. tostr
       assert.equal(201, reserve(H.uuid(), { { product_id = a, quantity = 2 } }).status)
     end)
 
+    it("commits with the caller's db.tx, in a handler parked on the transaction's connection", function()
+      local a = product(5)
+      local rid = H.uuid()
+      local res = H.call(srv, "POST", "/spec/reserve-in-tx",
+        { json = { reservation_id = rid, items = { { product_id = a, quantity = 2 } } } })
+      assert.equal(200, res.status, res.body)
+      assert.same({ status = "reserved", replayed = false }, res.json)
+      assert.same({ stock = 3, reserved = 2, version = 2 }, level(a))
+      assert.is_true(audit(a).balanced)
+      assert.equal(200, H.call(srv, "POST", "/internal/reservations/" .. rid .. "/commit", { token = svc }).status)
+      -- reserve and commit in one transaction: sold when it commits
+      local b = product(4)
+      res = H.call(srv, "POST", "/spec/reserve-in-tx",
+        { json = { reservation_id = H.uuid(), items = { { product_id = b, quantity = 3 } }, commit = true } })
+      assert.equal(200, res.status, res.body)
+      assert.same({ stock = 1, reserved = 0, version = 3 }, level(b))
+      local au = audit(b)
+      assert.same({ 3, true }, { au.sold, au.balanced })
+    end)
+
+    it("rolls back with the caller's db.tx when it returns an error after reserving", function()
+      local a = product(5)
+      local rid = H.uuid()
+      local items = { { product_id = a, quantity = 2 } }
+      local res = H.call(srv, "POST", "/spec/reserve-in-tx",
+        { json = { reservation_id = rid, items = items, commit = true, fail = true } })
+      assert.equal(422, res.status, res.body)
+      assert.equal("the rest of the checkout failed", res.json.err)
+      assert.same({ stock = 5, reserved = 0, version = 1 }, level(a))
+      assert.is_true(audit(a).balanced)
+      -- nothing of it is left: the same id reserves afresh (201, not a replay)
+      assert.equal(201, reserve(rid, items).status)
+      assert.same({ stock = 3, reserved = 2, version = 2 }, level(a))
+    end)
+
+    it("never oversells when 50 concurrent transactions each reserve inside their db.tx", function()
+      local id = product(10)
+      local reqs = {}
+      for i = 1, 50 do
+        reqs[i] = { method = "POST", path = "/spec/reserve-in-tx",
+          json = { reservation_id = H.uuid(), items = { { product_id = id, quantity = 1 } } } }
+      end
+      local res, took = concurrently(reqs)
+      local counts = {}
+      for _, r in ipairs(res) do
+        counts[r.status] = (counts[r.status] or 0) + 1
+        if r.status == 409 then
+          assert.same({ product_id = id, requested = 1, available = 0 }, cjson.decode(r.body).insufficient[1])
+        end
+      end
+      print(("# 50 concurrent reservations inside db.tx for 10 units: %d committed, %d refused, %.0f ms")
+        :format(counts[200] or 0, counts[409] or 0, took * 1000))
+      assert.same({ [200] = 10, [409] = 40 }, counts)
+      assert.same({ stock = 0, reserved = 10, version = 11 }, level(id))
+      assert.is_true(audit(id).balanced)
+    end)
+
     it("validates the body (400 unknown fields, 422 bad values, 415 not JSON)", function()
       assert.equal(400, reserve(H.uuid(), { { product_id = H.uuid(), quantity = 1 } }, { extra = 1 }).status)
       local res = reserve("nope", { { product_id = "x", quantity = 0 } })

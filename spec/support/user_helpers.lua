@@ -45,15 +45,16 @@ function M.read(path)
   return s
 end
 
--- Start SERVICE=user on scripts/ with the stack's URLs; env overrides (false removes).
-function M.start(env)
+-- Start SERVICE=user on scripts/ with the stack's URLs; env overrides (false removes);
+-- opts.port: listen there (a restart on the same address).
+function M.start(env, opts)
   local e = {
     DATABASE_URL = need("DATABASE_URL_USER"), REDIS_URL = need("REDIS_URL"), AMQP_URL = os.getenv("AMQP_URL") or false,
     JWT_PRIVATE_KEY_FILE = M.key(), SERVICE_CLIENT_ID = M.CLIENT_ID, SERVICE_CLIENT_SECRET = M.CLIENT_SECRET,
     ADMIN_EMAIL = M.ADMIN_EMAIL, ADMIN_PASSWORD = M.ADMIN_PASSWORD, RATE_LIMIT_AUTH = "100000/min",
   }
   for k, v in pairs(env or {}) do e[k] = v end
-  local srv = server.start { service = "user", scripts = "scripts", env = e, timeout = 20 }
+  local srv = server.start { service = "user", scripts = "scripts", env = e, timeout = 20, port = opts and opts.port }
   srv.url = "http://127.0.0.1:" .. srv.port
   return srv
 end

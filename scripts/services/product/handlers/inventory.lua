@@ -1,6 +1,6 @@
 -- scripts/services/product/handlers/inventory.lua: stock levels (GET/PUT
 -- /products/{id}/inventory) and the order service's reservations (/internal/reservations),
--- all through the C `inventory` binding (conditional updates, ledger, one transaction each).
+-- all through the `inventory` binding (conditional updates, ledger, one transaction each).
 --
 -- Routes to add (services.product.routes; roles and scope are checked in C):
 --   local inventory = require "services.product.handlers.inventory"
