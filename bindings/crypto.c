@@ -6,6 +6,7 @@
  * its hash is done; past the pool's queue, nil, "busy", "unavailable". */
 #include <lauxlib.h>
 
+#include "../core/base64.h"
 #include "../host/bindings.h"
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -20,95 +21,6 @@
 #include "crypto.h"
 
 #define RANDOM_MAX (1 << 20)
-
-/* ---- base64 and hex ---------------------------------------------------------------------- */
-
-static const char b64_std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-static const char b64_url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-size_t crypto_b64_encoded_len(size_t n, int url)
-{
-    return url ? n / 3 * 4 + (n % 3 ? n % 3 + 1 : 0) : (n + 2) / 3 * 4;
-}
-
-size_t crypto_b64_encode(char *dst, const void *src, size_t n, int url)
-{
-    const unsigned char *s = src;
-    const char *alpha = url ? b64_url : b64_std;
-    char *d = dst;
-    size_t i = 0;
-    for (; i + 3 <= n; i += 3) {
-        uint32_t v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8 | s[i + 2];
-        *d++ = alpha[v >> 18 & 63];
-        *d++ = alpha[v >> 12 & 63];
-        *d++ = alpha[v >> 6 & 63];
-        *d++ = alpha[v & 63];
-    }
-    if (n - i == 1) {
-        uint32_t v = (uint32_t)s[i] << 16;
-        *d++ = alpha[v >> 18 & 63];
-        *d++ = alpha[v >> 12 & 63];
-        if (!url) { *d++ = '='; *d++ = '='; }
-    } else if (n - i == 2) {
-        uint32_t v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8;
-        *d++ = alpha[v >> 18 & 63];
-        *d++ = alpha[v >> 12 & 63];
-        *d++ = alpha[v >> 6 & 63];
-        if (!url) *d++ = '=';
-    }
-    *d = 0;
-    return (size_t)(d - dst);
-}
-
-/* The 6-bit value of c in the chosen alphabet, or -1. */
-static int b64_value(unsigned char c, int url)
-{
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == (url ? '-' : '+')) return 62;
-    if (c == (url ? '_' : '/')) return 63;
-    return -1;
-}
-
-long crypto_b64_decode(void *dst, const char *src, size_t n, int url)
-{
-    unsigned char *d = dst;
-    if (!url) {
-        if (n % 4) return -1;
-        if (n && src[n - 1] == '=') n--;
-        if (n && src[n - 1] == '=') n--;
-    }
-    if (n % 4 == 1) return -1;
-    size_t o = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < n; i++) {
-        int v = b64_value((unsigned char)src[i], url);
-        if (v < 0) return -1;
-        acc = acc << 6 | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            d[o++] = (unsigned char)(acc >> bits);
-            acc &= (1u << bits) - 1;
-        }
-    }
-    if (acc != 0) return -1;   /* non-canonical: leftover bits must be zero */
-    d[o] = 0;
-    return (long)o;
-}
-
-void crypto_hex(char *dst, const void *src, size_t n)
-{
-    static const char digits[] = "0123456789abcdef";
-    const unsigned char *s = src;
-    for (size_t i = 0; i < n; i++) {
-        dst[2 * i] = digits[s[i] >> 4];
-        dst[2 * i + 1] = digits[s[i] & 15];
-    }
-    dst[2 * n] = 0;
-}
 
 /* ---- Lua bindings ----------------------------------------------------------------------- */
 
@@ -154,7 +66,7 @@ static int l_hex(lua_State *L)
     const char *s = luaL_checklstring(L, 1, &n);
     char small[129];
     char *d = n <= 64 ? small : lua_newuserdata(L, 2 * n + 1);   /* scratch owned by the GC */
-    crypto_hex(d, s, n);
+    base64_hex(d, s, n);
     lua_pushlstring(L, d, 2 * n);
     return 1;
 }
@@ -185,7 +97,7 @@ static int l_random(lua_State *L)
 static void push_uuid(lua_State *L, const unsigned char u[16])
 {
     char hex[33], s[37];
-    crypto_hex(hex, u, 16);
+    base64_hex(hex, u, 16);
     memcpy(s, hex, 8); s[8] = '-';
     memcpy(s + 9, hex + 8, 4); s[13] = '-';
     memcpy(s + 14, hex + 12, 4); s[18] = '-';
@@ -238,10 +150,10 @@ static int b64(lua_State *L, int url, int encode)
 {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
-    size_t cap = encode ? crypto_b64_encoded_len(n, url) + 1 : n / 4 * 3 + 3;
+    size_t cap = encode ? base64_encoded_len(n, url) + 1 : n / 4 * 3 + 3;
     char small[512];
     char *d = cap <= sizeof small ? small : lua_newuserdata(L, cap);   /* scratch owned by the GC */
-    long len = encode ? (long)crypto_b64_encode(d, s, n, url) : crypto_b64_decode(d, s, n, url);
+    long len = encode ? (long)base64_encode(d, s, n, url) : base64_decode(d, s, n, url);
     if (len < 0) return fail(L, url ? "invalid base64url" : "invalid base64", "invalid");
     lua_pushlstring(L, d, (size_t)len);
     return 1;

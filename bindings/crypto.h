@@ -1,5 +1,5 @@
-/* crypto: the C helpers bindings/crypto.c shares with the jwt binding (base64, hex), and the
- * argon2id pool's entry points (bindings/crypto_argon2.c) the crypto binding is made of. */
+/* crypto: the argon2id pool's entry points (bindings/crypto_argon2.c) the crypto binding is
+ * made of; base64 and hex live in core/base64.h. */
 #ifndef MERCATO_CRYPTO_H
 #define MERCATO_CRYPTO_H
 
@@ -7,21 +7,6 @@
 #include <stddef.h>
 
 struct worker;
-
-/* Bytes crypto_b64_encode writes for n input bytes, without the NUL. */
-size_t crypto_b64_encoded_len(size_t n, int url);
-
-/* Base64 of src into dst (capacity >= crypto_b64_encoded_len + 1), NUL-terminated. `url`:
- * the RFC 4648 §5 alphabet without padding; otherwise §4 with '=' padding. Returns the length. */
-size_t crypto_b64_encode(char *dst, const void *src, size_t n, int url);
-
-/* Decode n characters into dst (capacity >= n / 4 * 3 + 3), NUL-terminated for convenience.
- * Strict: wrong alphabet, wrong padding or non-zero trailing bits fail. Returns the decoded
- * length, or -1 for invalid input. */
-long crypto_b64_decode(void *dst, const char *src, size_t n, int url);
-
-/* Lower-case hex of src into dst (capacity >= 2n + 1). */
-void crypto_hex(char *dst, const void *src, size_t n);
 
 /* ---- argon2id on the hashing pool (crypto_argon2.c) ---- */
 

@@ -10,7 +10,7 @@
 #include <time.h>
 
 #include "../core/log.h"
-#include "../host/loop.h"
+#include "../core/loop.h"
 #include "../core/metrics.h"
 #include "../host/worker.h"
 

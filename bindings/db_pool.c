@@ -23,7 +23,7 @@
 #include <string.h>
 
 #include "../core/log.h"
-#include "../host/loop.h"
+#include "../core/loop.h"
 #include "../core/metrics.h"
 #include "../host/request.h"
 #include "../host/worker.h"

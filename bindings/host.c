@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "../host/loop.h"
+#include "../core/loop.h"
 #include "../host/request.h"
 #include "../host/snapshot.h"
 #include "../host/worker.h"

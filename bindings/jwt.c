@@ -12,8 +12,8 @@
 
 #include <openssl/rand.h>
 
-#include "jwt_keys.h"
-#include "json_reader.h"
+#include "../core/jwt_keys.h"
+#include "../core/json_reader.h"
 
 #define DEFAULT_TTL 900   /* CONTRACT §3: access tokens live 15 minutes */
 

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "log.h"
-#include "../host/loop.h"
+#include "loop.h"
 
 #define HTTPC_MAX_HEADERS_BYTES ((size_t)64 * 1024)
 #define HTTPC_IDLE_CALLS 64          /* finished calls (and their easy handles) kept for reuse */

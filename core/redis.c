@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "log.h"
-#include "../host/loop.h"   /* moves to core/ with the loop */
+#include "loop.h"
 
 /* ---- the URL ----------------------------------------------------------------------------- */
 

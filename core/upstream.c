@@ -9,7 +9,7 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include "../host/loop.h"
+#include "loop.h"
 
 #define MAX_HEAD_BYTES ((size_t)64 * 1024)
 #define READ_CHUNK 16384

@@ -8,8 +8,8 @@
 #include <string.h>
 #include <strings.h>
 
-#include "../bindings/json_reader.h"
-#include "../bindings/jwt_keys.h"
+#include "../core/json_reader.h"
+#include "../core/jwt_keys.h"
 #include "server.h"
 #include "worker.h"
 

@@ -20,7 +20,7 @@
 
 #include "../core/ratelimit.h"
 #include "../core/log.h"
-#include "loop.h"
+#include "../core/loop.h"
 #include "../core/metrics.h"
 #include "worker.h"
 

@@ -30,7 +30,7 @@
 #include "gateway.h"
 #include "quota.h"
 #include "../core/log.h"
-#include "loop.h"
+#include "../core/loop.h"
 #include "../core/metrics.h"
 #include "utf8.h"
 #include "worker.h"

@@ -13,7 +13,7 @@
 #include "bindings.h"
 #include "gateway.h"
 #include "ratelimit_http.h"
-#include "loop.h"
+#include "../core/loop.h"
 #include "../core/httpc.h"
 #include "prelude.h"   /* generated: luaJIT_BC_prelude, the compiled host/lua/prelude.lua */
 #include "request.h"

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "../core/base64.h"
 #include "test.h"
 
 int luaopen_crypto(lua_State *L);

@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include "../core/httpc.h"
-#include "loop.h"
+#include "../core/loop.h"
 #include "test.h"
 
 static int port;

@@ -17,8 +17,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../core/base64.h"
 #include "../bindings/crypto.h"
-#include "../bindings/jwt_keys.h"
+#include "../core/jwt_keys.h"
 #include "test.h"
 
 int luaopen_jwt(lua_State *L);
@@ -198,7 +199,7 @@ TEST(thumbprint_matches_rfc_7638_example)
         "tn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5"
         "hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
     unsigned char nb[300];
-    long nn = crypto_b64_decode(nb, n64, strlen(n64), 1);
+    long nn = base64_decode(nb, n64, strlen(n64), 1);
     BIGNUM *n = BN_bin2bn(nb, (int)nn, NULL), *e = BN_new();
     BN_set_word(e, 65537);
     OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();

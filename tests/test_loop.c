@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "loop.h"
+#include "../core/loop.h"
 #include "test.h"
 
 static int order[16], norder;

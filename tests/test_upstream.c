@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "../core/upstream.h"
-#include "loop.h"
+#include "../core/loop.h"
 #include "test.h"
 
 static int g_port;

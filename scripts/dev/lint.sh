@@ -7,6 +7,14 @@ rc=0
 step() { echo "== $*"; "$@" || rc=1; }
 
 step luacheck --codes scripts spec bench/scripts bindings/lua
+# The layers: core/ includes nothing of host/ or bindings/, host/ nothing of bindings/.
+# shellcheck disable=SC2317 # called through step
+layers() {
+    local bad
+    bad=$(grep -n '#include "\.\./\(host\|bindings\)/' core/*.[ch]; grep -n '#include "\.\./bindings/' host/*.[ch])
+    [ -z "$bad" ] || { echo "an include against the layers (core <- host <- bindings):"; echo "$bad"; return 1; }
+}
+step layers
 if grep -rn '#only' spec --include='*_spec.lua'; then echo "a #only focus tag is left in the specs"; rc=1; fi
 cflags=$(pkg-config --cflags luajit libmicrohttpd libpq hiredis librabbitmq libcurl libjwt openssl libargon2)
 # shellcheck disable=SC2086

@@ -36,8 +36,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "../core/log.h"
-#include "crypto.h"
+#include "log.h"
+#include "base64.h"
 #include "json_reader.h"
 
 #define JWKS_MAX_BYTES ((size_t)512 * 1024)
@@ -133,10 +133,10 @@ static char *rsa_param_b64(EVP_PKEY *key, const char *name)
     if (!EVP_PKEY_get_bn_param(key, name, &bn)) return NULL;
     int n = BN_num_bytes(bn);
     unsigned char *bin = malloc((size_t)n + 1);
-    char *out = malloc(crypto_b64_encoded_len((size_t)n, 1) + 1);
+    char *out = malloc(base64_encoded_len((size_t)n, 1) + 1);
     if (bin && out) {
         BN_bn2bin(bn, bin);
-        crypto_b64_encode(out, bin, (size_t)n, 1);
+        base64_encode(out, bin, (size_t)n, 1);
     } else {
         free(out);
         out = NULL;
@@ -169,7 +169,7 @@ int jwt_keys_thumbprint(EVP_PKEY *key, char *out, size_t outlen)
         buf_addf(&b, "{\"e\":\"%s\",\"kty\":\"RSA\",\"n\":\"%s\"}", e, n);
         unsigned char md[32];
         if (!b.failed && EVP_Digest(b.data, b.len, md, NULL, EVP_sha256(), NULL) == 1) {
-            crypto_b64_encode(out, md, sizeof md, 1);
+            base64_encode(out, md, sizeof md, 1);
             rc = 0;
         }
         buf_free(&b);
@@ -270,8 +270,8 @@ static EVP_PKEY *key_from_ne(const char *n64, const char *e64)
     size_t nl = strlen(n64), el = strlen(e64);
     unsigned char *nb = malloc(nl / 4 * 3 + 3), eb[16];
     EVP_PKEY *key = NULL;
-    long nn = nb ? crypto_b64_decode(nb, n64, nl, 1) : -1;
-    long en = el <= 20 ? crypto_b64_decode(eb, e64, el, 1) : -1;
+    long nn = nb ? base64_decode(nb, n64, nl, 1) : -1;
+    long en = el <= 20 ? base64_decode(eb, e64, el, 1) : -1;
     BIGNUM *n = nn > 0 ? BN_bin2bn(nb, (int)nn, NULL) : NULL, *e = en > 0 ? BN_bin2bn(eb, (int)en, NULL) : NULL;
     OSSL_PARAM_BLD *bld = n && e ? OSSL_PARAM_BLD_new() : NULL;
     OSSL_PARAM *params = NULL;

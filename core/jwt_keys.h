@@ -7,7 +7,7 @@
 #include <openssl/evp.h>
 #include <stddef.h>
 
-#include "../core/buf.h"
+#include "buf.h"
 
 /* Verification results; jwt_token_code_name gives the Lua `code` of each. */
 enum { JWT_TOKEN_OK, JWT_TOKEN_INVALID, JWT_TOKEN_EXPIRED, JWT_TOKEN_UNAVAILABLE };

@@ -13,7 +13,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "crypto.h"
+#include "base64.h"
 #include "json_reader.h"
 
 #define HEADER_MAX 1024   /* base64url characters of the JOSE header */
@@ -56,7 +56,7 @@ static int check_header(const char *b64, size_t n, char *kid, size_t kidlen, con
 {
     char hdr[HEADER_MAX / 4 * 3 + 3], alg[16];
     json_span_t v;
-    long hn = n <= HEADER_MAX ? crypto_b64_decode(hdr, b64, n, 1) : -1;
+    long hn = n <= HEADER_MAX ? base64_decode(hdr, b64, n, 1) : -1;
     json_span_t obj = { hdr, hdr + (hn > 0 ? hn : 0) };
     if (hn <= 0 || !json_reader_valid(hdr, (size_t)hn)) { *err = "malformed token header"; return -1; }
     if (json_reader_member(obj, "alg", &v) != 0 || json_reader_string(v, alg, sizeof alg) != 0 || strcmp(alg, "RS256") != 0) {
@@ -126,7 +126,7 @@ int jwt_token_verify(const char *token, size_t len, const char *iss, const char 
 
     unsigned char sig[SIG_MAX / 4 * 3 + 3];
     size_t slen = (size_t)(token + len - d2 - 1);
-    long sn = slen <= SIG_MAX ? crypto_b64_decode(sig, d2 + 1, slen, 1) : -1;
+    long sn = slen <= SIG_MAX ? base64_decode(sig, d2 + 1, slen, 1) : -1;
     if (sn <= 0) { *err = "malformed token signature"; return JWT_TOKEN_INVALID; }
     int unavailable = 0;
     EVP_PKEY *key = jwt_keys_lookup(kid, &unavailable);
@@ -139,7 +139,7 @@ int jwt_token_verify(const char *token, size_t len, const char *iss, const char 
     if (!ok) { *err = "token signature invalid"; return JWT_TOKEN_INVALID; }
 
     /* The payload decodes to at most 3/4 of its length + 1 NUL: it fits in cap >= len. */
-    long pn = crypto_b64_decode(claims, d1 + 1, (size_t)(d2 - d1 - 1), 1);
+    long pn = base64_decode(claims, d1 + 1, (size_t)(d2 - d1 - 1), 1);
     if (pn <= 0) { *err = "malformed token payload"; return JWT_TOKEN_INVALID; }
     int code = check_claims(claims, (size_t)pn, iss ? iss : jwt_keys_issuer(), aud ? aud : jwt_keys_audience(), err);
     if (code == JWT_TOKEN_OK) *claims_len = (size_t)pn;
@@ -148,7 +148,7 @@ int jwt_token_verify(const char *token, size_t len, const char *iss, const char 
 
 size_t jwt_token_sign_cap(size_t claims_len)
 {
-    return crypto_b64_encoded_len(JWT_KID_MAX + 64, 1) + crypto_b64_encoded_len(claims_len, 1) + SIG_MAX + 3;
+    return base64_encoded_len(JWT_KID_MAX + 64, 1) + base64_encoded_len(claims_len, 1) + SIG_MAX + 3;
 }
 
 long jwt_token_sign(EVP_PKEY *key, const char *kid, const char *claims_json, size_t len, char *out, size_t cap,
@@ -165,9 +165,9 @@ long jwt_token_sign(EVP_PKEY *key, const char *kid, const char *claims_json, siz
         *err = "key id too long, key too large or buffer too small";
         return -1;
     }
-    size_t n = crypto_b64_encode(out, hdr, (size_t)hn, 1);
+    size_t n = base64_encode(out, hdr, (size_t)hn, 1);
     out[n++] = '.';
-    n += crypto_b64_encode(out + n, claims_json, len, 1);
+    n += base64_encode(out + n, claims_json, len, 1);
     unsigned char sig[1024];
     size_t siglen = sizeof sig;
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
@@ -177,6 +177,6 @@ long jwt_token_sign(EVP_PKEY *key, const char *kid, const char *claims_json, siz
     ERR_clear_error();
     if (!ok) { *err = "signing failed (is the key private?)"; return -1; }
     out[n++] = '.';
-    n += crypto_b64_encode(out + n, sig, siglen, 1);
+    n += base64_encode(out + n, sig, siglen, 1);
     return (long)n;
 }
