@@ -206,9 +206,9 @@ static void run_coroutine(request_t *r, int nargs)
     int rc = lua_resume(co, nargs);
     w->cur = NULL;
     if (rc == LUA_YIELD && r->wait_cancel) {   /* parked by a binding: wait for worker_wake */
-        if (!r->suspended) {
+        if (r->park == REQ_SERVED) {
             MHD_suspend_connection(r->conn);
-            r->suspended = 1;
+            r->park = REQ_PARKED;
             park_link(w, r);
         }
         if (retired) worker_swap_retired(w);
@@ -229,9 +229,9 @@ static void run_coroutine(request_t *r, int nargs)
     lua_settop(L, 0);
     if (retired) worker_swap_retired(w);
     release_coroutine(r, rc == 0);
-    if (r->suspended == 1) {
+    if (r->park == REQ_PARKED) {
         park_unlink(w, r);
-        r->suspended = 2;
+        r->park = REQ_RESUMED;
         MHD_resume_connection(r->conn);
     }
 }
@@ -246,9 +246,9 @@ void server_park(request_t *r, void (*cancel)(void *arg), void *arg)
 {
     r->wait_cancel = cancel;
     r->wait_arg = arg;
-    if (r->suspended == 1) return;   /* already parked (a rate-limit check came first) */
+    if (r->park == REQ_PARKED) return;   /* already parked (a rate-limit check came first) */
     MHD_suspend_connection(r->conn);
-    r->suspended = 1;
+    r->park = REQ_PARKED;
     park_link(r->w, r);
 }
 
@@ -257,7 +257,7 @@ void server_unpark(request_t *r)
     r->wait_cancel = NULL;
     r->wait_arg = NULL;
     park_unlink(r->w, r);
-    r->suspended = 2;
+    r->park = REQ_RESUMED;
     MHD_resume_connection(r->conn);
 }
 
@@ -270,7 +270,7 @@ void dispatch_cancel_parked(worker_t *w)
         worker_cancel_wait(r);
         park_unlink(w, r);
         release_coroutine(r, 0);
-        r->suspended = 2;
+        r->park = REQ_RESUMED;
         MHD_resume_connection(r->conn);
     }
 }
@@ -325,7 +325,7 @@ static void proceed(request_t *r);
 /* A parked request with an answer queued and no handler running: hand it back to MHD. */
 static void settle(request_t *r)
 {
-    if (r->suspended == 1 && !r->co) server_unpark(r);
+    if (r->park == REQ_PARKED && !r->co) server_unpark(r);
 }
 
 static void limit_cancel(void *arg)
@@ -381,7 +381,7 @@ static void proceed(request_t *r)
         } else {
             r->has_rl = r->rl.limit != 0;
             dispatch_lua(r);
-            if (!r->status && !r->suspended) server_problem(r, 500, "Internal Server Error", "No response was produced.", NULL, NULL);
+            if (!r->status && r->park == REQ_SERVED) server_problem(r, 500, "Internal Server Error", "No response was produced.", NULL, NULL);
             if (r->co) return;   /* parked in its handler: run_coroutine resumes the connection */
             break;
         }
@@ -399,6 +399,6 @@ void dispatch_route(request_t *r)
 void dispatch_forget(request_t *r)
 {
     worker_cancel_wait(r);
-    if (r->suspended == 1) park_unlink(r->w, r);
+    if (r->park == REQ_PARKED) park_unlink(r->w, r);
     if (r->co) release_coroutine(r, 0);
 }

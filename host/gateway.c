@@ -626,7 +626,7 @@ static void forward(request_t *r, int up)
     server_park(r, forward_cancel, c);
     return;
 out:
-    if (r->status && r->suspended == 1) server_unpark(r);   /* answered after a parked limit check */
+    if (r->status && r->park == REQ_PARKED) server_unpark(r);   /* answered after a parked limit check */
 }
 
 static void limit_cancel(void *arg)

@@ -13,6 +13,11 @@ struct worker;
 struct lua_State;
 struct loop_timer;
 
+/* A request's connection while its answer is awaited: served as usual, suspended
+ * (MHD_suspend_connection) while its handler or forward waits, then resumed with the answer
+ * kept in `pending` for the next access call. */
+enum request_park { REQ_SERVED = 0, REQ_PARKED, REQ_RESUMED };
+
 typedef struct request {
     struct worker *w;
     struct MHD_Connection *conn;
@@ -42,7 +47,7 @@ typedef struct request {
      * until it ends; co_ref anchors it in the registry, released in one place (server.c). */
     struct lua_State *co;
     int co_ref;
-    int suspended;              /* MHD_suspend_connection'ed while the handler waits on I/O */
+    enum request_park park;     /* whether its connection is suspended while it waits (below) */
     /* While parked: the binding's hook that makes it forget this request (client gone, daemon
      * stopping); cleared by worker_wake. */
     void (*wait_cancel)(void *arg);

@@ -73,7 +73,7 @@ int server_queue(request_t *r, int status, struct MHD_Response *resp, size_t len
     MHD_add_response_header(resp, "X-Request-Id", r->id);
     if (atomic_load_explicit(&g_stopping, memory_order_relaxed))
         MHD_add_response_header(resp, "Connection", "close");
-    if (r->suspended == 1) {
+    if (r->park == REQ_PARKED) {
         /* The handler finished while parked: MHD takes it on the resumed access call. */
         if (r->pending) MHD_destroy_response(r->pending);
         r->pending = resp;
@@ -171,7 +171,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
     request_t *r = *con_cls;
     (void)url; (void)version;
     if (!r) return MHD_NO;   /* out of memory in uri_cb: drop the connection */
-    if (r->suspended == 2) return queue_pending(r);   /* back from a parked handler */
+    if (r->park == REQ_RESUMED) return queue_pending(r);   /* back from a parked handler */
 
     if (!r->started) {
         /* First call: headers are in. Answer nothing yet unless refusing the body: a response
@@ -276,7 +276,7 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
     (void)conn; (void)toe;
     if (!r) return;
     *con_cls = NULL;
-    if (r->co || r->suspended == 1) {   /* parked (the daemon is stopping): nothing may resume it */
+    if (r->co || r->park == REQ_PARKED) {   /* parked (the daemon is stopping): nothing may resume it */
         dispatch_forget(r);
     }
     if (r->pending) MHD_destroy_response(r->pending);
