@@ -38,6 +38,8 @@ struct loop {
     int post_fd;
     pthread_mutex_t post_lock;
     loop_post_t *post_head, *post_tail;
+    loop_defer_t *defer_head, **defer_tail;   /* deferred calls, FIFO */
+    unsigned defer_round;        /* bumped as a run starts: later deferrals wait for the next */
 };
 
 uint64_t loop_now_ns(void)
@@ -125,11 +127,47 @@ void loop_timer_cancel(loop_t *l, loop_timer_t *t)
 
 int loop_next_timeout(const loop_t *l)
 {
+    if (l->defer_head) return 0;
     if (!l->nheap) return -1;
     uint64_t now = loop_now_ns(), due = l->heap[0]->due_ns;
     if (due <= now) return 0;
     uint64_t ms = (due - now + 999999) / 1000000;   /* round up: never wake before it is due */
     return ms > 86400000 ? 86400000 : (int)ms;
+}
+
+/* ---- deferred calls ----------------------------------------------------------------------- */
+
+void loop_defer(loop_t *l, loop_defer_t *d, loop_timer_cb cb, void *arg)
+{
+    if (d->pprev) return;
+    d->cb = cb;
+    d->arg = arg;
+    d->round = l->defer_round;
+    d->next = NULL;
+    d->pprev = l->defer_tail;
+    *l->defer_tail = d;
+    l->defer_tail = &d->next;
+}
+
+void loop_defer_cancel(loop_t *l, loop_defer_t *d)
+{
+    if (!d->pprev) return;
+    *d->pprev = d->next;
+    if (d->next) d->next->pprev = d->pprev;
+    else l->defer_tail = d->pprev;
+    d->next = NULL;
+    d->pprev = NULL;
+}
+
+/* The calls deferred before this run; those they defer wait for the next iteration. */
+static void run_deferred(loop_t *l)
+{
+    unsigned round = l->defer_round++;
+    while (l->defer_head && l->defer_head->round == round) {
+        loop_defer_t *d = l->defer_head;
+        loop_defer_cancel(l, d);
+        d->cb(l, d->arg);   /* may free d's owner */
+    }
 }
 
 static void run_timers(loop_t *l)
@@ -243,6 +281,7 @@ loop_t *loop_new(void)
 {
     loop_t *l = calloc(1, sizeof *l);
     if (!l) return NULL;
+    l->defer_tail = &l->defer_head;
     l->ep = epoll_create1(EPOLL_CLOEXEC);
     l->post_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     pthread_mutex_init(&l->post_lock, NULL);
@@ -284,6 +323,7 @@ int loop_run_once(loop_t *l, int max_ms)
         ready &= w->events ? w->events : ready;
         if (ready) w->cb(l, fd, ready, w->arg);
     }
+    run_deferred(l);
     run_timers(l);
     return n < 0 ? 0 : n;
 }

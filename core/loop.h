@@ -12,6 +12,7 @@ enum { LOOP_READ = 1, LOOP_WRITE = 2 };
 typedef struct loop loop_t;
 typedef struct loop_timer loop_timer_t;
 typedef struct loop_post loop_post_t;
+typedef struct loop_defer loop_defer_t;
 
 /* Called with the ready events (LOOP_READ | LOOP_WRITE; an error or hang-up reports both the
  * directions that are watched). The callback may watch/unwatch any fd, this one included. */
@@ -33,7 +34,8 @@ struct loop_post {
 
 /* A new loop, or NULL (out of memory / epoll_create1 or eventfd failed). */
 loop_t *loop_new(void);
-/* Close the epoll fd and free every pending timer without calling it; watched fds are not
+/* Close the epoll fd and free every pending timer without calling it (deferred calls are
+ * dropped too); watched fds are not
  * closed (their owners close them). Posts still queued are called with loop NULL, on the
  * freeing thread. No thread may post to the loop once loop_free has begun. */
 void loop_free(loop_t *loop);
@@ -57,11 +59,30 @@ loop_timer_t *loop_timer_add(loop_t *loop, uint64_t ms, loop_timer_cb cb, void *
 /* Cancel a timer that has not fired yet: it is freed and never called. */
 void loop_timer_cancel(loop_t *loop, loop_timer_t *t);
 
-/* Milliseconds until the next timer is due (0 if one is due), or -1 when there is none. */
+/* A deferred call's link, embedded in the caller's own object (no allocation: deferring cannot
+ * fail). Zero it before first use; the loop owns it from loop_defer until it runs or is
+ * cancelled. */
+struct loop_defer {
+    loop_defer_t *next, **pprev;   /* pprev NULL: not queued */
+    loop_timer_cb cb;
+    void *arg;
+    unsigned round;                /* the loop's round it was deferred in */
+};
+
+/* On the loop's thread: call cb(loop, arg) after the I/O callbacks of this iteration (or, when
+ * deferred from a deferred call, of the next one — which then does not wait), in the order
+ * deferred. The cheap zero-delay timer: how a parked request is resumed outside the library
+ * callback that finished its I/O. Deferring a queued link is a no-op. */
+void loop_defer(loop_t *loop, loop_defer_t *d, loop_timer_cb cb, void *arg);
+/* Take d out of the queue if it is in it (never called then). */
+void loop_defer_cancel(loop_t *loop, loop_defer_t *d);
+
+/* Milliseconds until the next timer is due (0 if one is due or a call is deferred), or -1 when
+ * there is none. */
 int loop_next_timeout(const loop_t *loop);
 
 /* One iteration: wait up to max_ms (-1: until something happens; shortened to the next timer),
- * call the I/O callbacks of the ready fds, then every timer that is due. Returns the number
+ * call the I/O callbacks of the ready fds, then the deferred calls, then every timer that is due. Returns the number
  * of fds that were ready, 0 on a timeout, -1 on an epoll error other than EINTR. */
 int loop_run_once(loop_t *loop, int max_ms);
 

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "../core/ratelimit.h"
+#include "../core/loop.h"
 #include "router.h"
 
 struct worker;
@@ -53,7 +54,7 @@ typedef struct request {
     void (*wait_cancel)(void *arg);
     void *wait_arg;
     int resume_n;               /* values the binding pushed onto co for the resume */
-    struct loop_timer *resume_timer;      /* the scheduled resume (worker_wake), or NULL */
+    loop_defer_t resume_defer;            /* the scheduled resume (worker_wake), when queued */
     struct MHD_Response *pending;         /* made while suspended; queued on the resumed call */
     unsigned pending_status;
     struct request *wnext, *wprev;        /* the worker's list of parked requests */

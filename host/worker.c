@@ -542,7 +542,6 @@ static void wake_due(loop_t *loop, void *arg)
 {
     request_t *r = arg;
     (void)loop;
-    r->resume_timer = NULL;
     r->w->resume(r);
 }
 
@@ -551,8 +550,7 @@ void worker_wake(request_t *r, int n)
     r->wait_cancel = NULL;
     r->wait_arg = NULL;
     r->resume_n = n;
-    r->resume_timer = loop_timer_add(r->w->loop, 0, wake_due, r);
-    if (!r->resume_timer) r->w->resume(r);   /* out of memory: resume here rather than never */
+    loop_defer(r->w->loop, &r->resume_defer, wake_due, r);   /* cannot fail: the link is r's */
 }
 
 void worker_cancel_wait(request_t *r)
@@ -560,8 +558,7 @@ void worker_cancel_wait(request_t *r)
     if (r->wait_cancel) r->wait_cancel(r->wait_arg);
     r->wait_cancel = NULL;
     r->wait_arg = NULL;
-    if (r->resume_timer) loop_timer_cancel(r->w->loop, r->resume_timer);
-    r->resume_timer = NULL;
+    loop_defer_cancel(r->w->loop, &r->resume_defer);
 }
 
 void worker_swap_retired(worker_t *w)

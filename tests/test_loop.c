@@ -211,6 +211,41 @@ TEST(posts_still_queued_at_free_are_called_with_no_loop)
     CHECK_INT(out_of_order, 0);
 }
 
+/* Deferred calls: the caller's link (no allocation), after I/O, in order, cancelable; one
+ * deferred from a deferred call runs in the next iteration, which then does not wait. */
+static loop_defer_t defers[4];
+static void defer_again(loop_t *l, void *arg)
+{
+    order[norder++] = (int)(intptr_t)arg;
+    if ((intptr_t)arg == 1) loop_defer(l, &defers[3], record, (void *)3);
+}
+
+TEST(deferred_calls_run_after_io_in_order_and_can_be_cancelled)
+{
+    loop_t *l = loop_new();
+    norder = 0;
+    CHECK_INT(loop_next_timeout(l), -1);
+    loop_defer(l, &defers[0], record, (void *)0);
+    loop_defer(l, &defers[1], defer_again, (void *)1);
+    loop_defer(l, &defers[2], record, (void *)2);
+    CHECK_INT(loop_next_timeout(l), 0);
+    loop_defer_cancel(l, &defers[2]);
+    loop_defer_cancel(l, &defers[2]);   /* a second cancel is harmless */
+    uint64_t t0 = loop_now_ns();
+    loop_run_once(l, 5000);
+    CHECK_INT(norder, 2);
+    CHECK_INT(order[0], 0);
+    CHECK_INT(order[1], 1);
+    CHECK_INT(loop_next_timeout(l), 0);   /* the one deferred meanwhile is due */
+    loop_run_once(l, 5000);
+    CHECK_INT(norder, 3);
+    CHECK_INT(order[2], 3);
+    CHECK((loop_now_ns() - t0) / 1000000 < 1000);   /* neither iteration waited */
+    loop_defer(l, &defers[0], record, (void *)9);
+    loop_free(l);   /* a pending one is dropped, never called */
+    CHECK_INT(norder, 3);
+}
+
 int main(void)
 {
     RUN(timers_fire_in_deadline_order_and_cancelled_ones_never);
@@ -221,5 +256,6 @@ int main(void)
     RUN(posts_from_many_threads_each_run_once_in_order_on_the_loop_thread);
     RUN(a_post_wakes_a_loop_waiting_without_a_deadline);
     RUN(posts_still_queued_at_free_are_called_with_no_loop);
+    RUN(deferred_calls_run_after_io_in_order_and_can_be_cancelled);
     return test_done();
 }
