@@ -40,6 +40,10 @@ metrics_shard_t *metrics_shard_new(void);
  * not for the hot path (called when routes are compiled). -1 when the table is full. */
 int metrics_route_slot(const char *method, const char *pattern);
 
+/* The route pattern of a slot (stable for the life of the process: a request finished after a
+ * reload still names its route), or NULL for slot 0 and slots never made. */
+const char *metrics_route_pattern(int slot);
+
 /* Record one finished request in the calling thread's own shard. */
 void metrics_observe_request(metrics_shard_t *s, int slot, int status, uint64_t duration_ns);
 

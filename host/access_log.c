@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "../core/log.h"
+#include "../core/metrics.h"
 #include "worker.h"
 
 /* Per-thread cache of the second-resolution timestamp prefix for access lines. */
@@ -59,8 +60,11 @@ void access_log_write(worker_t *w, request_t *r, int status, uint64_t ns)
         strftime(tls_ts, sizeof tls_ts, "%Y-%m-%dT%H:%M:%S", &tm);
         tls_ts_sec = now.tv_sec;
     }
-    /* A handler parked across a reload ends after the swap: its index is of the old table. */
-    const char *route = r->route >= 0 && r->generation == w->generation ? w->snap->routes[r->route].pattern
+    /* The route's pattern from its process-wide metrics slot: a handler parked across a reload
+     * ends after the swap, when its index no longer points into the current table. */
+    const char *pattern = r->route >= 0 ? metrics_route_pattern(r->slot) : NULL;
+    const char *route = pattern ? pattern
+                      : r->route >= 0 && r->generation == w->generation ? w->snap->routes[r->route].pattern
                       : r->route >= 0 ? "(previous generation)"
                       : r->route == ROUTER_GATEWAY ? "gateway" : request_is_builtin(r->route) ? "builtin" : "unmatched";
     const char *service = w->cfg->service ? w->cfg->service : "";

@@ -178,7 +178,10 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
          * queued here would make MHD close the connection. */
         r->started = 1;
         r->conn = conn;
-        snprintf(r->method, sizeof r->method, "%s", method);
+        /* A method longer than any this server knows stays empty (501 below), never cut down
+         * to one it knows ("OPTIONSX" is not OPTIONS). */
+        if (strlen(method) < sizeof r->method) memcpy(r->method, method, strlen(method) + 1);
+        else r->method[0] = 0;
         const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
         if (rid && valid_request_id(rid)) snprintf(r->id, sizeof r->id, "%s", rid);
         else worker_request_id(w, r->id);
@@ -239,6 +242,10 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
         (r->route >= 0 || r->route == ROUTER_NOT_FOUND || r->route == ROUTER_METHOD_NOT_ALLOWED))
         dispatch_match(r, NULL, 0);   /* a reload happened while the body arrived */
 
+    if (!r->method[0]) {
+        server_problem(r, 501, "Not Implemented", "This server does not implement this method.", NULL, NULL);
+        return MHD_YES;
+    }
     if (request_is_builtin(r->route)) { builtins_serve(r); return MHD_YES; }
     if (r->route == ROUTER_GATEWAY) { gateway_handle(r); return MHD_YES; }
     if (r->route == ROUTER_NOT_FOUND) {

@@ -203,6 +203,15 @@ describe("a handler whose Redis is away", function()
     end
     assert.equal(2, json(assert(raw.request(srv.port, "GET", "/version"))).generation)
     assert.equal(0, srv:stop())
+    -- Their access lines name their route, not "(previous generation)" (KNOWN).
+    local lines = 0
+    for line in srv:log():gmatch("[^\n]+") do
+      if line:find('"type":"access"', 1, true) and line:find('"path":"/redis/1"', 1, true) then
+        lines = lines + 1
+        assert.matches('"route":"/redis/{id}"', line)
+      end
+    end
+    assert.equal(3, lines)
     hole:close()
     os.execute("rm -rf " .. dir)
   end)

@@ -131,6 +131,8 @@ describe("the host", function()
       { "GET /hello HTTP/9.9\r\nHost: x\r\n\r\n", 505 },
       { "GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: " .. string.rep("a", 100000) .. "\r\n\r\n", 431 },
       { "G@T /hello HTTP/1.1\r\nHost: x\r\n\r\n", 501 },
+      { "OPTIONSX /hello HTTP/1.1\r\nHost: x\r\n\r\n", 501 },   -- not OPTIONS cut to 7 bytes (KNOWN)
+      { "GETGETGETGET /hello HTTP/1.1\r\nHost: x\r\n\r\n", 501 },
     }
     for _, c in ipairs(cases) do
       local res = assert(raw.raw(srv.port, c[1]))
