@@ -160,10 +160,16 @@ function _M.succeeded(email)
   cache.call("DEL", account_key(email))
 end
 
--- The 429 of a locked account.
+-- The 429 of a locked account. Its RateLimit-* headers are the lock-out's own policy (5 failed
+-- attempts, none left, back after Retry-After), so the host does not add the per-IP limit's.
 function _M.locked_problem(retry_after)
-  return problem.new(429, "Too many failed attempts for this account; retry later.", nil,
-    { ["Retry-After"] = tostring(math.max(1, math.ceil(retry_after))) })
+  local wait = tostring(math.max(1, math.ceil(retry_after)))
+  return problem.new(429, "Too many failed attempts for this account; retry later.", nil, {
+    ["Retry-After"] = wait,
+    ["RateLimit-Limit"] = tostring(LOCKOUT_AFTER),
+    ["RateLimit-Remaining"] = "0",
+    ["RateLimit-Reset"] = wait,
+  })
 end
 
 return _M
