@@ -32,7 +32,7 @@ struct metric_cell {
 };
 
 struct metric_family {
-    metric_family_t *next;
+    _Atomic(metric_family_t *) next;   /* published with release order: scrapes walk unlocked */
     char *name, *help;
     metric_kind_t kind;
     int nlabels;
@@ -48,7 +48,7 @@ static _Atomic int g_nshards;
 static route_slot_t g_slots[METRICS_MAX_ROUTES];
 static _Atomic int g_nslots;
 static _Atomic int g_status_code[METRICS_MAX_STATUS];   /* index → status code, 0 = free */
-static metric_family_t *g_families, **g_families_tail = &g_families;
+static _Atomic(metric_family_t *) g_families, *g_families_tail = &g_families;
 static time_t g_start_time;
 
 /* ---------------------------------------------------------------------------------------- */
@@ -163,14 +163,31 @@ metric_family_t *metrics_family(const char *name, const char *help, metric_kind_
             return NULL;
         }
     }
+    for (int i = 0; i < nlabels; i++) {
+        /* Prometheus: [a-zA-Z_][a-zA-Z0-9_]*, "__" reserved, "le" a histogram's own. */
+        const char *l = labels[i];
+        int ok = l && *l && !(l[0] == '_' && l[1] == '_') && !(kind == METRIC_HISTOGRAM && strcmp(l, "le") == 0);
+        for (const char *p = l; ok && *p; p++)
+            ok = *p == '_' || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (p != l && *p >= '0' && *p <= '9');
+        if (!ok) {
+            snprintf(err, errlen, "metric %s: label name '%s' is not valid", name, l ? l : "");
+            return NULL;
+        }
+    }
     pthread_mutex_lock(&g_lock);
-    for (metric_family_t *f = g_families; f; f = f->next) {
+    for (metric_family_t *f = atomic_load(&g_families); f; f = atomic_load(&f->next)) {
         if (strcmp(f->name, name) != 0) continue;
         int same = f->kind == kind && f->nlabels == nlabels;
         for (int i = 0; same && i < nlabels; i++) same = strcmp(f->labels[i], labels[i]) == 0;
+        int same_buckets = kind != METRIC_HISTOGRAM ||
+                           (f->nbuckets == nbuckets && memcmp(f->buckets, buckets, (size_t)nbuckets * sizeof(double)) == 0);
         pthread_mutex_unlock(&g_lock);
         if (!same) {
             snprintf(err, errlen, "metric %s is already declared with another kind or labels", name);
+            return NULL;
+        }
+        if (!same_buckets) {
+            snprintf(err, errlen, "metric %s is already declared with other buckets", name);
             return NULL;
         }
         return f;
@@ -184,7 +201,7 @@ metric_family_t *metrics_family(const char *name, const char *help, metric_kind_
         for (int i = 0; i < nlabels; i++) f->labels[i] = strdup(labels[i]);
         f->nbuckets = nbuckets;
         memcpy(f->buckets, buckets, (size_t)nbuckets * sizeof(double));
-        *g_families_tail = f;
+        atomic_store_explicit(g_families_tail, f, memory_order_release);   /* f is whole before it is seen */
         g_families_tail = &f->next;
     } else {
         snprintf(err, errlen, "out of memory");
@@ -399,9 +416,9 @@ void metrics_render(buf_t *out)
     render_http(out);
     /* Families are appended under the lock but never removed, so the list can be walked. */
     pthread_mutex_lock(&g_lock);
-    metric_family_t *head = g_families;
+    metric_family_t *head = atomic_load(&g_families);
     pthread_mutex_unlock(&g_lock);
-    for (metric_family_t *f = head; f; f = f->next) render_family(out, f);
+    for (metric_family_t *f = head; f; f = atomic_load_explicit(&f->next, memory_order_acquire)) render_family(out, f);
     render_process(out);
 }
 
@@ -412,9 +429,9 @@ void metrics_shutdown(void)
     atomic_store(&g_nshards, 0);
     for (int i = 0; i < atomic_load(&g_nslots); i++) free(g_slots[i].pattern);
     atomic_store(&g_nslots, 0);
-    metric_family_t *f = g_families;
+    metric_family_t *f = atomic_load(&g_families);
     while (f) {
-        metric_family_t *nf = f->next;
+        metric_family_t *nf = atomic_load(&f->next);
         metric_cell_t *c = atomic_load(&f->cells);
         while (c) {
             metric_cell_t *nc = c->next;
@@ -428,7 +445,7 @@ void metrics_shutdown(void)
         free(f);
         f = nf;
     }
-    g_families = NULL;
+    atomic_store(&g_families, NULL);
     g_families_tail = &g_families;
     for (int i = 0; i < METRICS_MAX_STATUS; i++) atomic_store(&g_status_code[i], 0);
     pthread_mutex_unlock(&g_lock);

@@ -60,6 +60,29 @@ TEST(families_redeclare_and_escape_labels)
     buf_free(&b);
 }
 
+TEST(label_names_are_checked_and_a_histogram_keeps_one_set_of_buckets)
+{
+    char err[128];
+    const char *bad[][1] = { { "bad-name" }, { "1st" }, { "__reserved" }, { "" } };
+    for (int i = 0; i < 4; i++) {
+        err[0] = 0;
+        CHECK(metrics_family("label_check_total", "x", METRIC_COUNTER, 1, bad[i], 0, NULL, err, sizeof err) == NULL);
+        CHECK(strstr(err, "label") != NULL);
+    }
+    const char *le[] = { "le" };
+    CHECK(metrics_family("label_check_seconds", "x", METRIC_HISTOGRAM, 1, le, 0, NULL, err, sizeof err) == NULL);
+    const char *ok[] = { "route_2" };
+    CHECK(metrics_family("label_check_total", "x", METRIC_COUNTER, 1, ok, 0, NULL, err, sizeof err) != NULL);
+    const double a[] = { 0.1, 1 }, b[] = { 0.5, 5 };
+    metric_family_t *h = metrics_family("bucket_check_seconds", "x", METRIC_HISTOGRAM, 0, NULL, 2, a, err, sizeof err);
+    CHECK(h != NULL);
+    CHECK(metrics_family("bucket_check_seconds", "x", METRIC_HISTOGRAM, 0, NULL, 2, a, err, sizeof err) == h);
+    err[0] = 0;
+    CHECK(metrics_family("bucket_check_seconds", "x", METRIC_HISTOGRAM, 0, NULL, 2, b, err, sizeof err) == NULL);
+    CHECK(strstr(err, "buckets") != NULL);
+    CHECK(metrics_family("bucket_check_seconds", "x", METRIC_HISTOGRAM, 0, NULL, 1, a, err, sizeof err) == NULL);
+}
+
 TEST(histograms_are_cumulative)
 {
     char err[128];
@@ -86,6 +109,7 @@ int main(void)
     RUN(shards_sum_exactly_across_threads);
     RUN(families_redeclare_and_escape_labels);
     RUN(histograms_are_cumulative);
+    RUN(label_names_are_checked_and_a_histogram_keeps_one_set_of_buckets);
     metrics_shutdown();
     return test_done();
 }
