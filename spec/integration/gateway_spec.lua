@@ -169,6 +169,22 @@ describe("the gateway", function()
     assert.is_nil(h.sanitizer_report(h.stop(gw)))
   end)
 
+  it("carries on over new connections when an upstream restarts under its kept-alive ones", function()
+    local up = h.start({ SERVICE = "product", SCRIPTS_DIR = h.fixtures, WORKERS = 1, FIXTURE_STATE_DIR = dir }, dir)
+    local gw = h.start({ SERVICE = "gateway", WORKERS = 1, PRODUCT_SERVICE_URL = up.url }, dir)
+    for _ = 1, 3 do assert.equal(200, http.get(gw.url .. "/products/warm").status) end
+    h.stop(up)
+    assert.equal(502, http.get(gw.url .. "/products/down").status)   -- nothing listens meanwhile
+    up = h.start({ SERVICE = "product", SCRIPTS_DIR = h.fixtures, WORKERS = 1, FIXTURE_STATE_DIR = dir, PORT = up.port }, dir)
+    for i = 1, 5 do
+      assert.equal(200, http.get(gw.url .. "/products/again-" .. i).status)
+      local res = http.request { method = "POST", url = gw.url .. "/products/raw", body = "b" .. i }
+      assert.equal(200, res.status)
+      assert.equal("b" .. i, res.body)
+    end
+    assert.is_nil(h.sanitizer_report(h.stop(gw) .. h.stop(up)))
+  end)
+
   it("relays large answers whole and keeps one connection busy at a time", function()
     for _, n in ipairs { 0, 1, 70000, 3000000 } do
       local res = get("/products/big?n=" .. n)

@@ -49,15 +49,15 @@ function M.closed_port()
   error("no closed port found")
 end
 
--- Start `SERVICE=<env.SERVICE> mercato` with env on a free port; wait for /health.
+-- Start `SERVICE=<env.SERVICE> mercato` with env on a free port (or env.PORT); wait for /health.
 -- Returns { pid, port, url, log }. Stop it with M.stop.
 function M.start(env, dir)
   for _ = 1, 5 do
-    local port = M.closed_port()
+    local port = tonumber(env.PORT) or M.closed_port()
     local name = (env.SERVICE or "x") .. "-" .. port
     local log, pidfile = dir .. "/" .. name .. ".log", dir .. "/" .. name .. ".pid"
     local vars = { "PORT=" .. port, "LISTEN_ADDR=127.0.0.1" }
-    for k, v in pairs(env) do vars[#vars + 1] = k .. "='" .. tostring(v) .. "'" end
+    for k, v in pairs(env) do if k ~= "PORT" then vars[#vars + 1] = k .. "='" .. tostring(v) .. "'" end end
     os.execute(("env %s %s >%s 2>&1 & echo $! >%s"):format(table.concat(vars, " "), M.bin, log, pidfile))
     local pid = tonumber(read_file(pidfile))
     local inst = { pid = pid, port = port, url = "http://127.0.0.1:" .. port, log = log }
