@@ -195,7 +195,17 @@ static worker_t *worker_of(lua_State *L, const char *fn)
 db_conn_t *db_blocking_conn(worker_t *w, db_error_t *err)
 {
     request_t *r = w->loop ? w->cur : NULL;
-    if (r && r->db) return r->db;
+    if (r && r->db) {
+        /* The request's own transaction, from a coroutine the handler made (it cannot park):
+         * the connection carries nothing else then, so it leaves pipeline mode for this
+         * statement (the pool re-enters it for the next one), as db_pool_idle does. */
+        db_conn_t *c = r->db;
+        if (c->pg && PQpipelineStatus(c->pg) != PQ_PIPELINE_OFF && (c->inflight || !PQexitPipelineMode(c->pg))) {
+            db_set_error(err, "unavailable", "database busy: %s", "the transaction's connection has statements in flight");
+            return NULL;
+        }
+        return c;
+    }
     db_conn_t *c = r ? db_pool_idle(w) : NULL;
     if (!c) c = db_conn_of(w);
     if (!c) {

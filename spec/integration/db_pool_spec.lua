@@ -93,6 +93,23 @@ describe("handlers on the database pool", function()
     assert.equal("0", H.psql(url, "SELECT count(*) FROM pool_items WHERE id > 100000"))
   end)
 
+  it("run a statement from a coroutine the handler made inside its db.tx in that transaction", function()
+    local reqs = {}
+    for i = 1, 20 do reqs[i] = { "POST", "/tx-coroutine/" .. (7000 + i) .. (i > 10 and "?rollback=1" or "") } end
+    local out = all_at_once(srv.port, reqs)
+    for i = 1, 20 do
+      if i <= 10 then
+        assert.equal(201, out[i].status, out[i].body)
+        assert.same({ seen = 2 }, out[i].doc)   -- the coroutine's row is visible inside the transaction
+      else
+        assert.equal(422, out[i].status, out[i].body)
+      end
+    end
+    assert.equal("10", H.psql(url, "SELECT count(*) FROM pool_items WHERE id BETWEEN 7001 AND 7010"))
+    assert.equal("10", H.psql(url, "SELECT count(*) FROM pool_items WHERE id BETWEEN 57001 AND 57010"))
+    assert.equal("0", H.psql(url, "SELECT count(*) FROM pool_items WHERE id BETWEEN 7011 AND 7020 OR id BETWEEN 57011 AND 57020"))
+  end)
+
   it("roll back a transaction whose function raised, and answer 500", function()
     local status = H.call(srv, "GET", "/tx-then-raise?id=3001")
     assert.equal(500, status)
