@@ -110,7 +110,7 @@ int metrics_route_slot(const char *method, const char *pattern)
 const char *metrics_route_pattern(int slot)
 {
     /* A slot below g_nslots was filled before the count was published (release order). */
-    return slot > 0 && slot < atomic_load(&g_nslots) ? g_slots[slot].pattern : NULL;
+    return slot > 0 && slot < METRICS_MAX_ROUTES && slot < atomic_load(&g_nslots) ? g_slots[slot].pattern : NULL;
 }
 
 /* Index of a status code in the per-route status arrays, claimed on first sight. */
