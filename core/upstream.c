@@ -29,6 +29,7 @@ struct conn {
     upstream_req_t *req;         /* C_CONNECTING / C_BUSY */
     loop_timer_t *ctimer;        /* connect deadline */
     uint64_t idle_since;
+    unsigned addr_gen;           /* u's address generation it was opened to */
     conn_t *next, *prev;         /* u->conns */
     conn_t *inext, *iprev;       /* u->idle (most recent first) */
 };
@@ -61,6 +62,7 @@ struct upstream {
     conn_t *conns, *idle;
     int nconns;
     upstream_req_t *wait_head, *wait_tail;
+    unsigned addr_gen;           /* bumped by upstream_set_addr */
     int sending;                 /* inside upstream_send: callbacks are deferred to the loop */
 };
 
@@ -110,6 +112,7 @@ static conn_t *conn_open(upstream_t *u, upstream_req_t *q)
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->u = u;
+    c->addr_gen = u->addr_gen;
     c->events = -1;
     c->next = u->conns;
     if (u->conns) u->conns->prev = c;
@@ -196,7 +199,7 @@ static void req_done(upstream_req_t *q)
     conn_t *c = q->c;
     upstream_t *u = q->u;
     c->req = NULL;
-    if (q->keep_alive && q->framing != F_CLOSE && q->pos == q->in.len) {
+    if (q->keep_alive && q->framing != F_CLOSE && q->pos == q->in.len && c->addr_gen == u->addr_gen) {
         c->state = C_IDLE;
         c->reused = 1;
         c->idle_since = loop_now_ns();
@@ -631,6 +634,21 @@ void upstream_cancel(upstream_req_t *q)
     if (q->c) { q->c->req = NULL; conn_close(q->c); }
     req_free(q);
     pump(u);
+}
+
+void upstream_set_addr(upstream_t *u, const struct sockaddr_storage *addr, socklen_t addrlen)
+{
+    memcpy(&u->o.addr, addr, sizeof u->o.addr);
+    u->o.addrlen = addrlen;
+    u->addr_gen++;
+    conn_t *c = u->idle, *next;
+    u->idle = NULL;
+    for (; c; c = next) {   /* the idle list taken whole: each closed as a busy one would be */
+        next = c->inext;
+        c->inext = c->iprev = NULL;
+        c->state = C_BUSY;
+        conn_close(c);
+    }
 }
 
 int upstream_connections(const upstream_t *u) { return u ? u->nconns : 0; }

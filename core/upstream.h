@@ -70,6 +70,10 @@ upstream_req_t *upstream_send(upstream_t *u, buf_t *bytes, int head_only, int re
 /* Forget req: no callback; its connection is closed when it was mid-answer. */
 void upstream_cancel(upstream_req_t *req);
 
+/* The origin moved (a name resolved to another address): new connections go to addr, idle
+ * ones to the old address are closed; busy ones finish their request, then close. */
+void upstream_set_addr(upstream_t *u, const struct sockaddr_storage *addr, socklen_t addrlen);
+
 /* Open connections (for tests and metrics). */
 int upstream_connections(const upstream_t *u);
 

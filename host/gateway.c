@@ -12,6 +12,7 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -146,6 +147,7 @@ typedef struct {
     pthread_mutex_t lock;            /* guards addr: held for a copy, never across a call */
     struct sockaddr_storage addr;
     socklen_t addrlen;
+    _Atomic unsigned gen;            /* bumped when addr changes: threads pick the new one up */
     int resolved, literal;
 } gw_origin_t;
 static gw_origin_t g_origin[GW_NUPSTREAMS];
@@ -176,9 +178,12 @@ static int origin_resolve(gw_origin_t *o)
     for (const struct addrinfo *a = res; a; a = a->ai_next)
         if (a->ai_family == AF_INET) { pick = a; break; }
     pthread_mutex_lock(&o->lock);
+    int moved = o->resolved && (o->addrlen != pick->ai_addrlen || memcmp(&o->addr, pick->ai_addr, pick->ai_addrlen) != 0);
+    memset(&o->addr, 0, sizeof o->addr);
     memcpy(&o->addr, pick->ai_addr, pick->ai_addrlen);
     o->addrlen = pick->ai_addrlen;
     o->resolved = 1;
+    if (moved) atomic_fetch_add(&o->gen, 1);
     pthread_mutex_unlock(&o->lock);
     freeaddrinfo(res);
     return 0;
@@ -508,6 +513,7 @@ static void direct_cancel(void *arg)
 /* A thread's connections, one pool per upstream (w->gateway). */
 typedef struct {
     upstream_t *up[GW_NUPSTREAMS];
+    unsigned gen[GW_NUPSTREAMS];     /* the origin's address generation each pool uses */
 } gw_thread_t;
 
 /* This thread's connections to upstream `up` (made on first use, freed by gateway_worker_free). */
@@ -519,14 +525,27 @@ static upstream_t *thread_upstream(worker_t *w, int up)
         if (!set) return NULL;
         w->gateway = set;
     }
+    gw_origin_t *o = &g_origin[up];
+    unsigned gen = atomic_load_explicit(&o->gen, memory_order_acquire);
+    if (set->up[up] && set->gen[up] != gen) {
+        /* The name now resolves elsewhere (a moved service): new connections go there. */
+        struct sockaddr_storage addr;
+        pthread_mutex_lock(&o->lock);
+        memcpy(&addr, &o->addr, sizeof addr);
+        socklen_t len = o->addrlen;
+        gen = atomic_load(&o->gen);
+        pthread_mutex_unlock(&o->lock);
+        upstream_set_addr(set->up[up], &addr, len);
+        set->gen[up] = gen;
+    }
     if (!set->up[up]) {
-        gw_origin_t *o = &g_origin[up];
         upstream_opts_t opts = { .max_conns = (int)g_max_conns, .timeout_ms = g_timeout_ms, .connect_ms = g_connect_ms,
                                  .max_body = g_max_response, .idle_ms = 60000 };
         pthread_mutex_lock(&o->lock);
         int ok = o->resolved;
         memcpy(&opts.addr, &o->addr, sizeof opts.addr);
         opts.addrlen = o->addrlen;
+        set->gen[up] = atomic_load(&o->gen);
         pthread_mutex_unlock(&o->lock);
         if (!ok) return NULL;
         set->up[up] = upstream_new(w->loop, &opts);

@@ -59,6 +59,16 @@ static void *serve_conn(void *arg)
         len -= used;
         int close_after, delay;
         const char *a = answer_for(path, &close_after, &delay);
+        char me[96];
+        if (!strcmp(path, "/whoami")) {   /* the port this connection came in on */
+            struct sockaddr_in local;
+            socklen_t ll = sizeof local;
+            getsockname(fd, (struct sockaddr *)&local, &ll);
+            char port[8];
+            int pn = snprintf(port, sizeof port, "%d", ntohs(local.sin_port));
+            snprintf(me, sizeof me, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", pn, port);
+            a = me;
+        }
         if (!strncmp(path, "/stale", 6)) { close(fd); return NULL; }   /* closes without answering */
         if (delay) usleep((useconds_t)delay * 1000);
         if (send(fd, a, strlen(a), MSG_NOSIGNAL) < 0 || close_after) { close(fd); return NULL; }
@@ -248,6 +258,39 @@ TEST(a_cancelled_request_is_never_called_back)
     loop_free(l);
 }
 
+static int g_port2;
+
+TEST(a_moved_origin_gets_the_new_connections)
+{
+    loop_t *l = loop_new();
+    upstream_t *u = new_upstream(l, 4, 2000);
+    got_t g[3];
+    memset(g, 0, sizeof g);
+    char want[16];
+    send_get(u, "GET", "/whoami", &g[0]);
+    run_until(l, g, 1);
+    snprintf(want, sizeof want, "%d", g_port);
+    CHECK_STR(g[0].body, want);
+    CHECK_INT(upstream_connections(u), 1);   /* idle, kept alive */
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    a->sin_family = AF_INET;
+    a->sin_port = htons((uint16_t)g_port2);
+    a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    upstream_set_addr(u, &ss, sizeof *a);
+    CHECK_INT(upstream_connections(u), 0);   /* the idle one to the old address is gone */
+    send_get(u, "GET", "/whoami", &g[1]);
+    run_until(l, g + 1, 1);
+    snprintf(want, sizeof want, "%d", g_port2);
+    CHECK_STR(g[1].body, want);
+    send_get(u, "GET", "/whoami", &g[2]);
+    run_until(l, g + 2, 1);
+    CHECK_STR(g[2].body, want);
+    upstream_free(u);
+    loop_free(l);
+}
+
 TEST(a_refused_connection_fails_from_the_loop)
 {
     loop_t *l = loop_new();
@@ -280,11 +323,22 @@ int main(void)
     pthread_t t;
     pthread_create(&t, NULL, serve, (void *)(intptr_t)lfd);
     pthread_detach(t);
+    int lfd2 = socket(AF_INET, SOCK_STREAM, 0);   /* the same service, moved */
+    struct sockaddr_in a2 = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t a2len = sizeof a2;
+    if (bind(lfd2, (struct sockaddr *)&a2, sizeof a2) < 0 || listen(lfd2, 64) < 0 || getsockname(lfd2, (struct sockaddr *)&a2, &a2len) < 0) {
+        printf("Bail out! cannot listen\n");
+        return 1;
+    }
+    g_port2 = ntohs(a2.sin_port);
+    pthread_create(&t, NULL, serve, (void *)(intptr_t)lfd2);
+    pthread_detach(t);
     RUN(bodies_come_back_by_length_chunks_or_close);
     RUN(connections_are_reused_and_a_stale_one_is_retried);
     RUN(deadlines_malformed_and_oversized_answers_fail);
     RUN(past_the_cap_requests_wait_for_a_connection);
     RUN(a_cancelled_request_is_never_called_back);
+    RUN(a_moved_origin_gets_the_new_connections);
     RUN(a_refused_connection_fails_from_the_loop);
     return test_done();
 }
