@@ -163,30 +163,22 @@ static int l_check_reserve(lua_State *L)
     return 3;
 }
 
-/* C.rid(fn, reservation_id) → the lower-case id, or nil when it is not a UUID (no reservation
- * has that id). Raises when it is not a string. */
-static int l_check_rid(lua_State *L)
+/* C.<check>(fn, id) → the lower-case id, or nil when it is not a UUID (nothing has that id).
+ * Raises when it is not a string, naming `what`. */
+static int check_id(lua_State *L, const char *what)
 {
     const char *fn = luaL_checkstring(L, 1);
     need_worker(L, fn);
     lua_remove(L, 1);
-    char rid[37];
-    if (!uuid_arg(L, 1, fn, "a reservation_id string", rid)) { lua_pushnil(L); return 1; }
-    lua_pushstring(L, rid);
+    char id[37];
+    if (!uuid_arg(L, 1, fn, what, id)) { lua_pushnil(L); return 1; }
+    lua_pushstring(L, id);
     return 1;
 }
 
-/* C.pid(fn, product_id) → the lower-case id, or nil when it is not a UUID. */
-static int l_check_pid(lua_State *L)
-{
-    const char *fn = luaL_checkstring(L, 1);
-    need_worker(L, fn);
-    lua_remove(L, 1);
-    char pid[37];
-    if (!uuid_arg(L, 1, fn, "a product_id string", pid)) { lua_pushnil(L); return 1; }
-    lua_pushstring(L, pid);
-    return 1;
-}
+/* C.rid(fn, reservation_id), C.pid(fn, product_id). */
+static int l_check_rid(lua_State *L) { return check_id(L, "a reservation_id string"); }
+static int l_check_pid(lua_State *L) { return check_id(L, "a product_id string"); }
 
 /* C.set_stock(product_id, stock[, expected_version]) → pid, stock, expected (or nil) | nil (not
  * a UUID) | nil, err, code. */

@@ -142,24 +142,38 @@ static redisReply *run(const ratelimit_ctx_t *cx, int argc, const char **argv, c
     return r;
 }
 
+/* The script's EVALSHA for one check; argv and len point into c. */
+typedef struct {
+    char t[24], tau[24], cost[24];
+    const char *argv[8];
+    size_t len[8];
+} gcra_cmd_t;
+
+static void gcra_cmd(gcra_cmd_t *c, const char *rkey, size_t rklen, const ratelimit_limit_t *lim, int64_t cost, int peek)
+{
+    int64_t t = lim->period_us / lim->count;
+    if (t < 1) t = 1;
+    const char *argv[8] = { "EVALSHA", g_sha, "1", rkey, c->t, c->tau, c->cost, peek ? "1" : "0" };
+    size_t len[8] = { 7, 40, 1, rklen, 0, 0, 0, 1 };
+    len[4] = (size_t)snprintf(c->t, sizeof c->t, "%lld", (long long)t);
+    len[5] = (size_t)snprintf(c->tau, sizeof c->tau, "%lld", (long long)t * lim->burst);
+    len[6] = (size_t)snprintf(c->cost, sizeof c->cost, "%lld", (long long)cost);
+    memcpy(c->argv, argv, sizeof argv);
+    memcpy(c->len, len, sizeof len);
+}
+
 /* The GCRA check in Redis. 0, or -1 with err (the caller falls back). */
 static int redis_check(const ratelimit_ctx_t *cx, const char *rkey, size_t rklen, const ratelimit_limit_t *lim, int64_t cost,
                        int peek, ratelimit_result_t *out, char *err, size_t errlen)
 {
-    int64_t t = lim->period_us / lim->count;
-    if (t < 1) t = 1;
-    char a1[24], a2[24], a3[24];
-    const char *argv[8] = { "EVALSHA", g_sha, "1", rkey, a1, a2, a3, peek ? "1" : "0" };
-    size_t len[8] = { 7, 40, 1, rklen, 0, 0, 0, 1 };
-    len[4] = (size_t)snprintf(a1, sizeof a1, "%lld", (long long)t);
-    len[5] = (size_t)snprintf(a2, sizeof a2, "%lld", (long long)t * lim->burst);
-    len[6] = (size_t)snprintf(a3, sizeof a3, "%lld", (long long)cost);
-    redisReply *r = run(cx, 8, argv, len, err, errlen);
+    gcra_cmd_t c;
+    gcra_cmd(&c, rkey, rklen, lim, cost, peek);
+    redisReply *r = run(cx, 8, c.argv, c.len, err, errlen);
     if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0) {
         freeReplyObject(r);
-        argv[0] = "EVAL"; len[0] = 4;
-        argv[1] = script; len[1] = sizeof script - 1;
-        r = run(cx, 8, argv, len, err, errlen);
+        c.argv[0] = "EVAL"; c.len[0] = 4;
+        c.argv[1] = script; c.len[1] = sizeof script - 1;
+        r = run(cx, 8, c.argv, c.len, err, errlen);
     }
     if (!r) return -1;
     int ok = r->type == REDIS_REPLY_ARRAY && r->elements == 4;
@@ -218,6 +232,14 @@ void ratelimit_check(const ratelimit_ctx_t *cx, const char *name, const char *ke
         redis_failed(err);
     }
     ratelimit_local_check(name, key, keylen, lim, cost, peek, now_us(), out);
+}
+
+/* The thread's connection on its loop (made on first use), or NULL. */
+static redis_async_t *async_of(const ratelimit_ctx_t *cx)
+{
+    ratelimit_conn_t *rc = conn_of(cx);
+    if (rc && !rc->as) rc->as = redis_async_new(cx->loop, cx->redis_url);
+    return rc ? rc->as : NULL;
 }
 
 /* ---- the same check on the loop ----------------------------------------------------------- */
@@ -283,20 +305,12 @@ int ratelimit_check_async(const ratelimit_ctx_t *cx, const char *name, const cha
     if (cx->loop && use_redis(cx)) {
         char rkey[RATELIMIT_NAME_MAX + KEY_MAX + 16], err[512];
         size_t rklen = redis_key(rkey, sizeof rkey, name, key, keylen);
-        ratelimit_conn_t *rc = conn_of(cx);
-        if (rc && !rc->as) rc->as = redis_async_new(cx->loop, cx->redis_url);
-        if (rc && !rc->as) rc = NULL;
-        ratelimit_wait_t *wt = rklen && rc ? malloc(sizeof *wt + keylen + 1) : NULL;
+        redis_async_t *as = async_of(cx);
+        ratelimit_wait_t *wt = rklen && as ? malloc(sizeof *wt + keylen + 1) : NULL;
         if (wt) {
-            int64_t t = lim->period_us / lim->count;
-            if (t < 1) t = 1;
-            char a1[24], a2[24], a3[24];
-            const char *argv[8] = { "EVALSHA", g_sha, "1", rkey, a1, a2, a3, peek ? "1" : "0" };
-            size_t len[8] = { 7, 40, 1, rklen, 0, 0, 0, 1 };
-            len[4] = (size_t)snprintf(a1, sizeof a1, "%lld", (long long)t);
-            len[5] = (size_t)snprintf(a2, sizeof a2, "%lld", (long long)t * lim->burst);
-            len[6] = (size_t)snprintf(a3, sizeof a3, "%lld", (long long)cost);
-            redis_cmd_t cmd = { 8, argv, len };
+            gcra_cmd_t c;
+            gcra_cmd(&c, rkey, rklen, lim, cost, peek);
+            redis_cmd_t cmd = { 8, c.argv, c.len };
             wt->done = done;
             wt->arg = arg;
             wt->lim = *lim;
@@ -306,7 +320,7 @@ int ratelimit_check_async(const ratelimit_ctx_t *cx, const char *name, const cha
             memcpy(wt->key, key, keylen);
             wt->key[keylen] = 0;
             wt->keylen = keylen;
-            wt->op = redis_async_send(rc->as, g_timeout_ms, 1, &cmd, script, sizeof script - 1, on_async_reply, wt,
+            wt->op = redis_async_send(as, g_timeout_ms, 1, &cmd, script, sizeof script - 1, on_async_reply, wt,
                                       err, sizeof err);
             if (wt->op) { *wait = wt; return 1; }
             free(wt);

@@ -52,8 +52,9 @@ struct upstream_req {
     uint64_t remaining;          /* F_LENGTH: body bytes; F_CHUNKED: of the current chunk */
     size_t received;
     upstream_resp_t resp;
-    enum upstream_err end_err;   /* an end deferred out of upstream_send */
+    enum upstream_err end_err;   /* an end deferred out of upstream_send (end_defer) */
     char why[96];
+    loop_defer_t end_defer;
 };
 
 struct upstream {
@@ -141,6 +142,7 @@ static conn_t *conn_open(upstream_t *u, upstream_req_t *q)
 static void req_free(upstream_req_t *q)
 {
     if (q->timer) loop_timer_cancel(q->u->loop, q->timer);
+    loop_defer_cancel(q->u->loop, &q->end_defer);
     buf_free(&q->out);
     buf_free(&q->in);
     buf_free(&q->resp.head);
@@ -154,7 +156,6 @@ static void on_end_later(loop_t *loop, void *arg)
 {
     upstream_req_t *q = arg;
     (void)loop;
-    q->timer = NULL;
     req_end(q, q->end_err, q->why);
 }
 
@@ -167,9 +168,10 @@ static void req_end(upstream_req_t *q, enum upstream_err err, const char *why)
     if (u->sending) {
         q->end_err = err;
         if (why != q->why) snprintf(q->why, sizeof q->why, "%s", why ? why : "");
-        if (q->timer) loop_timer_cancel(u->loop, q->timer);
-        q->timer = loop_timer_add(u->loop, 0, on_end_later, q);
-        if (q->timer) return;   /* out of memory: end it now, the caller copes (gateway: unparked) */
+        if (q->timer) loop_timer_cancel(u->loop, q->timer);   /* the deadline no longer applies */
+        q->timer = NULL;
+        loop_defer(u->loop, &q->end_defer, on_end_later, q);
+        return;
     }
     q->done(q, err, why, err == UPSTREAM_OK ? &q->resp : NULL, q->arg);
     req_free(q);

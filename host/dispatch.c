@@ -322,24 +322,16 @@ enum { STEP_LIMIT_IP, STEP_AUTH, STEP_LIMIT_SUB, STEP_HANDLER, STEP_DONE };
 
 static void proceed(request_t *r);
 
-/* A parked request with an answer queued and no handler running: hand it back to MHD. */
-static void settle(request_t *r)
+void server_settle(request_t *r)
 {
-    if (r->park == REQ_PARKED && !r->co) server_unpark(r);
-}
-
-static void limit_cancel(void *arg)
-{
-    ratelimit_wait_cancel(arg);
+    if (r->park == REQ_PARKED && !r->co && !r->wait_cancel) server_unpark(r);
 }
 
 /* Redis answered a route's limit (on the loop): refuse, or go on where the checks were. */
 static void limit_done(void *arg, const ratelimit_result_t *res)
 {
     request_t *r = arg;
-    r->wait_cancel = NULL;   /* the wait is over: its handle is freed by the limiter */
-    r->wait_arg = NULL;
-    r->rl = *res;
+    int allowed = ratelimit_answered(r, res);
     worker_t *w = r->w;
     if (r->generation != w->generation) {
         /* A reload while Redis answered: the route table changed under the request. Its
@@ -348,13 +340,13 @@ static void limit_done(void *arg, const ratelimit_result_t *res)
         dispatch_match(r, NULL, 0);
         if (r->route < 0) {
             server_problem(r, 503, "Service Unavailable", "The service was reloaded; try again.", "Retry-After", "1");
-            settle(r);
+            server_settle(r);
             return;
         }
         r->step = STEP_LIMIT_IP;
-    } else if (!res->allowed) {
+    } else if (!allowed) {
         ratelimit_refuse(r, w->snap->routes[r->route].rate_limit.name, res);
-        settle(r);
+        server_settle(r);
         return;
     }
     proceed(r);
@@ -374,7 +366,7 @@ static void proceed(request_t *r)
             if (!ri->rate_limit.key) continue;
             ratelimit_wait_t *wait;
             int rc = ratelimit_route(r, &ri->rate_limit, step == STEP_LIMIT_SUB, &r->rl, limit_done, r, &wait);
-            if (rc == 1) { server_park(r, limit_cancel, wait); return; }
+            if (rc == 1) { ratelimit_park(r, wait); return; }
             if (rc < 0) break;   /* 429 queued */
         } else if (step == STEP_AUTH) {
             if (auth_check(r, ri) != 0) break;   /* answered 401/403 */
@@ -387,7 +379,7 @@ static void proceed(request_t *r)
         }
     }
     r->step = STEP_DONE;
-    settle(r);
+    server_settle(r);
 }
 
 void dispatch_route(request_t *r)

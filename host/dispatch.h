@@ -40,4 +40,9 @@ void server_park(request_t *r, void (*cancel)(void *arg), void *arg);
  * connection back to MHD, which sends it (or closes the connection when there is none). */
 void server_unpark(request_t *r);
 
+/* r is parked, and nothing works on it any more (no handler coroutine, no wait): its answer
+ * is queued, or it gave up — hand the connection back to MHD (server_unpark). A no-op
+ * otherwise (not parked, or a forward or handler still under way). */
+void server_settle(request_t *r);
+
 #endif

@@ -645,22 +645,14 @@ static void forward(request_t *r, int up)
     server_park(r, forward_cancel, c);
     return;
 out:
-    if (r->status && r->park == REQ_PARKED) server_unpark(r);   /* answered after a parked limit check */
-}
-
-static void limit_cancel(void *arg)
-{
-    ratelimit_wait_cancel(arg);
+    server_settle(r);   /* answered after a parked limit check (a forward under way stays parked) */
 }
 
 /* Redis answered the global limit (on the loop): refuse, or forward. */
 static void limit_done(void *arg, const ratelimit_result_t *res)
 {
     request_t *r = arg;
-    r->wait_cancel = NULL;   /* the wait is over: its handle is freed by the limiter */
-    r->wait_arg = NULL;
-    r->rl = *res;
-    if (!res->allowed) {
+    if (!ratelimit_answered(r, res)) {
         ratelimit_refuse(r, "global", res);
         server_unpark(r);
         return;
@@ -681,6 +673,6 @@ void gateway_handle(request_t *r)
     ratelimit_wait_t *wait;
     int rc = ratelimit_gateway(r, &r->rl, limit_done, r, &wait);
     if (rc < 0) return;   /* 429 queued */
-    if (rc == 1) { server_park(r, limit_cancel, wait); return; }
+    if (rc == 1) { ratelimit_park(r, wait); return; }
     forward(r, up);
 }

@@ -13,6 +13,7 @@
 
 #include "../core/buf.h"
 #include "../core/log.h"
+#include "dispatch.h"
 #include "ratelimit_http.h"
 #include "request.h"
 #include "server.h"
@@ -270,6 +271,24 @@ static size_t sub_key(request_t *r, char *out, size_t outlen)
     }
     lua_pop(L, 1);
     return n;
+}
+
+static void wait_cancel(void *arg)
+{
+    ratelimit_wait_cancel(arg);
+}
+
+void ratelimit_park(request_t *r, ratelimit_wait_t *wait)
+{
+    server_park(r, wait_cancel, wait);
+}
+
+int ratelimit_answered(request_t *r, const ratelimit_result_t *res)
+{
+    r->wait_cancel = NULL;   /* the wait is over: its handle is freed by the limiter */
+    r->wait_arg = NULL;
+    r->rl = *res;
+    return res->allowed;
 }
 
 void ratelimit_refuse(request_t *r, const char *name, const ratelimit_result_t *res)

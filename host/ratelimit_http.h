@@ -29,6 +29,14 @@ int ratelimit_trusted_load(const char *list, char *err, size_t errlen);
 int ratelimit_route(struct request *r, const ratelimit_rule_t *rule, int phase, struct ratelimit_result *res,
                     ratelimit_done_cb done, void *arg, ratelimit_wait_t **wait);
 
+/* Park r while its check (ratelimit_route / ratelimit_gateway answered 1) waits on Redis; if
+ * r goes away meanwhile the check is cancelled. */
+void ratelimit_park(struct request *r, ratelimit_wait_t *wait);
+
+/* In the check's done callback: r no longer waits on it, and res becomes r's (for its
+ * RateLimit-* headers). Returns res->allowed; a refusal is the caller's to send. */
+int ratelimit_answered(struct request *r, const ratelimit_result_t *res);
+
 /* Refuse r: its claims let go (no handler will run), a 429 queued (ratelimit_reject). */
 void ratelimit_refuse(struct request *r, const char *name, const ratelimit_result_t *res);
 

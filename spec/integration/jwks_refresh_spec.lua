@@ -24,14 +24,8 @@ local function genrsa(path)
   assert(rc == 0 or rc == true, "openssl genrsa failed for " .. path)
 end
 
-local function percentile(xs, p)
-  local s = {}
-  for i, x in ipairs(xs) do s[i] = x end
-  table.sort(s)
-  return s[math.max(1, math.ceil(#s * p))]
-end
-
-local function ms(x) return ("%.2f ms"):format(x * 1000) end
+local stats = require "support.stats"
+local percentile, ms = stats.percentile, stats.ms
 
 local function claims()
   return { sub = "u-1", role = "buyer", scope = "", iss = "mercato", aud = "mercato", exp = os.time() + 600 }

@@ -26,14 +26,8 @@ local function bytes(method, path, headers, body)
   return table.concat(lines, "\r\n") .. "\r\n\r\n" .. (body or "")
 end
 
-local function percentile(xs, p)
-  local s = {}
-  for i, x in ipairs(xs) do s[i] = x end
-  table.sort(s)
-  return s[math.max(1, math.ceil(#s * p))]
-end
-
-local function ms(x) return ("%.2f ms"):format(x * 1000) end
+local stats = require "support.stats"
+local percentile, ms = stats.percentile, stats.ms
 
 -- Probe GET /users/me on two keep-alive connections, one request at a time, for `secs`
 -- seconds. `logins` (optional) are keep-alive connections each with a login in flight: every
