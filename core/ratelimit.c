@@ -338,6 +338,12 @@ void ratelimit_wait_cancel(ratelimit_wait_t *wt)
     free(wt);
 }
 
+static void on_reset_reply(void *arg, int i, const redisReply *reply, const char *err, const char *code)
+{
+    (void)arg; (void)i; (void)code;
+    if (!reply) redis_failed(err);
+}
+
 void ratelimit_reset(const ratelimit_ctx_t *cx, const char *name, const char *key, size_t keylen)
 {
     pthread_once(&g_once, setup);
@@ -345,11 +351,20 @@ void ratelimit_reset(const ratelimit_ctx_t *cx, const char *name, const char *ke
     if (!use_redis(cx)) return;
     char rkey[RATELIMIT_NAME_MAX + KEY_MAX + 16], err[512];
     size_t rklen = redis_key(rkey, sizeof rkey, name, key, keylen);
+    if (!rklen) return;
     const char *argv[] = { "DEL", rkey };
     size_t len[] = { 3, rklen };
-    redisReply *r = rklen ? run(cx, 2, argv, len, err, sizeof err) : NULL;
+    redis_async_t *as = cx->loop ? async_of(cx) : NULL;
+    if (as) {
+        /* On a loop nothing waits for the reply: the DEL goes out ahead of this thread's next
+         * check on the same connection, and a failure switches to the in-process table. */
+        redis_cmd_t cmd = { 2, argv, len };
+        if (!redis_async_send(as, g_timeout_ms, 1, &cmd, NULL, 0, on_reset_reply, NULL, err, sizeof err)) redis_failed(err);
+        return;
+    }
+    redisReply *r = run(cx, 2, argv, len, err, sizeof err);
     if (r) freeReplyObject(r);
-    else if (rklen) redis_failed(err);
+    else redis_failed(err);
 }
 
 int64_t ratelimit_seconds(int64_t us)

@@ -91,6 +91,8 @@ int ratelimit_check_async(const ratelimit_ctx_t *cx, const char *name, const cha
 /* Forget a pending check: done is never called. */
 void ratelimit_wait_cancel(ratelimit_wait_t *wait);
 
+/* Forget key's bucket (full again), here and in Redis — on cx->loop without waiting for the
+ * DEL (it goes out ahead of the thread's next check), elsewhere blocking. */
 void ratelimit_reset(const ratelimit_ctx_t *cx, const char *name, const char *key, size_t keylen);
 
 /* Count one rejection in rate_limit_rejections_total{name}. */

@@ -156,4 +156,13 @@ describe("a Redis that never answers a route's rate-limit check", function()
     assert.is_true(host.now() - t0 >= 1.4)
     socks[1]:close()
   end)
+
+  it("holds up no other request while a handler's ratelimit.reset goes out to it", function()
+    h.sleep(1.1)   -- past the back-off of the failure above: the reset tries Redis again
+    local socks = send_and_leave(srv.port, 1, "POST", "/rl/reset?name=spec&key=k", "")
+    assert_unhindered(srv.url .. "/ip?n=")
+    socks[1]:settimeout(5)
+    assert.equal("HTTP/1.1 204 No Content", socks[1]:receive("*l"))
+    socks[1]:close()
+  end)
 end)
