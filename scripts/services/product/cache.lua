@@ -36,6 +36,32 @@ function _M.put(id, version, json_text)
   if not ok and err then log.debug("product cache: SET failed", { error = tostring(err) }) end
 end
 
+-- The cached JSON texts of several products in one round trip (MGET): { [id] = text } for the
+-- hits (misses, and everything when Redis is down, are simply absent).
+function _M.get_many(ids)
+  local out = {}
+  if _M.TTL <= 0 or #ids == 0 then return out end
+  local args = { "MGET" }
+  for i, id in ipairs(ids) do args[i + 1] = key(id) end
+  local vals = cache.call(unpack(args))
+  if type(vals) ~= "table" then return out end
+  for i, id in ipairs(ids) do
+    local v = vals[i]
+    local text = type(v) == "string" and v:match("^%d+\n(.*)$")
+    if text then out[id] = text end
+  end
+  return out
+end
+
+-- Cache several documents in one round trip: entries = { { id, version, json_text }, ... }.
+function _M.put_many(entries)
+  if _M.TTL <= 0 or #entries == 0 then return end
+  local cmds = {}
+  for i, e in ipairs(entries) do cmds[i] = { "SET", key(e[1]), e[2] .. "\n" .. e[3], "EX", tostring(_M.TTL) } end
+  local ok, err = cache.pipeline(cmds)
+  if not ok and err then log.debug("product cache: SET failed", { error = tostring(err) }) end
+end
+
 -- Drop the cached document of one product (or several: invalidate(id1, id2, ...)).
 function _M.invalidate(...)
   local n = select("#", ...)

@@ -40,6 +40,13 @@ function _M.get(id)
   return db.query_one("SELECT " .. _M.COLUMNS .. " FROM " .. _M.FROM .. " WHERE p.id = $1 AND p.status = 'active'", id)
 end
 
+-- The active products among ids (lower-case UUIDs), in no particular order: one query.
+-- → rows | nil, err, code
+function _M.get_many(ids)
+  return db.query("SELECT " .. _M.COLUMNS .. " FROM " .. _M.FROM .. " WHERE p.id = ANY($1::uuid[]) AND p.status = 'active'",
+    "{" .. table.concat(ids, ",") .. "}")
+end
+
 function _M.category_exists(id)
   local row, err, code = db.query_one("SELECT 1 AS x FROM categories WHERE id = $1", id)
   if err then return nil, err, code end

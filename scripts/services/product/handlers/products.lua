@@ -16,6 +16,7 @@ local pcache = require "services.product.cache"
 local S = require "services.product.schema"
 local search = require "services.product.search"
 local store = require "services.product.store"
+local uuid = require "lib.uuid"
 
 local _M = {}
 
@@ -56,7 +57,59 @@ end
 
 -- ---- reads -----------------------------------------------------------------------------------
 
+local MAX_IDS = 100
+
+local function bad_ids(message)
+  return problem.bad_request("Invalid query parameter ids.", { { field = "ids", message = message } })
+end
+
+-- "a,b,c" → the lower-case ids, first occurrence kept, or nil, why.
+local function id_list(raw)
+  local out, seen, n = {}, {}, 0
+  for item in (raw .. ","):gmatch("([^,]*),") do
+    n = n + 1
+    if n > MAX_IDS then return nil, "must list at most " .. MAX_IDS .. " product ids" end
+    item = item:match("^%s*(.-)%s*$")
+    if not uuid.valid(item) then return nil, "must be 1 to " .. MAX_IDS .. " product ids (UUIDs) separated by commas" end
+    local id = item:lower()
+    if not seen[id] then seen[id] = true; out[#out + 1] = id end
+  end
+  return out
+end
+
+-- GET /products?ids=a,b,c (the cart's read): the active ones among those products, in the order
+-- given, each the document GET /products/{id} shows; unknown and deleted ids are left out.
+-- Hits come from the read cache in one MGET, the misses from one query (then cached), and the
+-- answer is spliced from the documents' JSON texts. Not a search: no other parameter, no pages.
+local function by_ids(req)
+  for k in pairs(req.query) do
+    if k ~= "ids" then
+      return problem.bad_request("ids cannot be combined with other parameters.", { { field = k, message = "is not allowed with ids" } })
+    end
+  end
+  local ids, why = id_list(req.query.ids)
+  if not ids then return bad_ids(why) end
+  local texts = pcache.get_many(ids)
+  local missing = {}
+  for _, id in ipairs(ids) do if not texts[id] then missing[#missing + 1] = id end end
+  if #missing > 0 then
+    local rows, err, code = store.get_many(missing)
+    if not rows then return problem.from(code, err) end
+    local fresh = {}
+    for i, row in ipairs(rows) do
+      local text = json.encode(store.public(row))
+      texts[row.id] = text
+      fresh[i] = { row.id, row.version, text }
+    end
+    pcache.put_many(fresh)
+  end
+  local parts = {}
+  for _, id in ipairs(ids) do parts[#parts + 1] = texts[id] end
+  return 200, '{"items":[' .. table.concat(parts, ",") .. '],"next_cursor":null}', { ["Content-Type"] = "application/json" }
+end
+
 function _M.list(req)
+  if req.query.ids ~= nil then return by_ids(req) end
   local page, status, body, headers = pagination.params(req.query)
   if not page then return status, body, headers end
   local params, pst, pbody, pheaders = search.params(req.query)
