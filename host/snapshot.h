@@ -26,6 +26,7 @@ typedef struct route_info {
     char *scope;                          /* required token scope, or NULL */
     size_t max_body;                      /* 0 = the process default */
     ratelimit_rule_t rate_limit;          /* `rate_limit = { name, limit, key }`; key NONE = none */
+    int idempotency;                      /* `idempotency = true`: the handler runs behind lib.idempotency */
 } route_info_t;
 
 typedef struct {

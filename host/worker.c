@@ -276,6 +276,11 @@ static int read_route(lua_State *L, int i, route_info_t *ri, const char *file, c
     else if (!lua_isnil(L, -1)) { snprintf(err, errlen, "%s: route %d: max_body must be a byte count", file, i); lua_pop(L, 1); return -1; }
     lua_pop(L, 1);
 
+    lua_getfield(L, -1, "idempotency");
+    if (lua_isboolean(L, -1)) ri->idempotency = lua_toboolean(L, -1);
+    else if (!lua_isnil(L, -1)) { snprintf(err, errlen, "%s: route %d: idempotency must be a boolean", file, i); lua_pop(L, 1); return -1; }
+    lua_pop(L, 1);
+
     lua_getfield(L, -1, "rate_limit");
     int rc = lua_isnil(L, -1) ? 0 : read_rate_limit(L, &ri->rate_limit, ri->auth, err, errlen);
     lua_pop(L, 1);
@@ -285,6 +290,32 @@ static int read_route(lua_State *L, int i, route_info_t *ri, const char *file, c
         snprintf(err, errlen, "%s: route %d: %s", file, i, why);
         return -1;
     }
+    return 0;
+}
+
+/* Replace the handler on top of the stack by lib.idempotency.wrap(handler, "METHOD pattern"):
+ * Idempotency-Key replay for a route declaring `idempotency = true` (scripts/lib/idempotency.lua). */
+static int wrap_idempotent(lua_State *L, const route_info_t *ri, char *err, size_t errlen)
+{
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "lib.idempotency");
+    if (lua_pcall(L, 1, 1, 0) != 0 || !lua_istable(L, -1)) {
+        snprintf(err, errlen, "idempotency = true needs lib.idempotency: %s",
+                 lua_isstring(L, -1) ? lua_tostring(L, -1) : "it did not return a table");
+        lua_pop(L, 1);
+        return -1;
+    }
+    lua_getfield(L, -1, "wrap");
+    lua_pushvalue(L, -3);
+    lua_pushfstring(L, "%s %s", ri->method, ri->pattern);
+    if (lua_pcall(L, 2, 1, 0) != 0 || !lua_isfunction(L, -1)) {
+        snprintf(err, errlen, "lib.idempotency.wrap failed for %s %s: %s", ri->method, ri->pattern,
+                 lua_isstring(L, -1) ? lua_tostring(L, -1) : "it did not return a function");
+        lua_pop(L, 2);
+        return -1;
+    }
+    lua_remove(L, -2);   /* the module */
+    lua_replace(L, -2);  /* the bare handler */
     return 0;
 }
 
@@ -302,6 +333,11 @@ static int take_routes(lua_State *L, worker_t *w, snapshot_t *snap, int check, c
         for (int i = 1; i <= n; i++) {
             lua_rawgeti(L, -1, i);
             int rc = read_route(L, i, &snap->routes[i - 1], file, err, errlen);
+            if (rc == 0 && snap->routes[i - 1].idempotency) {   /* the wrapper must load: fail the check, not a request */
+                lua_rawgeti(L, -1, 3);
+                rc = wrap_idempotent(L, &snap->routes[i - 1], err, errlen);
+                lua_pop(L, 1);   /* the wrapper, or the bare handler after a failure */
+            }
             lua_pop(L, 1);
             snap->nroutes = i;   /* counts the partly filled one too, so it is freed */
             if (rc < 0) return -1;
@@ -314,6 +350,10 @@ static int take_routes(lua_State *L, worker_t *w, snapshot_t *snap, int check, c
         lua_rawgeti(L, -2, i);
         lua_rawgeti(L, -1, 3);
         if (!lua_isfunction(L, -1)) { snprintf(err, errlen, "%s: route %d has no handler", file, i); lua_pop(L, 3); return -1; }
+        if (snap->routes[i - 1].idempotency && wrap_idempotent(L, &snap->routes[i - 1], err, errlen) < 0) {
+            lua_pop(L, 2);
+            return -1;
+        }
         lua_rawseti(L, -3, i);
         lua_pop(L, 1);
     }
