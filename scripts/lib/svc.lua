@@ -30,7 +30,7 @@ local EXPIRY_MARGIN = 30          -- seconds: a token this close to expiry is fe
 local DEFAULT_EXPIRES_IN = 300    -- when the token response has no expires_in
 
 -- The scope each service's internal endpoints require (CONTRACT.md §6).
-local default_scope = { product = "inventory", payment = "payments" }
+local default_scope = { product = "inventory", payment = "payments", user = "users" }
 
 local idempotent = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS = true }
 

@@ -29,7 +29,7 @@ describe("user service /openapi.json", function()
       assert.is_table(item[method:lower()], method .. " " .. path)
       assert.is_table(item[method:lower()].responses, method .. " " .. path)
     end
-    assert.equal(12, n)
+    assert.equal(13, n)
   end)
 
   it("marks authenticated operations with the bearer scheme and documents 401", function()

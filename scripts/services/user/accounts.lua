@@ -14,7 +14,7 @@ local tokens = require "services.user.tokens"
 local _M = {}
 
 -- The scopes of the internal client: what the services' internal routes require.
-_M.SERVICE_SCOPES = "inventory payments orders notifications"
+_M.SERVICE_SCOPES = "inventory payments orders notifications users"
 
 local function env(name)
   local v = host.env(name)

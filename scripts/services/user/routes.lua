@@ -22,4 +22,6 @@ return {
   { "GET",   "/users",                 users.list, roles = { "admin" } },
   { "GET",   "/users/{id}",            users.show, roles = { "admin" } },
   { "PATCH", "/users/{id}",            users.admin_patch, roles = { "admin" }, max_body = SMALL },
+  -- the order service reads the buyer's email at checkout (service token, scope users)
+  { "GET",   "/internal/users/{id}",   users.show, scope = "users" },
 }
