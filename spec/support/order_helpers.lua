@@ -1,0 +1,134 @@
+-- spec/support/order_helpers.lua: the checkout's real neighbourhood for order specs — a user
+-- service (real JWKS, real client_credentials tokens, real buyers and sellers), a product
+-- service and an order service, each on a database of its own made here and dropped in stop,
+-- with Redis and RabbitMQ from the private stack. The payment service is started by the specs
+-- that need it (PAYMENT_SERVICE_URL; when it is down checkout answers 503 and undoes itself).
+--
+--   local O = require "support.order_helpers"
+--   local w = O.start()                          -- setup; O.stop(w) in teardown
+--   local buyer = O.buyer(w)                     -- { token, sub, email }
+--   local p = O.product(w, { stock = 5, price_cents = 1999 })
+--   O.req(w.order, "PUT", "/cart/items/" .. p.id, { quantity = 2 }, buyer.token)
+local cjson = require "cjson.safe"
+local crypto = require "crypto"
+local http = require "http"
+local P = require "support.product_helpers"
+local U = require "support.user_helpers"
+local server = require "support.server"
+
+local M = {}
+
+local function fresh_db(prefix)
+  local name = prefix .. crypto.hex(crypto.random(4))
+  P.psql(P.db_url("postgres"), "CREATE DATABASE " .. name)
+  return name, P.db_url(name)
+end
+
+local function wait_ready(srv)
+  for _ = 1, 150 do
+    local r = http.request { method = "GET", url = srv.url .. "/ready", timeout_ms = 2000 }
+    if r and r.status == 200 then return true end
+    os.execute("sleep 0.1")
+  end
+  error("service on " .. srv.url .. " never became ready:\n" .. srv:log())
+end
+
+-- Start one service on its own fresh database.
+function M.service(name, env)
+  local db, url = fresh_db("mercato_" .. name .. "_spec_")
+  local e = { DATABASE_URL = url, REDIS_URL = os.getenv("REDIS_URL"), AMQP_URL = os.getenv("AMQP_URL") or false,
+    ELASTICSEARCH_URL = false }
+  for k, v in pairs(env or {}) do e[k] = v end
+  local ok, srv = pcall(server.start, { service = name, scripts = "scripts", env = e, timeout = 20 })
+  if not ok then P.psql(P.db_url("postgres"), "DROP DATABASE IF EXISTS " .. db .. " WITH (FORCE)") error(srv, 2) end
+  srv.url = "http://127.0.0.1:" .. srv.port
+  srv.db_name, srv.db_url, srv.env = db, url, e
+  wait_ready(srv)
+  return srv
+end
+
+function M.drop(srv)
+  if not srv then return end
+  local st = srv:stop()
+  pcall(P.psql, P.db_url("postgres"), "DROP DATABASE IF EXISTS " .. srv.db_name .. " WITH (FORCE)")
+  return st
+end
+
+-- The world: user, product and order services (opts.order_env, opts.payment_url).
+function M.start(opts)
+  opts = opts or {}
+  local w = {}
+  local udb, uurl = fresh_db("mercato_user_spec_")
+  w.user = U.start({ DATABASE_URL = uurl })
+  w.user.db_name, w.user.db_url = udb, uurl
+  wait_ready(w.user)
+  local jwks = w.user.url .. "/.well-known/jwks.json"
+  w.product = M.service("product", { JWKS_URL = jwks })
+  local e = {
+    JWKS_URL = jwks, USER_SERVICE_URL = w.user.url, PRODUCT_SERVICE_URL = w.product.url,
+    PAYMENT_SERVICE_URL = opts.payment_url or ("http://127.0.0.1:" .. server.free_port()),
+    SERVICE_CLIENT_ID = U.CLIENT_ID, SERVICE_CLIENT_SECRET = U.CLIENT_SECRET,
+    ORDER_PAYMENTS_QUEUE = "order.payments." .. crypto.hex(crypto.random(4)),
+  }
+  for k, v in pairs(opts.order_env or {}) do e[k] = v end
+  w.order = M.service("order", e)
+  return w
+end
+
+function M.stop(w)
+  local st = {}
+  for _, name in ipairs { "order", "product", "user" } do
+    if w and w[name] then st[name] = M.drop(w[name]) end
+  end
+  return st
+end
+
+-- A request; doc (a table) is sent as JSON. → { status, headers, body, json }
+function M.req(srv, method, path, doc, token, headers)
+  local h = {}
+  for k, v in pairs(headers or {}) do h[k] = v end
+  if token then h.Authorization = "Bearer " .. token end
+  local body
+  if doc ~= nil then
+    body = type(doc) == "string" and doc or cjson.encode(doc)
+    h["Content-Type"] = h["Content-Type"] or "application/json"
+  end
+  local res, err = http.request { method = method, url = srv.url .. path, headers = h, body = body, timeout_ms = 20000 }
+  assert(res, "request failed: " .. tostring(err))
+  if res.body and res.body ~= "" then res.json = cjson.decode(res.body) end
+  return res
+end
+
+-- A registered, logged-in user of role (buyer by default): { token, sub, email }.
+function M.party(w, role)
+  local s = U.session(w.user, role and role ~= "buyer" and { role = role } or nil)
+  return { token = s.access, sub = s.user.id, email = s.email }
+end
+function M.buyer(w) return M.party(w, "buyer") end
+function M.seller(w) return M.party(w, "seller") end
+function M.admin(w) return { token = U.admin(w.user) } end
+
+-- A product of a (new, unless given) seller. → the product document (with .seller)
+function M.product(w, over, seller)
+  seller = seller or M.seller(w)
+  local doc = { name = "Spec item " .. crypto.hex(crypto.random(3)), description = "", price_cents = 1000,
+    currency = "eur", stock = 10, tags = cjson.empty_array }
+  for k, v in pairs(over or {}) do doc[k] = v end
+  local res = M.req(w.product, "POST", "/products", doc, seller.token)
+  assert(res.status == 201, "create product: " .. res.status .. " " .. tostring(res.body))
+  res.json.seller = seller
+  return res.json
+end
+
+M.ADDRESS = { name = "Ada Buyer", line1 = "1 Main St", city = "Berlin", postal_code = "10115", country = "DE" }
+
+-- Stock and reserved of a product at the product service.
+function M.inventory(w, id)
+  local res = M.req(w.product, "GET", "/products/" .. id .. "/inventory")
+  assert(res.status == 200, "inventory: " .. res.status)
+  return res.json
+end
+
+function M.psql(srv, sql) return P.psql(srv.db_url, sql) end
+
+return M
