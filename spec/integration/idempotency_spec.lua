@@ -11,7 +11,7 @@ local FIXTURE = "spec/fixtures/idempotency/scripts"
 local SCRIPTS   -- the fixture's services/ beside a copy of scripts/lib (made in setup)
 
 describe("Idempotency-Key on a route with idempotency = true", function()
-  local srv, dbname, url, token, sub
+  local srv, dbname, url, token
 
   local function start(env)
     local e = { DATABASE_URL = url, JWT_PUBLIC_KEY_FILE = select(2, P.keys()), REDIS_URL = os.getenv("REDIS_URL") }
@@ -33,7 +33,7 @@ describe("Idempotency-Key on a route with idempotency = true", function()
     P.psql(P.db_url("postgres"), "CREATE DATABASE " .. dbname)
     url = P.db_url(dbname)
     srv = start()
-    token, sub = P.token("buyer")
+    token = P.token("buyer")
   end)
   teardown(function()
     if srv then srv:stop() end
@@ -132,7 +132,8 @@ describe("Idempotency-Key on a route with idempotency = true", function()
       "-H 'Authorization: Bearer %s' -H 'Idempotency-Key: %s' --data %s &"):format(srv.url, token, k, P.q(body)))
     local claimed = false
     for _ = 1, 50 do
-      if tonumber(P.psql(url, "SELECT count(*) FROM idempotency_keys WHERE key = '" .. k .. "'")) == 1 then claimed = true break end
+      local n = P.psql(url, "SELECT count(*) FROM idempotency_keys WHERE key = '" .. k .. "'")
+      if tonumber(n) == 1 then claimed = true break end
       os.execute("sleep 0.1")
     end
     assert.is_true(claimed)
