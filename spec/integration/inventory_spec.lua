@@ -195,7 +195,8 @@ io.write(ok and "ok" or (type(info) == "table" and "short" or ("error " .. tostr
       local items = { { product_id = a, quantity = 2 } }
       local first = reserve(rid, items)
       assert.equal(201, first.status)
-      local snapshot = { { product_id = a, quantity = 2, name = "Fixture product", unit_price_cents = 100, currency = "eur", seller_id = seller } }
+      local snapshot = { { product_id = a, quantity = 2, name = "Fixture product", unit_price_cents = 100, currency = "eur",
+        seller_id = seller } }
       assert.same({ reservation_id = rid, status = "reserved", items = snapshot }, first.json)
       local again = reserve(rid, items)
       assert.equal(200, again.status)

@@ -88,7 +88,7 @@ describe("reservations for checkout", function()
       assert.equal(201, res.status, res.body)
       assert.equal(2, P.get(svc, "/products/" .. a.id).json.stock)
       assert.equal("hit", P.get(svc, "/products/" .. a.id).headers["x-cache"])
-      local deadline, got = socket.gettime() + 10, nil
+      local deadline, got = socket.gettime() + 10
       repeat
         socket.sleep(0.25)
         got = stock(a.id)
