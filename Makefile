@@ -37,7 +37,7 @@ MAIN_OBJ    := $(BUILD)/obj/host/main.o
 LIB         := $(BUILD)/libmercato.a
 TEST_SRC    := $(wildcard tests/test_*.c)
 TEST_BIN    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
-GEN         := $(BUILD)/gen/prelude.h $(BUILD)/gen/db_lua.h $(BUILD)/gen/inventory_lua.h
+GEN         := $(BUILD)/gen/prelude.h $(BUILD)/gen/db_lua.h $(BUILD)/gen/inventory_lua.h $(BUILD)/gen/stripe_lua.h
 
 .PHONY: all test test-unit test-spec run bench lint asan valgrind coverage clean deps stack-up stack-down
 all: $(BUILD)/mercato $(TEST_BIN)

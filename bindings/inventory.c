@@ -4,13 +4,15 @@
  * a client could have sent, the item order, the outcome counter — and loads it.
  *
  *   local ok, info, code = inventory.reserve(reservation_id, { { product_id = p, quantity = 2 } }, 900)
- *   -- true, { status = "reserved", replayed = false }
+ *   -- true, { status = "reserved", replayed = false, items = { { product_id = p, quantity = 2, name = "Lamp",
+ *   --   unit_price_cents = 1250, currency = "eur", seller_id = s } } }   (only active products are taken)
  *   -- nil, { insufficient = { { product_id = p, requested = 2, available = 1 } } }, "conflict"
+ *   -- nil, { currencies = { "eur", "usd" } }, "invalid"   (one reservation, one currency)
  *   -- nil, "message", "unavailable" | "timeout" | "invalid" | "conflict"
  *   local ok, err, code = inventory.commit(id)     -- true, "committed", product_ids | bare nil (unknown id)
  *   local ok, err, code = inventory.release(id)    -- true, "released", product_ids | bare nil (idempotent)
  *   -- a second commit or release: true, "already", {}
- *   local n, err, code = inventory.expire(100)     -- reservations released past their TTL
+ *   local n, ids = inventory.expire(100)           -- reservations released past their TTL, product ids touched
  *   local lvl, err, code = inventory.set_stock(product_id, 40, 7)  -- { stock, reserved, version }
  *   local lvl, err, code = inventory.get(product_id)                -- or bare nil
  *   local a, err, code = inventory.audit(product_id)  -- { ..., balanced = true }
@@ -33,8 +35,9 @@
 
 #define UV_WORKER lua_upvalueindex(1)
 
-static const char *const outcomes[] = { "reserved", "replayed", "insufficient", "error" };
-static metric_cell_t *g_reservations[4];
+static const char *const outcomes[] = { "reserved", "replayed", "insufficient", "invalid", "error" };
+#define N_OUTCOMES (int)(sizeof outcomes / sizeof outcomes[0])
+static metric_cell_t *g_reservations[N_OUTCOMES];
 
 /* ---- C API ------------------------------------------------------------------------------- */
 
@@ -230,7 +233,7 @@ static int l_array(lua_State *L)
 static int l_count(lua_State *L)
 {
     const char *o = luaL_checkstring(L, 1);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < N_OUTCOMES; i++)
         if (strcmp(o, outcomes[i]) == 0 && g_reservations[i]) metrics_cell_add(g_reservations[i], 1);
     return 0;
 }
@@ -243,7 +246,7 @@ static int inventory_global_init(void)
     const char *label[] = { "outcome" };
     metric_family_t *f = metrics_family("inventory_reservations_total", "Stock reservation attempts, by outcome.",
                                         METRIC_COUNTER, 1, label, 0, NULL, err, sizeof err);
-    for (int i = 0; f && i < 4; i++) g_reservations[i] = metrics_cell(f, &outcomes[i]);
+    for (int i = 0; f && i < N_OUTCOMES; i++) g_reservations[i] = metrics_cell(f, &outcomes[i]);
     return 0;
 }
 

@@ -47,30 +47,55 @@ end
 local SQL_CLAIM = "INSERT INTO reservations (id, status, expires_at) VALUES ($1::uuid, 'reserved', " ..
   "now() + make_interval(secs => $2::float8)) ON CONFLICT (id) DO NOTHING RETURNING status"
 
--- Take one item: the conditional update, its ledger row and the reservation item together.
-local SQL_TAKE = "WITH u AS (UPDATE inventory SET stock = stock - $2::int, reserved = reserved + $2::int, " ..
-  "version = version + 1 WHERE product_id = $1::uuid AND stock >= $2::int RETURNING product_id, stock, reserved), " ..
+-- Take one item: the conditional update (enough stock, and the product still active), its
+-- ledger row and the reservation item with its snapshot of the products row the take checked
+-- (name, unit price, currency, seller), all in one statement.
+local SQL_TAKE = "WITH u AS (UPDATE inventory i SET stock = i.stock - $2::int, reserved = i.reserved + $2::int, " ..
+  "version = i.version + 1 FROM products p WHERE i.product_id = $1::uuid AND p.id = i.product_id " ..
+  "AND p.status = 'active' AND i.stock >= $2::int " ..
+  "RETURNING i.product_id, i.stock, i.reserved, p.name, p.price_cents, p.currency, p.seller_id), " ..
   "l AS (INSERT INTO inventory_ledger (product_id, kind, quantity, reservation_id, stock_after, reserved_after) " ..
   "SELECT product_id, 'reserve', $2::int, $3::uuid, stock, reserved FROM u), " ..
-  "i AS (INSERT INTO reservation_items (reservation_id, product_id, quantity) " ..
-  "SELECT $3::uuid, product_id, $2::int FROM u) SELECT stock FROM u"
+  "ri AS (INSERT INTO reservation_items (reservation_id, product_id, quantity, name, unit_price_cents, currency, seller_id) " ..
+  "SELECT $3::uuid, product_id, $2::int, name, price_cents, currency, seller_id FROM u) " ..
+  "SELECT product_id, name, price_cents AS unit_price_cents, currency, seller_id FROM u"
 
-local SQL_AVAILABLE = "SELECT stock FROM inventory WHERE product_id = $1::uuid"
+-- What can be sold now: a product that is not active has nothing to sell.
+local SQL_AVAILABLE = "SELECT CASE WHEN p.status = 'active' THEN i.stock ELSE 0 END AS stock " ..
+  "FROM inventory i JOIN products p ON p.id = i.product_id WHERE i.product_id = $1::uuid"
 
--- The id exists: the same items → a replay reporting its current status; others → invalid.
+-- The currencies of the active products among $1 (a reservation is one order: one currency).
+local SQL_CURRENCIES = "SELECT DISTINCT currency FROM products WHERE id = ANY($1::uuid[]) AND status = 'active' ORDER BY currency"
+
+local SQL_ITEMS = "SELECT product_id, quantity, name, unit_price_cents, currency, seller_id " ..
+  "FROM reservation_items WHERE reservation_id = $1::uuid ORDER BY product_id"
+
+-- One item of the answer: what was reserved and the snapshot taken with it.
+local function item(product_id, quantity, snap)
+  return { product_id = product_id, quantity = quantity, name = snap.name, unit_price_cents = snap.unit_price_cents,
+    currency = snap.currency, seller_id = snap.seller_id }
+end
+
+local function mixed_currencies(list)
+  return nil, { currencies = C.array(list) }, "invalid"
+end
+
+-- The id exists: the same items → a replay reporting its current status and the snapshot
+-- taken when it was made; others → invalid.
 local function replay(rid, items)
   local row, err, code, state = db.query_one("SELECT status FROM reservations WHERE id = $1::uuid", rid)
   if err then return nil, err, code, state end
   local rows
-  rows, err, code, state = db.query(
-    "SELECT product_id, quantity FROM reservation_items WHERE reservation_id = $1::uuid ORDER BY product_id", rid)
+  rows, err, code, state = db.query(SQL_ITEMS, rid)
   if err then return nil, err, code, state end
   local same = #rows == #items
   for i = 1, #items do
     same = same and rows[i].product_id == items[i].product_id and rows[i].quantity == items[i].quantity
   end
   if not same then return nil, "this reservation_id was already used with other items", "invalid" end
-  return { status = row and row.status or "released", replayed = true }
+  local out = {}
+  for i, r in ipairs(rows) do out[i] = item(r.product_id, r.quantity, r) end
+  return { status = row and row.status or "released", replayed = true, items = C.array(out) }
 end
 
 -- How much of the product is available now; nil, err, code, state on failure.
@@ -84,23 +109,25 @@ local function reserve_body(rid, items, ttl)
   local claimed, err, code, state = db.query_one(SQL_CLAIM, rid, ttl)
   if err then return nil, err, code, state end
   if not claimed then return replay(rid, items) end
-  local short = {}
+  local short, taken_items, currencies, seen = {}, {}, {}, {}
   for _, it in ipairs(items) do
     local have
     if #short == 0 then
       -- A shortfall seen by the UPDATE may be gone by the SELECT (a release committed in
       -- between): take again rather than report "requested 3, available 5".
-      local taken = false
+      local snap
       for _ = 1, 3 do
-        local row
-        row, err, code, state = db.query_one(SQL_TAKE, it.product_id, it.quantity, rid)
+        snap, err, code, state = db.query_one(SQL_TAKE, it.product_id, it.quantity, rid)
         if err then return nil, err, code, state end
-        if row then taken = true break end
+        if snap then break end
         have, err, code, state = available(it.product_id)
         if err then return nil, err, code, state end
         if have < it.quantity then break end
       end
-      if not taken then
+      if snap then
+        taken_items[#taken_items + 1] = item(it.product_id, it.quantity, snap)
+        if not seen[snap.currency] then seen[snap.currency] = true; currencies[#currencies + 1] = snap.currency end
+      else
         short[1] = { product_id = it.product_id, requested = it.quantity,
           available = have < it.quantity and have or it.quantity - 1 }
       end
@@ -112,18 +139,35 @@ local function reserve_body(rid, items, ttl)
       end
     end
   end
-  -- Short: rolled back, so nothing was reserved, not even the id.
+  -- Short or mixed: rolled back, so nothing was reserved, not even the id. Mixed currencies are
+  -- reported first (the request itself is wrong); on the short path they are looked up, since
+  -- the takes stopped at the first short item.
+  if #short > 0 and #items > 1 then
+    local ids = {}
+    for i, it in ipairs(items) do ids[i] = it.product_id end
+    local rows
+    rows, err, code, state = db.query(SQL_CURRENCIES, "{" .. table.concat(ids, ",") .. "}")
+    if err then return nil, err, code, state end
+    if #rows > 1 then
+      local list = {}
+      for i, r in ipairs(rows) do list[i] = r.currency end
+      return mixed_currencies(list)
+    end
+  end
   if #short > 0 then return nil, { insufficient = C.array(short) }, "conflict" end
-  return { status = "reserved", replayed = false }
+  if #currencies > 1 then table.sort(currencies) return mixed_currencies(currencies) end
+  return { status = "reserved", replayed = false, items = C.array(taken_items) }
 end
 
 -- inventory.reserve(reservation_id, items, ttl_seconds)
---   → true, { status, replayed } | nil, { insufficient = [...] }, "conflict" | nil, err, code
+--   → true, { status, replayed, items = [{ product_id, quantity, name, unit_price_cents, currency, seller_id }] }
+--   | nil, { insufficient = [...] }, "conflict" | nil, { currencies = [...] }, "invalid" | nil, err, code
 function inventory.reserve(...)
   local rid, items, ttl = C.reserve(...)   -- raises on misuse; nil, err, "invalid" for bad values
   if not rid then return nil, items, ttl end
   local info, err, code = with_tx(reserve_body, rid, items, ttl)
-  C.count(info and (info.replayed and "replayed" or "reserved") or type(err) == "table" and "insufficient" or "error")
+  C.count(info and (info.replayed and "replayed" or "reserved") or type(err) == "table" and err.insufficient and "insufficient"
+    or code == "invalid" and "invalid" or "error")
   if not info then return nil, err, code end
   return true, info
 end
@@ -210,11 +254,12 @@ function inventory.commit(...) return change("inventory.commit", "commit", "comm
 function inventory.release(...) return change("inventory.release", "release", "released", ...) end
 
 -- inventory.expire([limit]) → how many reservations past their TTL were released, each in its
--- own transaction, skipping rows another worker holds.
+-- own transaction, skipping rows another worker holds, and the ids of the products whose stock
+-- came back (each once; the caller drops their cached reads).
 function inventory.expire(...)
   local limit, err, code = C.limit(...)
   if not limit then return nil, err, code end
-  local done = 0
+  local done, touched, seen = 0, {}, {}
   while done < limit do
     local outcome, a, b = with_tx(change_body, "expire")   -- "done", ids, id | nil, err, code
     if not outcome then
@@ -225,9 +270,12 @@ function inventory.expire(...)
     if outcome == "done" then
       log.info("inventory: reservation expired; its stock is released", { reservation_id = b })
       done = done + 1
+      for _, pid in ipairs(a) do
+        if not seen[pid] then seen[pid] = true; touched[#touched + 1] = pid end
+      end
     end
   end
-  return done
+  return done, touched
 end
 
 -- ---- stock levels ---------------------------------------------------------------------------

@@ -195,10 +195,12 @@ io.write(ok and "ok" or (type(info) == "table" and "short" or ("error " .. tostr
       local items = { { product_id = a, quantity = 2 } }
       local first = reserve(rid, items)
       assert.equal(201, first.status)
-      assert.same({ reservation_id = rid, status = "reserved" }, first.json)
+      local snapshot = { { product_id = a, quantity = 2, name = "Fixture product", unit_price_cents = 100, currency = "eur",
+        seller_id = seller } }
+      assert.same({ reservation_id = rid, status = "reserved", items = snapshot }, first.json)
       local again = reserve(rid, items)
       assert.equal(200, again.status)
-      assert.same({ reservation_id = rid, status = "reserved" }, again.json)
+      assert.same({ reservation_id = rid, status = "reserved", items = snapshot }, again.json)
       assert.equal(3, level(a).stock)
       assert.equal(422, reserve(rid, { { product_id = a, quantity = 1 } }).status)
     end)

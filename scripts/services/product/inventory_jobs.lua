@@ -8,19 +8,25 @@
 local host = require "host"
 local inventory = require "inventory"
 local log = require "log"
+local pcache = require "services.product.cache"
 
 local _M = {}
 
 local BATCH = 500
+local DEL_CHUNK = 200   -- keys per DEL
 
 _M.expire_reservations = {
   name = "expire-reservations",
   every = tonumber(host.env("RESERVATION_EXPIRY_EVERY_S") or "") or 5,
   run = function()
-    local n, err, code = inventory.expire(BATCH)
-    if err then
-      log.warn("reservation expiry failed", { error = err, code = code })
+    local n, ids_or_err, code = inventory.expire(BATCH)
+    if not n then
+      log.warn("reservation expiry failed", { error = ids_or_err, code = code })
       return
+    end
+    -- The stock came back: the products' cached reads would show it held until their TTL.
+    for i = 1, #ids_or_err, DEL_CHUNK do
+      pcache.invalidate(unpack(ids_or_err, i, math.min(i + DEL_CHUNK - 1, #ids_or_err)))
     end
     if n > 0 then log.info("expired reservations released", { count = n }) end
     return n

@@ -48,7 +48,7 @@ local slug = { type = "string", min_len = 1, max_len = 64, pattern = "^[a-z0-9]+
                pattern_message = "must be lower-case letters, digits and hyphens, such as home-garden" }
 
 _M.category_create = {
-  slug = { type = "string", required = true, min_len = 1, max_len = 64, pattern = slug.pattern, pattern_message = slug.pattern_message },
+  slug = slug,   -- derived from the name when absent (handlers.categories)
   name = { type = "string", required = true, min_len = 1, max_len = 100, trim = true },
   parent_id = uuid_or_null,
 }

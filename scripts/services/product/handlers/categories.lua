@@ -73,6 +73,30 @@ local function slug_problem(slug)
   end
 end
 
+-- The slug a name gives (lower-case ASCII: accents folded by PostgreSQL's unaccent, anything
+-- else between letters and digits one hyphen, at most 57 characters so a suffix fits; a name
+-- with no letter or digit gives "category"), and the slugs already taken by it or its "-n"
+-- variants. → base, taken set | nil, err, code
+local SQL_SLUG = [[WITH base AS (SELECT coalesce(nullif(trim(both '-' FROM left(
+    trim(both '-' FROM regexp_replace(product_fold($1::text), '[^a-z0-9]+', '-', 'g')), 57)), ''), 'category') AS b)
+  SELECT b, to_jsonb(ARRAY(SELECT slug FROM categories WHERE slug = b OR slug LIKE b || '-%')) AS taken FROM base]]
+
+-- The first free slug for a name: its base, else base-2, base-3, …
+local function derive_slug(name)
+  local row, err, code = db.query_one(SQL_SLUG, name)
+  if err then return nil, err, code end
+  local base, taken = row.b, {}
+  for _, s in ipairs(row.taken or {}) do taken[s] = true end
+  if not taken[base] then return base end
+  local n = 2
+  while taken[base .. "-" .. n] do n = n + 1 end
+  return base .. "-" .. n
+end
+
+local SQL_INSERT = "INSERT INTO categories (id, slug, name, parent_id) VALUES ($1, $2, $3, $4::uuid) RETURNING " .. COLUMNS
+
+-- POST /categories {name, slug?, parent_id?}: without a slug, one is derived from the name
+-- (collisions get -2, -3, …; a concurrent create of the same name tries the next one).
 function _M.create(req)
   local doc, status, body, headers = validate.body(req, S.category_create)
   if not doc then return status, body, headers end
@@ -84,8 +108,17 @@ function _M.create(req)
     if ps then return ps, pb, ph end
   end
   local id = crypto.uuid7()
-  local row, err, code, sqlstate = db.query_one("INSERT INTO categories (id, slug, name, parent_id) VALUES ($1, $2, $3, $4::uuid) "
-    .. "RETURNING " .. COLUMNS, id, doc.slug, doc.name, type(doc.parent_id) == "string" and doc.parent_id or db.null)
+  local parent = type(doc.parent_id) == "string" and doc.parent_id or db.null
+  local row, err, code, sqlstate
+  for _ = 1, 5 do
+    local slug = doc.slug
+    if not slug then
+      slug, err, code = derive_slug(doc.name)
+      if not slug then return problem.from(code, err) end
+    end
+    row, err, code, sqlstate = db.query_one(SQL_INSERT, id, slug, doc.name, parent)
+    if not (err and sqlstate == "23505" and not doc.slug) then break end
+  end
   if err then
     local st, b, h = taken(err, sqlstate)
     if st then return st, b, h end

@@ -124,12 +124,14 @@ local function reservation_doc(req)
   return doc
 end
 
-local function reservation_view(id, status)
-  return { reservation_id = id, status = status }
+local function reservation_view(id, status, items)
+  return { reservation_id = id, status = status, items = items }
 end
 
--- POST /internal/reservations → 201 (or 200 for a replay of the same id and items),
--- 409 { insufficient = [...] } with nothing reserved.
+-- POST /internal/reservations → 201 { reservation_id, status, items } (or 200 with the same
+-- items for a replay of the same id and items), 409 { insufficient = [...] } with nothing
+-- reserved, 422 for items in different currencies. Each item is { product_id, quantity, name,
+-- unit_price_cents, currency, seller_id }, snapshotted with the take (product_id order).
 function _M.reserve(req)
   local doc, status, body, headers = reservation_doc(req)
   if not doc then return status, body, headers end
@@ -138,24 +140,29 @@ function _M.reserve(req)
   local rid = doc.reservation_id:lower()
   local ok, info, code = inventory.reserve(rid, items, doc.ttl_seconds or DEFAULT_TTL)
   if not ok then
-    if type(info) == "table" then
+    if type(info) == "table" and info.insufficient then
       return problem.new(409, "Not enough stock for every item; nothing was reserved.",
         { insufficient = info.insufficient })
+    end
+    if type(info) == "table" and info.currencies then
+      return problem.new(422, "The items are priced in different currencies; one reservation (one order) has one currency.",
+        { currencies = info.currencies, errors = { { field = "items", message = "must all be priced in one currency" } } })
     end
     if code == "invalid" then
       return problem.new(422, "This reservation_id was already used with other items.")
     end
     return problem.from(code, info)
   end
-  if info.replayed then return 200, reservation_view(rid, info.status) end
+  if info.replayed then return 200, reservation_view(rid, info.status, info.items) end
   local ids = {}
   for i, it in ipairs(items) do ids[i] = it.product_id end
   pcache.invalidate(unpack(ids))
-  return 201, reservation_view(rid, info.status), { Location = "/internal/reservations/" .. rid }
+  return 201, reservation_view(rid, info.status, info.items), { Location = "/internal/reservations/" .. rid }
 end
 
 -- POST /internal/reservations/{id}/commit → 200 (also when committed before), 404, 409 when
--- the reservation was released or expired (its stock may be sold to someone else).
+-- the reservation was released or expired (its stock may be sold to someone else). The
+-- products' cached reads are dropped like after any other stock move.
 function _M.commit(req)
   local id = req.params.id
   if not is_uuid(id) then return problem.not_found("reservation", id) end
@@ -166,7 +173,8 @@ function _M.commit(req)
     return problem.from(code, err)
   end
   if not ok then return problem.not_found("reservation", id) end
-  return 200, reservation_view(id, "committed")
+  if type(code) == "table" and #code > 0 then pcache.invalidate(unpack(code)) end
+  return 200, { reservation_id = id, status = "committed" }
 end
 
 -- DELETE /internal/reservations/{id} → 204, also when unknown or released before (idempotent).

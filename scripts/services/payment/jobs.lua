@@ -1,0 +1,20 @@
+-- scripts/services/payment/jobs.lua: reconciliation with Stripe every RECONCILE_EVERY_S (300)
+-- for payments quiet for a minute or more; sent outbox rows purged.
+local host = require "host"
+local log = require "log"
+local outbox = require "lib.outbox"
+local reconcile = require "services.payment.reconcile"
+
+local every = tonumber(host.env("RECONCILE_EVERY_S") or "") or 300
+
+return {
+  {
+    name = "payment-reconcile", every = every,
+    run = function()
+      local run, err, code = reconcile.run("job", 60)
+      if not run then log.warn("reconciliation run failed", { error = err, code = code }) end
+      return run
+    end,
+  },
+  outbox.purge_entry(),
+}
