@@ -1,8 +1,9 @@
 -- spec/support/order_helpers.lua: the checkout's real neighbourhood for order specs — a user
 -- service (real JWKS, real client_credentials tokens, real buyers and sellers), a product
 -- service and an order service, each on a database of its own made here and dropped in stop,
--- with Redis and RabbitMQ from the private stack. The payment service is started by the specs
--- that need it (PAYMENT_SERVICE_URL; when it is down checkout answers 503 and undoes itself).
+-- with Redis and RabbitMQ from the private stack; with opts.payment, the payment service and
+-- the Stripe stand-in too (support.payment_helpers). Without it PAYMENT_SERVICE_URL names a
+-- port nobody listens on: checkout answers 503 and undoes itself.
 --
 --   local O = require "support.order_helpers"
 --   local w = O.start()                          -- setup; O.stop(w) in teardown
@@ -13,6 +14,7 @@ local cjson = require "cjson.safe"
 local crypto = require "crypto"
 local http = require "http"
 local P = require "support.product_helpers"
+local PAY = require "support.payment_helpers"
 local U = require "support.user_helpers"
 local server = require "support.server"
 
@@ -54,7 +56,8 @@ function M.drop(srv)
   return st
 end
 
--- The world: user, product and order services (opts.order_env, opts.payment_url).
+-- The world: user, product and order services; opts.payment: the payment service and its
+-- Stripe stand-in (w.pay = { svc, standin }); opts.order_env.
 function M.start(opts)
   opts = opts or {}
   local w = {}
@@ -64,24 +67,45 @@ function M.start(opts)
   wait_ready(w.user)
   local jwks = w.user.url .. "/.well-known/jwks.json"
   w.product = M.service("product", { JWKS_URL = jwks })
+  if opts.payment then
+    w.pay = PAY.start { env = { JWT_PUBLIC_KEY_FILE = false, JWKS_URL = jwks }, standin = { duplicate_rate = 0.2 } }
+    w.payment = w.pay.svc
+  end
   local e = {
     JWKS_URL = jwks, USER_SERVICE_URL = w.user.url, PRODUCT_SERVICE_URL = w.product.url,
-    PAYMENT_SERVICE_URL = opts.payment_url or ("http://127.0.0.1:" .. server.free_port()),
+    PAYMENT_SERVICE_URL = w.payment and w.payment.url or ("http://127.0.0.1:" .. server.free_port()),
     SERVICE_CLIENT_ID = U.CLIENT_ID, SERVICE_CLIENT_SECRET = U.CLIENT_SECRET,
     ORDER_PAYMENTS_QUEUE = "order.payments." .. crypto.hex(crypto.random(4)),
   }
   for k, v in pairs(opts.order_env or {}) do e[k] = v end
   w.order = M.service("order", e)
+  w.queue = e.ORDER_PAYMENTS_QUEUE
   return w
 end
 
 function M.stop(w)
   local st = {}
-  for _, name in ipairs { "order", "product", "user" } do
-    if w and w[name] then st[name] = M.drop(w[name]) end
+  if not w then return st end
+  if w.order then st.order = M.drop(w.order) end
+  if w.pay then st.payment = PAY.stop(w.pay) end
+  for _, name in ipairs { "product", "user" } do
+    if w[name] then st[name] = M.drop(w[name]) end
+  end
+  if w.queue then   -- this run's consumer queues (each rabbitmqctl boots a VM: in the background)
+    os.execute("(scripts/dev/stack.sh rabbitmqctl delete_queue -q '" .. w.queue .. "'; " ..
+      "scripts/dev/stack.sh rabbitmqctl delete_queue -q '" .. w.queue .. ".dlq') >/dev/null 2>&1 &")
   end
   return st
 end
+
+-- Pay an order through the stand-in (its signed webhook reaches the payment service). → status
+function M.pay(w, order, card)
+  local pi = order.payment.client_secret:match("^(pi_[%w]+)_secret")
+  return PAY.confirm(w.pay, pi, card)
+end
+
+-- Poll until cond() is truthy (at most timeout s). → its value or nil.
+M.eventually = PAY.eventually
 
 -- A request; doc (a table) is sent as JSON. → { status, headers, body, json }
 function M.req(srv, method, path, doc, token, headers)

@@ -11,8 +11,8 @@
 --              payment.failed, a cancel, or ORDER_PAYMENT_TIMEOUT → cancel the payment, release
 --              the stock (refund if money moved), cancelled (step done)
 --
--- A checkout that fails before its payment exists is undone and forgotten: the reservation is
--- released and the row deleted (nobody was told about it). If that undo fails too, or the
+-- A checkout that fails before its payment exists is undone: the reservation is released and the
+-- row marked abandoned (nobody was told about it; its Idempotency-Key is free again). If that undo fails too, or the
 -- process dies mid-way, the recovery job (jobs.lua) finds the row in step reserving or reserved
 -- and does the same. A retry with the same Idempotency-Key resumes the order it created.
 --
@@ -98,11 +98,11 @@ end
 
 -- ---- checkout ---------------------------------------------------------------------------------
 
--- Undo a checkout that has no payment yet: release, then forget the row. → true | nil, err, code
+-- Undo a checkout that has no payment yet: release, then abandon the row. → true | nil, err, code
 local function undo(order_id)
   local ok, err, code = release(order_id)
   if not ok then return nil, err, code end
-  local _, derr, dcode = db.exec("DELETE FROM orders WHERE id = $1 AND step IN ('reserving', 'reserved')", order_id)
+  local _, derr, dcode = db.exec(store.ABANDON .. " AND step IN ('reserving', 'reserved')", order_id)
   if derr then return nil, derr, dcode end
   return true
 end
@@ -122,7 +122,7 @@ local function step_reserve(order)
     return nil, detail, code
   end
   if outcome ~= "reserved" then
-    local _, err, ecode = db.exec("DELETE FROM orders WHERE id = $1 AND step = 'reserving'", order.id)
+    local _, err, ecode = db.exec(store.ABANDON .. " AND step = 'reserving'", order.id)
     if err then return nil, err, ecode end
     transitions:inc(1, outcome)
     return outcome, detail
@@ -250,7 +250,7 @@ function _M.cancel(order_id, reason, actor, check)
       if err then return nil, err, code end
       return false, "not_found"
     end
-    if order.step == "reserving" or order.step == "reserved" then return false, "not_found" end
+    if store.hidden(order) then return false, "not_found" end
     if check then
       local ok, why, detail = check(order)
       if not ok then return false, why, detail end
@@ -271,7 +271,7 @@ function _M.advance(order_id, from, to, actor, check, set, event)
       if err then return nil, err, code end
       return false, "not_found"
     end
-    if order.step == "reserving" or order.step == "reserved" then return false, "not_found" end
+    if store.hidden(order) then return false, "not_found" end
     if check then
       local ok, why, detail = check(order)
       if not ok then return false, why, detail end
@@ -291,9 +291,13 @@ end
 function _M.payment_completed(data)
   local order, err, code = store.get(data.order_id, { lock = true })
   if err then return nil, err, code end
-  if not order or order.step == "reserving" or order.step == "reserved" then
+  if not order then
+    log.warn("payment completed for an order this service does not know; ignored", { order_id = data.order_id })
+    return true
+  end
+  if store.hidden(order) then
     -- Money for a checkout that was undone: give it back.
-    log.warn("payment completed for an order that does not exist; refunding", { order_id = data.order_id })
+    log.warn("payment completed for an abandoned checkout; refunding", { order_id = data.order_id })
     local r, rerr, rcode = payments.refund({ id = data.order_id, payment_id = data.payment_id })
     if not r then return nil, rerr, rcode end
     return true

@@ -15,6 +15,12 @@ local COLS = "id, user_id, email, status, step, currency, total_cents, shipping_
 
 -- ---- reading -------------------------------------------------------------------------------
 
+-- A checkout that is still reserving, or was abandoned, is not an order for anyone.
+function _M.hidden(o) return o.step == "reserving" or o.step == "reserved" or o.step == "abandoned" end
+
+-- Abandon a checkout (append the step condition): its key is free for a new try.
+_M.ABANDON = "UPDATE orders SET step = 'abandoned', idempotency_key = NULL, updated_at = now() WHERE id = $1"
+
 local function items_of(id)
   return db.query("SELECT product_id, name, quantity, unit_price_cents, seller_id FROM order_items " ..
     "WHERE order_id = $1 ORDER BY product_id", id)
@@ -51,7 +57,7 @@ function _M.list(user_id, page)
   local args, where = {}, {}
   if user_id then args[#args + 1] = user_id; where[#where + 1] = "user_id = $" .. #args end
   -- a checkout that is still reserving (or failed to) is not an order yet
-  where[#where + 1] = "step <> 'reserving'"
+  where[#where + 1] = "step NOT IN ('reserving', 'reserved', 'abandoned')"
   if at and id then
     args[#args + 1] = at; args[#args + 1] = id
     where[#where + 1] = "(created_at, id) < ($" .. (#args - 1) .. "::timestamptz, $" .. #args .. "::uuid)"
@@ -182,15 +188,15 @@ end
 
 -- ---- the jobs' scans --------------------------------------------------------------------------
 
--- Unfinished sagas older than `age` seconds, oldest first: id and step.
+-- Checkouts older than `age` seconds that never got their payment, oldest first.
 function _M.stuck(age, limit)
-  return db.query("SELECT id, step, status FROM orders WHERE step <> 'done' AND updated_at < now() - make_interval(secs => $1::float8) " ..
+  return db.query("SELECT id, step, status FROM orders WHERE step IN ('reserving', 'reserved') AND updated_at < now() - make_interval(secs => $1::float8) " ..
     "ORDER BY created_at LIMIT $2", age, limit)
 end
 
 -- Orders still waiting for their payment past the timeout.
 function _M.unpaid(age, limit)
-  return db.query("SELECT id FROM orders WHERE status = 'created' AND step <> 'reserving' AND " ..
+  return db.query("SELECT id FROM orders WHERE status = 'created' AND step = 'payment_pending' AND " ..
     "created_at < now() - make_interval(secs => $1::float8) ORDER BY created_at LIMIT $2", age, limit)
 end
 

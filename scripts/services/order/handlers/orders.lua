@@ -106,7 +106,7 @@ function _M.show(req)
   local id = req.params.id
   local order, err, code = store.get(id, { history = true })
   if err then return problem.from(code, err) end
-  if not order or order.step == "reserving" or order.step == "reserved" then return problem.not_found("order", id) end
+  if not order or store.hidden(order) then return problem.not_found("order", id) end
   local ok, why = owner_or_admin(req)(order)
   if not ok then return refusal(why, nil, id) end
   return 200, store.public(order)

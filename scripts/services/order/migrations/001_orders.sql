@@ -6,6 +6,8 @@
 --   reserved         stock held, prices snapshotted, order.created in the outbox
 --   payment_pending  the payment exists; waiting for payment.completed / payment.failed / timeout
 --   done             paid and the reservation committed, or cancelled and compensated
+--   abandoned        a checkout undone before its payment existed (stock released): never an
+--                    order for anyone, kept so that a late payment for it is refunded
 CREATE TABLE orders (
     id               uuid        PRIMARY KEY,           -- also the reservation id at the product service
     user_id          uuid        NOT NULL,
@@ -13,7 +15,7 @@ CREATE TABLE orders (
     status           text        NOT NULL DEFAULT 'created'
                      CHECK (status IN ('created', 'paid', 'shipped', 'delivered', 'cancelled')),
     step             text        NOT NULL DEFAULT 'reserving'
-                     CHECK (step IN ('reserving', 'reserved', 'payment_pending', 'done')),
+                     CHECK (step IN ('reserving', 'reserved', 'payment_pending', 'done', 'abandoned')),
     currency         text        CHECK (currency ~ '^[a-z]{3}$'),
     total_cents      bigint      NOT NULL DEFAULT 0 CHECK (total_cents >= 0),
     shipping_address jsonb       NOT NULL,
@@ -34,7 +36,7 @@ CREATE UNIQUE INDEX orders_idempotency_idx ON orders (user_id, idempotency_key) 
 CREATE INDEX orders_user_idx ON orders (user_id, created_at DESC, id DESC);
 CREATE INDEX orders_created_idx ON orders (created_at DESC, id DESC);
 -- The timeout and recovery jobs: unfinished sagas only.
-CREATE INDEX orders_open_idx ON orders (created_at) WHERE step <> 'done';
+CREATE INDEX orders_open_idx ON orders (created_at) WHERE step IN ('reserving', 'reserved', 'payment_pending');
 
 CREATE TABLE order_items (
     order_id          uuid    NOT NULL REFERENCES orders (id) ON DELETE CASCADE,
