@@ -1,4 +1,5 @@
 -- Checkout (CONTRACT §6): the saga against real user, product and payment services and the
+-- luacheck: max line length 160
 -- Stripe stand-in — the happy path to paid, shipped and delivered; insufficient stock, an empty
 -- cart and a deleted product refused with nothing reserved and the cart kept; Idempotency-Key
 -- replay, another body, 20 concurrent duplicates; cancellation before and after payment (stock
