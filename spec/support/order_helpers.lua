@@ -98,6 +98,21 @@ function M.stop(w)
   return st
 end
 
+-- Restart the order service on its port and database (SIGKILL if kill), env changes applied
+-- (false removes). → the exit status of the old process
+function M.restart_order(w, env, kill)
+  local old = w.order
+  local st = old:stop(kill and "KILL" or nil)
+  local e = {}
+  for k, v in pairs(old.env) do e[k] = v end
+  for k, v in pairs(env or {}) do e[k] = v end
+  local srv = server.start { service = "order", scripts = "scripts", env = e, timeout = 20, port = old.port }
+  srv.url, srv.db_name, srv.db_url, srv.env = old.url, old.db_name, old.db_url, e
+  wait_ready(srv)
+  w.order = srv
+  return st
+end
+
 -- Pay an order through the stand-in (its signed webhook reaches the payment service). → status
 function M.pay(w, order, card)
   local pi = order.payment.client_secret:match("^(pi_[%w]+)_secret")

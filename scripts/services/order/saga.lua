@@ -51,6 +51,18 @@ _M.PAYMENT_TIMEOUT_S = duration(host.env("ORDER_PAYMENT_TIMEOUT"), 1800)
 _M.RESERVATION_TTL_S = math.min(86400, math.floor(_M.PAYMENT_TIMEOUT_S + math.max(600, _M.PAYMENT_TIMEOUT_S)))
 local CALL_TIMEOUT_MS = 10000
 
+-- ORDER_CRASH_AFTER=reserving|reserved|payment_pending: a test hook for the crash specs — the
+-- process SIGKILLs itself right after persisting that step, as a power cut would. Unset in
+-- every real deployment (the README says so); nothing else reads it.
+local CRASH_AFTER = host.env("ORDER_CRASH_AFTER")
+local function crash_point(step)
+  if CRASH_AFTER ~= step then return end
+  log.warn("ORDER_CRASH_AFTER: killing this process after step " .. step)
+  local ffi = require "ffi"
+  ffi.cdef "int getpid(void); int kill(int pid, int sig);"
+  ffi.C.kill(ffi.C.getpid(), 9)
+end
+
 local transitions = metrics.counter("saga_transitions_total",
   "Checkout saga outcomes and order transitions, by kind", { "kind" })
 
@@ -132,6 +144,7 @@ local function step_reserve(order)
     undo_or_leave(order.id, "snapshot failed")
     return nil, err, ecode
   end
+  crash_point("reserved")
   return row
 end
 
@@ -153,6 +166,7 @@ local function step_pay(order)
     return nil, err or "the order changed meanwhile", code or "unavailable"
   end
   transitions:inc(1, "checkout")
+  crash_point("payment_pending")
   return row, p
 end
 
@@ -195,6 +209,7 @@ function _M.checkout(user_id, address, key)
   })
   if not order then return nil, err, code end
   order.items = items
+  crash_point("reserving")
   local p
   order, p, code = _M.resume(order)
   if type(order) == "table" then
