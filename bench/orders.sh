@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# bench/orders.sh — the order service's scenarios of `make bench` (issue 12): cart reads and
+# writes with wrk, and the checkout's synchronous part under a closed loop of buyers, against
+# real user, product, payment (Stripe stand-in) and order services (bench/svc/orders.lua).
+# Prints a markdown table. Env: BENCH_ORDERS_DURATION [5] (s per wrk run),
+# BENCH_ORDERS_CONNECTIONS [64], BENCH_ORDERS_CHECKOUT_C [32], BENCH_ORDERS_CHECKOUT_S [10].
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+MERCATO=${MERCATO:-build/mercato}
+scripts/dev/stack.sh up >/dev/null
+set -a
+# shellcheck disable=SC1090
+. <(scripts/dev/stack.sh env)
+set +a
+export DATABASE_URL=$DATABASE_URL_PRODUCT MERCATO_BIN=$MERCATO
+exec "$MERCATO" lua bench/svc/orders.lua
