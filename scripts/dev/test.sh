@@ -97,6 +97,9 @@ spec_tier() {
     for f in spec/integration/*_spec.lua; do
         [ -f "$f" ] && suite "spec/${f#spec/integration/}" busted_spec "$f"
     done
+    for f in spec/e2e/*_spec.lua; do   # the platform end to end, through the gateway
+        [ -f "$f" ] && suite "e2e/${f#spec/e2e/}" busted_spec "$f"
+    done
     if [ -x build/asan/mercato ]; then
         for f in spec/integration/host_spec.lua spec/integration/host_lifecycle_spec.lua spec/integration/db_pool_spec.lua \
                  spec/integration/yield_boundary_spec.lua; do

@@ -57,7 +57,8 @@ function M.drop(srv)
 end
 
 -- The world: user, product and order services; opts.payment: the payment service and its
--- Stripe stand-in (w.pay = { svc, standin }); opts.order_env.
+-- Stripe stand-in (w.pay = { svc, standin }); opts.gateway: a gateway in front of them all
+-- (w.gateway); opts.order_env.
 function M.start(opts)
   opts = opts or {}
   local w = {}
@@ -80,12 +81,23 @@ function M.start(opts)
   for k, v in pairs(opts.order_env or {}) do e[k] = v end
   w.order = M.service("order", e)
   w.queue = e.ORDER_PAYMENTS_QUEUE
+  if opts.gateway then
+    local g = server.start { service = "gateway", scripts = "scripts", timeout = 20, env = {
+      USER_SERVICE_URL = w.user.url, PRODUCT_SERVICE_URL = w.product.url, ORDER_SERVICE_URL = w.order.url,
+      PAYMENT_SERVICE_URL = w.payment and w.payment.url or e.PAYMENT_SERVICE_URL,
+      NOTIFICATION_SERVICE_URL = w.notification and w.notification.url or ("http://127.0.0.1:" .. server.free_port()),
+      RATE_LIMIT_GLOBAL = "off", REDIS_URL = os.getenv("REDIS_URL"),
+    } }
+    g.url = "http://127.0.0.1:" .. g.port
+    w.gateway = g
+  end
   return w
 end
 
 function M.stop(w)
   local st = {}
   if not w then return st end
+  if w.gateway then st.gateway = w.gateway:stop() end
   if w.order then st.order = M.drop(w.order) end
   if w.pay then st.payment = PAY.stop(w.pay) end
   for _, name in ipairs { "product", "user" } do

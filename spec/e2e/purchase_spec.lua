@@ -1,0 +1,180 @@
+-- luacheck: max line length 160
+-- End to end (issue 15): the complete purchase through the gateway only — register, log in,
+-- search, cart, checkout with Idempotency-Key, pay through the Stripe stand-in (its signed
+-- webhook), paid, shipped, delivered; a cancel-and-refund and a declined card — with the real
+-- user, product, order and payment services, and every event watched on RabbitMQ by a second
+-- client (amqplib) for the contract's envelope and AMQP properties, the checkout's traceparent
+-- carried into its events.
+local cjson = require "cjson.safe"
+local crypto = require "crypto"
+local http = require "http"
+local O = require "support.order_helpers"
+
+describe("e2e: a purchase through the gateway", function()
+  local w, gw, observer, events_file
+
+  setup(function()
+    w = O.start { payment = true, gateway = true }
+    gw = w.gateway
+    events_file = ".run/test/e2e-events-" .. crypto.hex(crypto.random(4)) .. ".jsonl"
+    os.execute("mkdir -p .run/test && : > " .. events_file)
+    local p = io.popen(("node spec/support/amqp_observer.js %s %s & echo $!"):format(os.getenv("AMQP_URL"), events_file))
+    observer = tonumber(p:read("*l"))
+    p:close()
+    os.execute("sleep 1")   -- the observer's queue is bound before anything happens
+  end)
+  teardown(function()
+    if observer then os.execute("kill " .. observer .. " 2>/dev/null") end
+    O.stop(w)
+    os.remove(events_file)
+  end)
+
+  local function call(method, path, doc, token, headers)
+    local h = {}
+    for k, v in pairs(headers or {}) do h[k] = v end
+    if token then h.Authorization = "Bearer " .. token end
+    local body
+    if doc ~= nil then body = cjson.encode(doc); h["Content-Type"] = "application/json" end
+    local res = assert(http.request { method = method, url = gw.url .. path, headers = h, body = body, timeout_ms = 20000 })
+    res.json = cjson.decode(res.body or "")
+    return res
+  end
+
+  local function account(role)
+    local email = role .. "-" .. crypto.hex(crypto.random(5)) .. "@example.com"
+    local res = call("POST", "/auth/register", { email = email, password = "correct horse 1", name = "E2E " .. role, role = role })
+    assert.equal(201, res.status, res.body)
+    res = call("POST", "/auth/login", { email = email, password = "correct horse 1" })
+    assert.equal(200, res.status, res.body)
+    return { token = res.json.access_token, email = email, id = res.headers["x-request-id"] and nil }
+  end
+
+  -- Every event the observer saw about an order (or a user), as { [type] = { envelope, properties } }.
+  local function seen(pred)
+    local out = {}
+    local f = io.open(events_file)
+    if not f then return out end
+    for line in f:lines() do
+      local m = cjson.decode(line)
+      local ev = m and cjson.decode(m.body)
+      if ev and pred(ev) then out[ev.type] = out[ev.type] or {}; table.insert(out[ev.type], { ev = ev, props = m.properties, key = m.routing_key }) end
+    end
+    f:close()
+    return out
+  end
+  local function wait_events(pred, types)
+    return O.eventually(function()
+      local s = seen(pred)
+      for _, t in ipairs(types) do if not s[t] then return false end end
+      return s
+    end, 20)
+  end
+  local function of_order(id) return function(ev) return type(ev.data) == "table" and ev.data.order_id == id end end
+
+  local function assert_envelope(rec, etype, source)
+    local ev, props = rec.ev, rec.props
+    assert.equal(etype, ev.type)
+    assert.equal(etype, rec.key)
+    assert.equal(1, ev.version)
+    assert.equal(source, ev.source)
+    assert.matches("^%x+%-%x+%-%x+%-%x+%-%x+$", ev.id)
+    assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d", ev.occurred_at)
+    assert.is_string(ev.correlation_id)
+    assert.matches("^00%-%x+%-%x+%-0%d$", ev.traceparent)
+    assert.equal(ev.id, props.messageId)
+    assert.equal(etype, props.type)
+    assert.equal("application/json", props.contentType)
+    assert.equal(2, props.deliveryMode)
+  end
+
+  local function buy(buyer, product, qty, trace)
+    assert.equal(200, call("PUT", "/cart/items/" .. product.id, { quantity = qty }, buyer.token).status)
+    local res = call("POST", "/orders", { shipping_address = O.ADDRESS }, buyer.token,
+      { ["Idempotency-Key"] = "e2e-" .. crypto.hex(crypto.random(6)), traceparent = trace })
+    assert.equal(201, res.status, res.body)
+    return res.json
+  end
+
+  local function order_status(id, token)
+    return function() return call("GET", "/orders/" .. id, nil, token).json.status end
+  end
+
+  it("registers, searches, buys, pays, ships and delivers, with every event on the bus", function()
+    local seller, buyer = account("seller"), account("buyer")
+    local word = "zephyr" .. crypto.hex(crypto.random(3)):gsub("%d", "x")
+    local res = call("POST", "/products", { name = "E2E " .. word .. " lamp", description = "A lamp for the end-to-end spec.",
+      price_cents = 4200, currency = "eur", stock = 5, tags = { "e2e" } }, seller.token)
+    assert.equal(201, res.status, res.body)
+    local product = res.json
+
+    res = call("GET", "/products?q=" .. word)
+    assert.equal(200, res.status)
+    assert.equal(product.id, res.json.items[1].id)
+
+    assert.equal(200, call("PUT", "/cart/items/" .. product.id, { quantity = 2 }, buyer.token).status)
+    res = call("GET", "/cart", nil, buyer.token)
+    assert.equal(8400, res.json.total_cents)
+
+    local trace = "00-" .. crypto.hex(crypto.random(16)) .. "-" .. crypto.hex(crypto.random(8)) .. "-01"
+    local key = "e2e-" .. crypto.hex(crypto.random(6))
+    res = call("POST", "/orders", { shipping_address = O.ADDRESS }, buyer.token, { ["Idempotency-Key"] = key, traceparent = trace })
+    assert.equal(201, res.status, res.body)
+    local order = res.json
+    assert.equal(8400, order.total_cents)
+    local again = call("POST", "/orders", { shipping_address = O.ADDRESS }, buyer.token, { ["Idempotency-Key"] = key })
+    assert.equal(order.id, again.json.id)
+
+    assert.equal(200, (O.pay(w, order)))
+    assert.truthy(O.eventually(function() return order_status(order.id, buyer.token)() == "paid" end, 20))
+    res = call("POST", "/orders/" .. order.id .. "/ship", { carrier = "DHL", tracking_number = "E2E-1" }, seller.token)
+    assert.equal(200, res.status, res.body)
+    res = call("POST", "/orders/" .. order.id .. "/deliver", nil, seller.token)
+    assert.equal(200, res.status, res.body)
+    assert.equal("delivered", res.json.status)
+    assert.equal(3, call("GET", "/products/" .. product.id .. "/inventory").json.stock)
+
+    local ev = wait_events(of_order(order.id), { "order.created", "payment.completed", "order.paid", "order.shipped", "order.delivered" })
+    assert.truthy(ev, "events seen: " .. cjson.encode(seen(of_order(order.id))))
+    for _, t in ipairs { "order.created", "order.paid", "order.shipped", "order.delivered" } do
+      assert.equal(1, #ev[t], t .. " once")
+      assert_envelope(ev[t][1], t, "order")
+    end
+    assert_envelope(ev["payment.completed"][1], "payment.completed", "payment")
+    local created = ev["order.created"][1].ev
+    assert.equal(buyer.email, created.data.email)
+    assert.equal(8400, created.data.total_cents)
+    assert.equal(2, created.data.items[1].quantity)
+    -- the checkout's trace reaches its event
+    assert.equal(trace:sub(4, 35), created.traceparent:sub(4, 35))
+    assert.truthy(wait_events(function(e) return e.type == "user.registered" and e.data.email == buyer.email end, { "user.registered" }))
+  end)
+
+  it("cancels a paid order with a refund, and cancels on a declined card", function()
+    local seller, buyer = account("seller"), account("buyer")
+    local product = call("POST", "/products", { name = "E2E refund kettle", price_cents = 3000, currency = "eur", stock = 4, tags = cjson.empty_array }, seller.token).json
+    local order = buy(buyer, product, 1)
+    O.pay(w, order)
+    assert.truthy(O.eventually(function() return order_status(order.id, buyer.token)() == "paid" end, 20))
+    local res = call("POST", "/orders/" .. order.id .. "/cancel", nil, buyer.token)
+    assert.equal(200, res.status, res.body)
+    assert.equal(3000, res.json.refunded_cents)
+    local ev = wait_events(of_order(order.id), { "order.cancelled", "payment.refunded" })
+    assert.truthy(ev, cjson.encode(seen(of_order(order.id))))
+    assert.is_true(ev["order.cancelled"][1].ev.data.refunded)
+    assert_envelope(ev["payment.refunded"][1], "payment.refunded", "payment")
+    assert.equal(4, call("GET", "/products/" .. product.id .. "/inventory").json.stock)
+
+    local declined = buy(buyer, product, 1)
+    O.pay(w, declined, "pm_card_chargeDeclined")
+    assert.truthy(O.eventually(function() return order_status(declined.id, buyer.token)() == "cancelled" end, 20))
+    ev = wait_events(of_order(declined.id), { "payment.failed", "order.cancelled" })
+    assert.truthy(ev)
+    assert.equal("payment_failed", ev["order.cancelled"][1].ev.data.reason)
+    assert.equal(4, call("GET", "/products/" .. product.id .. "/inventory").json.stock)
+  end)
+
+  it("keeps /internal paths away from the outside (404 at the gateway)", function()
+    assert.equal(404, call("POST", "/internal/reservations", { reservation_id = crypto.uuid4(), items = {} }).status)
+    assert.equal(404, call("GET", "/internal/users/" .. crypto.uuid4()).status)
+  end)
+end)
