@@ -151,7 +151,8 @@ describe("e2e: a purchase through the gateway", function()
 
   it("cancels a paid order with a refund, and cancels on a declined card", function()
     local seller, buyer = account("seller"), account("buyer")
-    local product = call("POST", "/products", { name = "E2E refund kettle", price_cents = 3000, currency = "eur", stock = 4, tags = cjson.empty_array }, seller.token).json
+    local product = call("POST", "/products", { name = "E2E refund kettle", price_cents = 3000, currency = "eur", stock = 4,
+      tags = cjson.empty_array }, seller.token).json
     local order = buy(buyer, product, 1)
     O.pay(w, order)
     assert.truthy(O.eventually(function() return order_status(order.id, buyer.token)() == "paid" end, 20))
