@@ -473,7 +473,7 @@ int luaopen_db(lua_State *L)
 {
     static const luaL_Reg fns[] = {
         { "run", l_run }, { "take", l_take }, { "begin", l_begin }, { "finish", l_finish }, { "in_tx", l_in_tx },
-        { NULL, NULL },
+        { "wait_notify", db_l_wait_notify }, { NULL, NULL },
     };
     if (luaL_newmetatable(L, RESULT_MT)) {
         lua_pushcfunction(L, result_gc);

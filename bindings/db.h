@@ -71,6 +71,7 @@ typedef struct db_conn {
     const char *url;               /* DATABASE_URL (the config's, not owned) */
     const char *app_name;          /* the service, for application_name (not owned) */
     int timeout_ms;                /* statement_timeout of the session; 0 = none (migrations) */
+    int listening;                 /* db.wait_notify ran LISTEN on this session (reset on close) */
     /* Pooled connections only (NULL / -1 for a worker's own): */
     struct db_pool *pool;
     struct loop *loop;             /* the HTTP thread's loop its socket is watched on */
@@ -93,6 +94,9 @@ db_conn_t *db_conn_of(struct worker *w);
  * its db.tx, a free pooled one, else the worker's own. NULL with err (unavailable) when that
  * one is lent to another request's db.tx. */
 db_conn_t *db_blocking_conn(struct worker *w, db_error_t *err);
+
+/* db.wait_notify(channel, timeout_s) for runners (bindings/db_listen.c). */
+int db_l_wait_notify(lua_State *L);
 
 /* Free the worker's connection (bindings_worker_free). */
 void db_worker_free(struct worker *w);

@@ -188,6 +188,7 @@ void db_conn_close(db_conn_t *c)
         if (c->tx_depth > 0) c->tx_lost = 1;
     }
     db_stmt_forget_all(c);
+    c->listening = 0;
 }
 
 void db_worker_free(worker_t *w)

@@ -6,7 +6,9 @@ local C, ROWS, ONE, EXEC = ...
 local run, take, begin, finish = C.run, C.take, C.begin, C.finish
 local error, pcall, select, type, unpack = error, pcall, select, type, unpack
 
-local db = { null = C.null, in_tx = C.in_tx }
+-- db.wait_notify(channel, timeout_s) → true (a NOTIFY on channel arrived), false (timeout) |
+-- nil, err, code. Runners only (it blocks); see bindings/db_listen.c.
+local db = { null = C.null, in_tx = C.in_tx, wait_notify = C.wait_notify }
 
 -- A primitive's answer: a result to turn into rows, a failure to return, or misuse to raise.
 local function rows(mode, res, err, code, state)

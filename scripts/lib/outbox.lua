@@ -33,12 +33,17 @@ local events = require "lib.events"
 local _M = {}
 
 local DEFAULT_LIMIT = 100
-local IDLE_SLEEP = 0.15        -- seconds between passes that found nothing to do
+local IDLE_SLEEP = 0.15        -- seconds between passes that found nothing to do (no NOTIFY support)
+local IDLE_WAIT = 1            -- at most this long asleep waiting for a NOTIFY (a missed one costs this)
 local ERROR_SLEEP = 1          -- seconds after a pass that failed (database or broker down)
 local PENDING_EVERY = 1        -- seconds between refreshes of the outbox_pending gauge
 local LOG_EVERY = 10           -- seconds between repeated failure log lines
 
-local INSERT = "INSERT INTO outbox (id, type, payload) VALUES ($1, $2, $3::jsonb)"
+-- The NOTIFY wakes the relay (it LISTENs: db.wait_notify) when the transaction commits, never
+-- before, and not at all if it rolls back; one per row, merged by PostgreSQL within a transaction.
+_M.CHANNEL = "mercato_outbox"
+local INSERT = "INSERT INTO outbox (id, type, payload) VALUES ($1, $2, $3::jsonb) RETURNING pg_notify('" ..
+  _M.CHANNEL .. "', '')"
 local SELECT_UNSENT = [[SELECT id::text AS id, type, payload::text AS body, payload->>'correlation_id' AS correlation_id,
   payload->>'traceparent' AS traceparent, attempts
   FROM outbox WHERE sent_at IS NULL ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED]]
@@ -151,12 +156,24 @@ function _M.pending()
   return row.n
 end
 
+-- Sleep until an outbox row commits (a NOTIFY on CHANNEL) or `wait` seconds pass; without
+-- db.wait_notify (an older host), or when it fails, a plain poll of `idle` seconds.
+local function wait_for_rows(wait, idle)
+  if db.wait_notify then
+    local _, err = db.wait_notify(_M.CHANNEL, wait)
+    if err == nil then return end
+    log_limited("listen", "warn", "outbox relay: LISTEN failed; polling", { error = err })
+  end
+  host.sleep(idle)
+end
+
 -- outbox.relay_entry(opts) → a consumers.lua entry { name = "outbox-relay", loop = ... }.
--- opts: name, limit (rows per pass, 100), idle (seconds asleep when there was nothing to do,
--- 0.15: an event leaves within about that long after its commit).
+-- opts: name, limit (rows per pass, 100), wait (seconds asleep at most between passes that found
+-- nothing: a commit's NOTIFY wakes the relay at once, so an event leaves a few milliseconds after
+-- its commit; 1), idle (the poll interval when NOTIFY is unavailable, 0.15).
 function _M.relay_entry(opts)
   opts = opts or {}
-  local limit, idle = opts.limit or DEFAULT_LIMIT, opts.idle or IDLE_SLEEP
+  local limit, idle, wait = opts.limit or DEFAULT_LIMIT, opts.idle or IDLE_SLEEP, opts.wait or IDLE_WAIT
   local next_pending = 0
   return {
     name = opts.name or "outbox-relay",
@@ -173,7 +190,7 @@ function _M.relay_entry(opts)
           next_pending = host.now() + PENDING_EVERY
           _M.pending()
         end
-        if n < limit then host.sleep(idle) end
+        if n < limit then wait_for_rows(wait, idle) end
       until host.now() >= deadline
     end,
   }

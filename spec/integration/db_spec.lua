@@ -8,6 +8,7 @@ local db = require "db"
 local cjson = require "cjson"
 local metrics = require "metrics"
 local server = require "support.server"
+local socket = require "socket"
 local raw_http = require "support.raw_http"
 
 local url = assert(os.getenv("DATABASE_URL"), "DATABASE_URL must be set (scripts/dev/stack.sh env)")
@@ -505,6 +506,33 @@ describe("db", function()
     end)
   end)
 
+  describe("db.wait_notify (runners)", function()
+    it("returns false after the timeout and true when a NOTIFY on its channel commits", function()
+      local t0 = socket.gettime()
+      assert.is_false(db.wait_notify("spec_wakeup", 0.2))
+      assert.is_true(socket.gettime() - t0 >= 0.19)
+      -- another session notifies (a short-lived psql), committed while we wait
+      sh(("(sleep 0.3; psql %s -qAtXc \"NOTIFY spec_wakeup\") >/dev/null 2>&1 &"):format(q(url)))
+      t0 = socket.gettime()
+      assert.is_true(db.wait_notify("spec_wakeup", 5))
+      local took = socket.gettime() - t0
+      assert.is_true(took >= 0.25 and took < 3, tostring(took))
+      -- one that arrived while this session ran statements is returned at once
+      db.exec("SELECT pg_notify('spec_wakeup', 'x')")
+      db.query("SELECT 1")
+      assert.is_true(db.wait_notify("spec_wakeup", 0))
+      assert.is_false(db.wait_notify("spec_wakeup", 0))
+    end)
+
+    it("refuses bad channels and transactions", function()
+      assert.has_error(function() db.wait_notify("Bad-Name", 1) end)
+      assert.has_error(function() db.wait_notify(("x"):rep(64), 1) end)
+      assert.has_error(function() db.wait_notify("ok", -1) end)
+      assert.has_error(function() db.tx(function() db.wait_notify("ok", 0) end) end)
+    end)
+
+  end)
+
   describe("serving", function()
     local dbname = "mercato_db_spec_serve"
     local spec_url = url:gsub("/[^/?]*(%??[^/]*)$", "/" .. dbname .. "%1")
@@ -520,6 +548,15 @@ describe("db", function()
       return res.status, cjson.decode(res.body)
     end
 
+    it("refuses db.wait_notify in a handler (it would block the HTTP thread)", function()
+      local dir = sh("mktemp -d /tmp/mercato-db-spec.XXXXXX"):match("%S+")
+      sh("cp -r spec/fixtures/db/scripts/. " .. q(dir))
+      local srv = server.start { service = "product", scripts = dir, workers = 1, bin = BIN, env = { DATABASE_URL = spec_url } }
+      local res = raw_http.request(srv.port, "GET", "/listen")
+      srv:stop()
+      sh("rm -rf " .. q(dir))
+      assert.are.equal(500, res.status)
+    end)
     it("migrates at start-up, keeps one connection across requests and a hot reload, and recovers", function()
       local dir = sh("mktemp -d /tmp/mercato-db-spec.XXXXXX"):match("%S+")
       sh("cp -r spec/fixtures/db/scripts/. " .. q(dir))
