@@ -157,7 +157,12 @@ describe("outbox, inbox and consumer", function()
     srv:stop("KILL")   -- inside the handler's transaction: no commit, no ack
     srv = H.start(url, prefix, things_q)
     assert.is_true(H.wait_for(function() return seen_rows(body.event_id) == 1 end, 15), "not processed after the restart")
-    os.execute("sleep 0.5")
+    -- No copy can come later: the broker holds nothing for the queue, neither ready nor unacked
+    -- (evidence, where a sleep would only be hope).
+    assert.is_true(H.wait_for(function()
+      local out = H.sh("scripts/dev/stack.sh rabbitmqctl list_queues -q --no-table-headers name messages_ready messages_unacknowledged")
+      return out:match(things_q:gsub("%p", "%%%0") .. "%s+0%s+0") ~= nil
+    end, 15, 0.2), "the queue still holds a copy of the event")
     assert.are.equal(1, seen_rows(body.event_id))
     assert.are.equal(1, inbox_rows(body.event_id))
   end)
