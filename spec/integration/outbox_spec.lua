@@ -160,7 +160,8 @@ describe("outbox, inbox and consumer", function()
     -- No copy can come later: the broker holds nothing for the queue, neither ready nor unacked
     -- (evidence, where a sleep would only be hope).
     assert.is_true(H.wait_for(function()
-      local out = H.sh("scripts/dev/stack.sh rabbitmqctl list_queues -q --no-table-headers name messages_ready messages_unacknowledged")
+      local out = H.sh("scripts/dev/stack.sh rabbitmqctl list_queues -q --no-table-headers " ..
+        "name messages_ready messages_unacknowledged")
       return out:match(things_q:gsub("%p", "%%%0") .. "%s+0%s+0") ~= nil
     end, 15, 0.2), "the queue still holds a copy of the event")
     assert.are.equal(1, seen_rows(body.event_id))
