@@ -9,6 +9,10 @@ rm -rf "$out" && mkdir -p "$out/lua-raw"
 make --no-print-directory BUILD=build/cov OPT=-O0 EXTRA_CFLAGS=--coverage EXTRA_LDFLAGS=--coverage all >/dev/null || exit 1
 find build/cov -name '*.gcda' -delete
 
+# Leave the stack as it was found: stopped at the end if this run started it.
+if scripts/dev/stack.sh status >/dev/null 2>&1; then started_stack=0; else started_stack=1; fi
+stop_stack() { if [ "$started_stack" = 1 ]; then scripts/dev/stack.sh down >/dev/null 2>&1 || true; fi; }
+trap stop_stack EXIT
 scripts/dev/stack.sh up >/dev/null && scripts/dev/stack.sh reset-db >/dev/null || exit 1
 set -a
 # shellcheck disable=SC1090
@@ -20,7 +24,7 @@ for t in build/cov/tests/test_*; do
     case $t in *.gc*) continue ;; esac
     "$t" >/dev/null 2>&1 || echo "coverage: $t failed"
 done
-for f in spec/unit/*_spec.lua spec/unit/*/*_spec.lua spec/integration/*_spec.lua; do
+for f in spec/unit/*_spec.lua spec/unit/*/*_spec.lua spec/integration/*_spec.lua spec/e2e/*_spec.lua; do
     [ -f "$f" ] || continue
     build/cov/mercato lua spec/support/busted.lua -o TAP "$f" >"$out/$(basename "$f").tap" 2>&1 ||
         echo "coverage: $f had failures (see $out/$(basename "$f").tap)"
