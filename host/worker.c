@@ -71,11 +71,24 @@ static int load_from_snapshot(lua_State *L)
     return 1;
 }
 
-static void install_loader(lua_State *L, snapshot_t *s)
+/* The snapshot's loader goes second, after package.preload (the bindings). A service's states
+ * keep no Lua file searcher (a module off package.path would bypass the checked snapshot and
+ * hot reload), only the C searchers for the system's C modules (cjson); `mercato lua` (keep_path)
+ * keeps them all, for scripts and specs. */
+static void install_loader(lua_State *L, snapshot_t *s, int keep_path)
 {
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "loaders");
     int n = (int)lua_objlen(L, -1);
+    if (!keep_path && n >= 2) {   /* drop loaders[2], the Lua file searcher */
+        for (int i = 2; i < n; i++) {
+            lua_rawgeti(L, -1, i + 1);
+            lua_rawseti(L, -2, i);
+        }
+        lua_pushnil(L);
+        lua_rawseti(L, -2, n);
+        n--;
+    }
     for (int i = n; i >= 2; i--) {   /* shift loaders[2..n] up by one */
         lua_rawgeti(L, -1, i);
         lua_rawseti(L, -2, i + 1);
@@ -377,7 +390,7 @@ lua_State *worker_state_new(worker_t *w, snapshot_t *snap, int check, char *err,
     lua_pushcfunction(L, open_request);
     lua_setfield(L, -2, "mercato.request");
     lua_pop(L, 2);
-    install_loader(L, snap);
+    install_loader(L, snap, w && w->kind && strcmp(w->kind, "cli") == 0);
 
     if (luaL_loadbuffer(L, (const char *)luaJIT_BC_prelude, luaJIT_BC_prelude_SIZE, "=prelude") != 0 ||
         lua_pcall(L, 0, 1, 0) != 0) {
