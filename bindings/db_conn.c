@@ -335,7 +335,7 @@ int db_not_run(const db_error_t *err)
 
 /* Send-and-wait for the simple or the extended protocol; fills err on failure. *safe: the
  * failure proves the statement did not run. */
-static PGresult *finish(db_conn_t *c, int sent, uint64_t deadline, db_error_t *err, int *safe)
+static PGresult *await_result(db_conn_t *c, int sent, uint64_t deadline, db_error_t *err, int *safe)
 {
     PGconn *pg = c->pg;
     if (!sent) {
@@ -422,7 +422,7 @@ static int stmt_drop(db_conn_t *c, db_stmt_t *s, db_error_t *err)
     snprintf(sql, sizeof sql, "DEALLOCATE mercato_%u", s->id);
     db_stmt_forget(c, s);
     int safe = 0;
-    PGresult *res = finish(c, PQsendQuery(c->pg, sql), deadline_for(c), err, &safe);
+    PGresult *res = await_result(c, PQsendQuery(c->pg, sql), deadline_for(c), err, &safe);
     if (!res) return -1;
     PQclear(res);
     return 0;
@@ -451,10 +451,10 @@ static PGresult *query_once(db_conn_t *c, const char *sql, size_t len, int n, co
         int room = stmt_room(c, err);
         if (room < 0) return NULL;
         if (!room)   /* uncached: parse, bind and execute in one round trip */
-            return finish(c, PQsendQueryParams(c->pg, sql, n, NULL, values, NULL, NULL, 0), deadline, err, safe);
+            return await_result(c, PQsendQueryParams(c->pg, sql, n, NULL, values, NULL, NULL, 0), deadline, err, safe);
         unsigned id = ++c->next_id;
         snprintf(name, sizeof name, "mercato_%u", id);
-        PGresult *res = finish(c, PQsendPrepare(c->pg, name, sql, 0, NULL), deadline, err, safe);
+        PGresult *res = await_result(c, PQsendPrepare(c->pg, name, sql, 0, NULL), deadline, err, safe);
         if (!res) {
             *safe = 1;   /* preparing runs nothing */
             return NULL;
@@ -463,7 +463,7 @@ static PGresult *query_once(db_conn_t *c, const char *sql, size_t len, int n, co
         s = db_stmt_add(c, sql, len, h, id);   /* NULL (out of memory): runs once under its name, uncached */
     }
     if (s) s->used = ++c->tick;
-    PGresult *res = finish(c, PQsendQueryPrepared(c->pg, name, n, values, NULL, NULL, 0), deadline, err, safe);
+    PGresult *res = await_result(c, PQsendQueryPrepared(c->pg, name, n, values, NULL, NULL, 0), deadline, err, safe);
     if (!res && s && c->pg) {
         /* Nothing ran: the server forgot its statements (DEALLOCATE ALL, DISCARD ALL: all of
          * them, so forget all), or this plan's result type changed (a migration altered the
@@ -497,7 +497,7 @@ int db_conn_command(db_conn_t *c, const char *sql, db_error_t *err)
     for (int attempt = 0;; attempt++) {
         int safe = 0, in_tx = c->tx_depth > 0;
         if (conn_ensure(c, err) < 0) return -1;
-        PGresult *res = finish(c, PQsendQuery(c->pg, sql), deadline_for(c), err, &safe);
+        PGresult *res = await_result(c, PQsendQuery(c->pg, sql), deadline_for(c), err, &safe);
         if (res) { PQclear(res); return 0; }
         if (attempt > 0 || in_tx || !safe) return -1;
         metrics_cell_add(g_reconnects, 1);

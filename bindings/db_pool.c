@@ -594,7 +594,7 @@ static void op_done(db_conn_t *c, db_op_t *op)
 }
 
 /* Take every answer that has arrived. broken: the connection failed while reading. */
-static void collect(db_conn_t *c, int broken)
+static void take_answers(db_conn_t *c, int broken)
 {
     int nulls = 0;
     while (c->head && c->pg) {
@@ -646,7 +646,7 @@ static void conn_io(loop_t *loop, int fd, int events, void *arg)
         dispatch(c->pool);
         return;
     }
-    collect(c, broken);
+    take_answers(c, broken);
 }
 
 static void op_free(db_op_t *op)

@@ -135,7 +135,7 @@ static void *runner_main(void *arg)
 }
 
 /* Read the entries of one module (consumers or jobs) from a scratch worker into set. */
-static int collect(runners_t *set, worker_t *w, const char *kind, int is_job, char *err, size_t errlen)
+static int read_entries(runners_t *set, worker_t *w, const char *kind, int is_job, char *err, size_t errlen)
 {
     char module[128];
     snprintf(module, sizeof module, "services.%s.%s", set->cfg->service, kind);
@@ -201,8 +201,8 @@ runners_t *runners_start(const config_t *cfg, char *err, size_t errlen)
     pthread_cond_init(&set->cond, NULL);
     worker_t *w = worker_new(0, "cli", cfg, NULL, err, errlen);
     if (!w) { runners_stop(set); return NULL; }
-    int rc = collect(set, w, "consumers", 0, err, errlen);
-    if (rc == 0) rc = collect(set, w, "jobs", 1, err, errlen);
+    int rc = read_entries(set, w, "consumers", 0, err, errlen);
+    if (rc == 0) rc = read_entries(set, w, "jobs", 1, err, errlen);
     worker_free(w);
     if (rc != 0) { set->n = 0; runners_stop(set); return NULL; }
     for (int i = 0; i < set->n; i++) {
