@@ -21,6 +21,7 @@
 #include "../host/bindings.h"
 #include "../core/buf.h"
 #include "../host/utf8.h"
+#include "../core/hex.h"
 
 #define MAX_DEPTH 64
 #define ARRAY_MT "mercato.json.array"
@@ -213,19 +214,12 @@ static void skip_ws(dec_t *d)
     while (d->p < d->end && (*d->p == ' ' || *d->p == '\t' || *d->p == '\n' || *d->p == '\r')) d->p++;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if ((c | 32) >= 'a' && (c | 32) <= 'f') return (c | 32) - 'a' + 10;
-    return -1;
-}
-
 static int read_u16(dec_t *d, unsigned *out)
 {
     if (d->end - d->p < 4) return -1;
     unsigned v = 0;
     for (int i = 0; i < 4; i++) {
-        int h = hexval(d->p[i]);
+        int h = hex_digit(d->p[i]);
         if (h < 0) return -1;
         v = v * 16 + (unsigned)h;
     }

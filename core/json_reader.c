@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include "hex.h"
 
 /* ---- scanning --------------------------------------------------------------------------- */
 
@@ -18,21 +19,12 @@ static const char *ws(const char *p, const char *e)
 
 static int is_digit(char c) { return c >= '0' && c <= '9'; }
 
-/* The value of hex digit c, or -1. */
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 /* The value of the four hex digits at p, or -1. */
 static long hex4(const char *p)
 {
     long v = 0;
     for (int i = 0; i < 4; i++) {
-        int d = hexval(p[i]);
+        int d = hex_digit(p[i]);
         if (d < 0) return -1;
         v = v << 4 | d;
     }
@@ -51,7 +43,7 @@ static const char *skip_string(const char *p, const char *e)
         if (*p == 'u') {
             if (e - p < 5) return NULL;
             for (int i = 1; i <= 4; i++)
-                if (hexval(p[i]) < 0) return NULL;
+                if (hex_digit(p[i]) < 0) return NULL;
             p += 4;
         } else if (!strchr("\"\\/bfnrt", *p) || !*p) {
             return NULL;

@@ -10,16 +10,9 @@
 
 #include "log.h"
 #include "loop.h"
+#include "hex.h"
 
 /* ---- the URL ----------------------------------------------------------------------------- */
-
-static int hexval(int ch)
-{
-    if (ch >= '0' && ch <= '9') return ch - '0';
-    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
-    return -1;
-}
 
 /* Copy s[0..n) %-decoded into out (outlen > 0). 0, or -1 if it does not fit or is malformed. */
 static int pct_decode(const char *s, size_t n, char *out, size_t outlen)
@@ -29,7 +22,7 @@ static int pct_decode(const char *s, size_t n, char *out, size_t outlen)
         int ch = (unsigned char)s[i];
         if (ch == '%') {
             if (i + 2 >= n) return -1;
-            int hi = hexval(s[i + 1]), lo = hexval(s[i + 2]);
+            int hi = hex_digit(s[i + 1]), lo = hex_digit(s[i + 2]);
             if (hi < 0 || lo < 0) return -1;
             ch = hi * 16 + lo;
             i += 2;

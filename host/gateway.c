@@ -27,6 +27,7 @@
 #include "ratelimit_http.h"
 #include "server.h"
 #include "worker.h"
+#include "../core/hex.h"
 
 /* ---- routing --------------------------------------------------------------------------- */
 
@@ -60,13 +61,6 @@ const char *gateway_upstream_env(int upstream)
     return upstream >= 0 && upstream < GW_NUPSTREAMS ? envs[upstream] : NULL;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    c = (char)(c | 32);
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
 /* Call fn on each segment of the percent-decoded path (a decoded '/' splits too, so that
  * "%2Finternal" cannot hide a segment from an upstream that decodes before routing).
  * Returns the first non-zero fn result. */
@@ -78,8 +72,8 @@ static int each_decoded_segment(const char *path, size_t len, int (*fn)(const ch
     for (size_t i = 0; i <= len; i++) {
         char c;
         if (i == len) c = '/';
-        else if (path[i] == '%' && i + 2 < len && hexval(path[i + 1]) >= 0 && hexval(path[i + 2]) >= 0) {
-            c = (char)(hexval(path[i + 1]) * 16 + hexval(path[i + 2]));
+        else if (path[i] == '%' && i + 2 < len && hex_digit(path[i + 1]) >= 0 && hex_digit(path[i + 2]) >= 0) {
+            c = (char)(hex_digit(path[i + 1]) * 16 + hex_digit(path[i + 2]));
             i += 2;
         } else c = path[i];
         if (c == '/') {
