@@ -5,10 +5,13 @@ local json = require "json"
 
 local char, gsub, tonumber = string.char, string.gsub, tonumber
 
+-- application/x-www-form-urlencoded decoding ('+' is a space, %XX a byte), shared with
+-- scripts (lib.validate's form bodies) as the module "mercato.form".
 local function unescape(s)
   s = gsub(s, "+", " ")
   return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
 end
+package.preload["mercato.form"] = function() return { unescape = unescape } end
 
 -- Query strings: first value wins in `req.query`; `req:query_all(name)` lists every value.
 local function parse_query(qs)

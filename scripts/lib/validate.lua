@@ -200,10 +200,7 @@ function _M.body(req, schema, opts)
   return out
 end
 
-local function unescape(s)
-  s = gsub(s, "+", " ")
-  return (gsub(s, "%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
-end
+local unescape = require("mercato.form").unescape   -- the host's decoder (host/lua/prelude.lua)
 
 -- validate.form(body) → table of application/x-www-form-urlencoded parameters, or nil, why and
 -- "encoding" when a name or value is not UTF-8 once decoded, or nil, why and "repeated" for a
