@@ -144,20 +144,23 @@ function _M.delete(id, version, check)
   end)
 end
 
--- Re-derive category_text for every product under category `id` (after a rename or a move),
--- announcing each as product.updated so the search index follows. Inside the caller's db.tx.
+-- Re-derive category_text for every active product under category `id` (after a rename or a
+-- move): its search text changed, so its version (ETag) moves on, and each is announced as
+-- product.updated in one set-based outbox insert. Inside the caller's db.tx. → the product ids
+-- (for the caller to drop their cached reads after the commit) | nil, err, code
 function _M.refresh_category_text(id)
   local rows, err, code = db.query([[
     WITH RECURSIVE sub(id) AS (SELECT $1::uuid UNION SELECT c.id FROM categories c JOIN sub ON c.parent_id = sub.id)
-    UPDATE products p SET category_text = coalesce(category_path_text(p.category_id), '')
+    UPDATE products p SET category_text = coalesce(category_path_text(p.category_id), ''),
+      version = p.version + 1, updated_at = now()
     WHERE p.category_id IN (SELECT id FROM sub) AND p.status = 'active'
     RETURNING p.id, p.seller_id, p.name, p.price_cents, p.currency, p.category_id, to_jsonb(p.tags) AS tags, p.version]], id)
   if not rows then return nil, err, code end
-  for _, r in ipairs(rows) do
-    local ok, oerr, ocode = outbox.add("product.updated", event_data(r))
-    if not ok then return nil, oerr, ocode end
-  end
-  return #rows
+  local data, ids = {}, {}
+  for i, r in ipairs(rows) do data[i], ids[i] = event_data(r), r.id end
+  local n, oerr, ocode = outbox.add_many("product.updated", data)
+  if not n then return nil, oerr, ocode end
+  return ids
 end
 
 return _M

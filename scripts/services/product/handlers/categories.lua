@@ -7,6 +7,7 @@ local json = require "json"
 local pagination = require "lib.pagination"
 local problem = require "lib.problem"
 local validate = require "lib.validate"
+local pcache = require "services.product.cache"
 local S = require "services.product.schema"
 local store = require "services.product.store"
 
@@ -85,11 +86,11 @@ local SQL_SLUG = [[WITH base AS (SELECT coalesce(nullif(trim(both '-' FROM left(
 local function derive_slug(name)
   local row, err, code = db.query_one(SQL_SLUG, name)
   if err then return nil, err, code end
-  local base, taken = row.b, {}
-  for _, s in ipairs(row.taken or {}) do taken[s] = true end
-  if not taken[base] then return base end
+  local base, used = row.b, {}
+  for _, s in ipairs(row.taken or {}) do used[s] = true end
+  if not used[base] then return base end
   local n = 2
-  while taken[base .. "-" .. n] do n = n + 1 end
+  while used[base .. "-" .. n] do n = n + 1 end
   return base .. "-" .. n
 end
 
@@ -148,7 +149,7 @@ function _M.update(req)
     if err then return problem.from(code, err) end
     if cyc then return problem.validation({ { field = "parent_id", message = "must not be the category itself or one below it" } }) end
   end
-  local row, sqlstate
+  local row, sqlstate, touched
   row, err, code, sqlstate = db.tx(function()
     local r, uerr, ucode, ustate = db.query_one([[UPDATE categories SET slug = coalesce($2, slug), name = coalesce($3, name),
         parent_id = CASE WHEN $4 THEN $5::uuid ELSE parent_id END, updated_at = now() WHERE id = $1 RETURNING ]] .. COLUMNS,
@@ -156,8 +157,9 @@ function _M.update(req)
       type(doc.parent_id) == "string" and doc.parent_id or db.null)
     if uerr then return nil, uerr, ucode, ustate end
     if doc.name or doc.parent_id ~= nil then
-      local n, rerr, rcode = store.refresh_category_text(cur.id)
-      if not n then return nil, rerr, rcode end
+      local ids, rerr, rcode = store.refresh_category_text(cur.id)
+      if not ids then return nil, rerr, rcode end
+      touched = ids
     end
     return r
   end)
@@ -166,6 +168,8 @@ function _M.update(req)
     if st then return st, b, h end
     return problem.from(code, err)
   end
+  -- The products' versions moved on: their cached reads would show the old ETag.
+  for i = 1, #(touched or {}), 200 do pcache.invalidate(unpack(touched, i, math.min(i + 199, #touched))) end
   return 200, public(row)
 end
 
