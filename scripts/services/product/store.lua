@@ -3,11 +3,10 @@
 local db = require "db"
 local json = require "json"
 local outbox = require "lib.outbox"
+local uuid = require "lib.uuid"
 
 local _M = {}
 
-local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
-function _M.is_uuid(s) return type(s) == "string" and s:match(UUID) ~= nil end
 
 -- Columns of a product document, from `products p JOIN inventory i`.
 _M.COLUMNS = [[p.id, p.seller_id, p.name, p.description, p.price_cents, p.currency, p.category_id,
@@ -36,7 +35,7 @@ end
 
 -- An active product, or a bare nil.
 function _M.get(id)
-  if not _M.is_uuid(id) then return nil end
+  if not uuid.valid(id) then return nil end
   return db.query_one("SELECT " .. _M.COLUMNS .. " FROM " .. _M.FROM .. " WHERE p.id = $1 AND p.status = 'active'", id)
 end
 

@@ -6,6 +6,7 @@ local db = require "db"
 local json = require "json"
 local pagination = require "lib.pagination"
 local problem = require "lib.problem"
+local uuid = require "lib.uuid"
 local validate = require "lib.validate"
 local pcache = require "services.product.cache"
 local S = require "services.product.schema"
@@ -19,13 +20,11 @@ local function public(r)
   return { id = r.id, slug = r.slug, name = r.name, parent_id = r.parent_id, created_at = r.created_at, updated_at = r.updated_at }
 end
 
-local function bad_cursor()
-  return problem.bad_request("cursor is not a cursor this endpoint gave out.", { { field = "cursor", message = "is invalid" } })
-end
+local bad_cursor = pagination.bad_cursor
 
 -- A category by id or slug, or a bare nil.
 local function find(ref)
-  if store.is_uuid(ref) then return db.query_one("SELECT " .. COLUMNS .. " FROM categories WHERE id = $1", ref:lower()) end
+  if uuid.valid(ref) then return db.query_one("SELECT " .. COLUMNS .. " FROM categories WHERE id = $1", ref:lower()) end
   if type(ref) ~= "string" or #ref > 64 or not ref:match("^[a-z0-9%-]+$") then return nil end
   return db.query_one("SELECT " .. COLUMNS .. " FROM categories WHERE slug = $1", ref)
 end
@@ -197,7 +196,7 @@ function _M.tags(req)
   local page, status, body, headers = pagination.params(req.query)
   if not page then return status, body, headers end
   local a = page.after
-  if a and (type(a.c) ~= "number" or type(a.t) ~= "string") then return bad_cursor() end
+  if a and (not pagination.whole(a.c) or type(a.t) ~= "string") then return bad_cursor() end
   local rows, err, code = db.query([[SELECT tag, count FROM (
       SELECT t.tag, count(*) AS count FROM products p, unnest(p.tags) AS t(tag) WHERE p.status = 'active' GROUP BY t.tag) x
     WHERE $1::bigint IS NULL OR count < $1::bigint OR (count = $1::bigint AND tag > $2::text)

@@ -9,14 +9,14 @@
 --   { "GET",  "/images/{key*}",        images.serve },
 local crypto = require "crypto"
 local db = require "db"
+local ownership = require "lib.ownership"
 local problem = require "lib.problem"
+local uuid = require "lib.uuid"
 local s3 = require "s3"
 
 local _M = {}
 
 _M.MAX_BYTES = 5 * 1024 * 1024
-
-local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
 
 -- Accepted types: the extension of the key and a check of the file's first bytes.
 local TYPES = {
@@ -32,11 +32,19 @@ local function media_type(req)
   return m and m:lower()
 end
 
--- POST /products/{id}/images (raw image bytes) → 201 { key, url }.
+-- POST /products/{id}/images (raw image bytes) → 201 { key, url }. The product and its owner
+-- are checked first (404, 403), then the bytes (415, 422): RFC 9110 has the resource's
+-- existence and the caller's rights answered before what is wrong with the representation.
 function _M.upload(req)
   local id = req.params.id
-  if not (type(id) == "string" and id:match(UUID)) then return problem.not_found("product", id) end
+  if not uuid.valid(id) then return problem.not_found("product", id) end
   id = id:lower()
+  local row, err, code = db.query_one("SELECT seller_id FROM products WHERE id = $1 AND status = 'active'", id)
+  if err then return problem.from(code, err) end
+  if not row then return problem.not_found("product", id) end
+  if not ownership.may_change(req.claims, row.seller_id) then
+    return problem.forbidden("Only the product's seller or an admin may add images.")
+  end
   local t = TYPES[media_type(req) or ""]
   if not t then return problem.unsupported_media_type(ACCEPTED) end
   local body = req.body
@@ -44,13 +52,6 @@ function _M.upload(req)
   if #body > _M.MAX_BYTES then return problem.new(413, "Images are limited to 5 MiB.") end
   if not t.magic(body) then
     return problem.new(415, "The bytes are not a " .. t.ext:upper() .. " image; Content-Type must be " .. ACCEPTED .. ".")
-  end
-  local row, err, code = db.query_one("SELECT seller_id FROM products WHERE id = $1 AND status = 'active'", id)
-  if err then return problem.from(code, err) end
-  if not row then return problem.not_found("product", id) end
-  local claims = req.claims
-  if claims.role ~= "admin" and claims.sub ~= row.seller_id then
-    return problem.forbidden("Only the product's seller or an admin may add images.")
   end
   local key = ("products/%s/%s.%s"):format(id, crypto.uuid4(), t.ext)
   local ok, perr, pcode = s3.put(key, body, media_type(req))
