@@ -191,15 +191,15 @@ function _M.delete(req)
   return 204
 end
 
--- GET /tags?limit=&cursor=: tags of active products with their counts, most used first.
+-- GET /tags?limit=&cursor=: tags of active products with their counts, most used first, read
+-- from tag_counts (kept by a trigger on products, migration 053) — not aggregated per call.
 function _M.tags(req)
   local page, status, body, headers = pagination.params(req.query)
   if not page then return status, body, headers end
   local a = page.after
   if a and (not pagination.whole(a.c) or type(a.t) ~= "string") then return bad_cursor() end
-  local rows, err, code = db.query([[SELECT tag, count FROM (
-      SELECT t.tag, count(*) AS count FROM products p, unnest(p.tags) AS t(tag) WHERE p.status = 'active' GROUP BY t.tag) x
-    WHERE $1::bigint IS NULL OR count < $1::bigint OR (count = $1::bigint AND tag > $2::text)
+  local rows, err, code = db.query([[SELECT tag, count FROM tag_counts
+    WHERE count > 0 AND ($1::bigint IS NULL OR count < $1::bigint OR (count = $1::bigint AND tag > $2::text))
     ORDER BY count DESC, tag ASC LIMIT $3]], a and a.c or db.null, a and a.t or db.null, page.limit + 1)
   if not rows then return problem.from(code, err) end
   return 200, pagination.result(rows, page.limit, function(r) return { c = r.count, t = r.tag } end,
