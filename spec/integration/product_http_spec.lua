@@ -85,6 +85,27 @@ describe("product HTTP semantics", function()
     end)
   end)
 
+  describe("a deleted product", function()
+    it("is 404 to everyone but its owner and admins, who see it with status deleted (CONTRACT §6)", function()
+      local p = P.create(svc, alice)
+      assert.equal(200, P.get(svc, "/products/" .. p.id).status)   -- cached now
+      assert.equal(204, P.delete(svc, "/products/" .. p.id, { token = alice.token }).status)
+      assert.equal(404, P.get(svc, "/products/" .. p.id).status)
+      assert.equal(404, P.get(svc, "/products/" .. p.id, { token = bob.token }).status)
+      assert.equal(404, P.get(svc, "/products/" .. p.id, { token = P.party("buyer").token }).status)
+      for _, party in ipairs({ alice, P.party("admin") }) do
+        local res = P.get(svc, "/products/" .. p.id, { token = party.token })
+        assert.equal(200, res.status, res.body)
+        assert.equal("deleted", res.json.status)
+        assert.equal(p.id, res.json.id)
+        assert.equal("private, no-store", res.headers["cache-control"])
+      end
+      -- an active product reads the same with or without a token
+      local live = P.create(svc, alice)
+      assert.same(P.get(svc, "/products/" .. live.id).json, P.get(svc, "/products/" .. live.id, { token = bob.token }).json)
+    end)
+  end)
+
   describe("stock bounds", function()
     it("lets create and inventory PUT agree: 0 allowed at create, the same upper bound for both", function()
       local res = P.post(svc, "/products", P.product_doc({ stock = 0 }), { token = alice.token })

@@ -39,6 +39,12 @@ function _M.get(id)
   return db.query_one("SELECT " .. _M.COLUMNS .. " FROM " .. _M.FROM .. " WHERE p.id = $1 AND p.status = 'active'", id)
 end
 
+-- A product whatever its status (a deleted one too, for its owner and admins), or a bare nil.
+function _M.get_any(id)
+  if not uuid.valid(id) then return nil end
+  return db.query_one("SELECT " .. _M.COLUMNS .. ", p.deleted_at FROM " .. _M.FROM .. " WHERE p.id = $1", id)
+end
+
 -- The active products among ids (lower-case UUIDs), in no particular order: one query.
 -- → rows | nil, err, code
 function _M.get_many(ids)

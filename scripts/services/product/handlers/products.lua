@@ -100,6 +100,19 @@ function _M.list(req)
   return 200, res
 end
 
+-- A product that is not active: 404 to everyone but its owner and admins (CONTRACT §6), who
+-- see its document with status "deleted" and deleted_at — never cached, never shared.
+local function deleted_view(req, id)
+  local claims = req.claims
+  if not (claims and (claims.role == "admin" or claims.role == "seller")) then return problem.not_found("product", id) end
+  local row, err, code = store.get_any(id)
+  if err then return problem.from(code, err) end
+  if not row or not ownership.may_change(claims, row.seller_id) then return problem.not_found("product", id) end
+  local doc = store.public(row)
+  doc.status, doc.deleted_at = row.status, row.deleted_at
+  return 200, doc, doc_headers(row, { ["Cache-Control"] = "private, no-store" })
+end
+
 -- GET /products/{id}: from the Redis read cache when it has it (the cached JSON is sent as
 -- it is), else PostgreSQL, then cached. 304 when If-None-Match names the current version.
 function _M.show(req)
@@ -116,7 +129,7 @@ function _M.show(req)
   end
   local row, err, code = store.get(id)
   if err then return problem.from(code, err) end
-  if not row then return problem.not_found("product", id) end
+  if not row then return deleted_view(req, id) end
   if inm and matches(inm, row.version) then return 304, nil, { ETag = etag(row.version) } end
   local text = json.encode(store.public(row))
   pcache.put(id, row.version, text)
