@@ -4,23 +4,27 @@ local db = require "db"
 local json = require "json"
 local outbox = require "lib.outbox"
 local uuid = require "lib.uuid"
+local s3 = require "s3"
 
 local _M = {}
 
 
 -- Columns of a product document, from `products p JOIN inventory i`.
 _M.COLUMNS = [[p.id, p.seller_id, p.name, p.description, p.price_cents, p.currency, p.category_id,
-  to_jsonb(p.tags) AS tags, p.status, p.version, p.created_at, p.updated_at, i.stock]]
+  to_jsonb(p.tags) AS tags, to_jsonb(p.images) AS images, p.status, p.version, p.created_at, p.updated_at, i.stock]]
 _M.FROM = "products p JOIN inventory i ON i.product_id = p.id"
 
--- The public document of a row (what GET /products/{id} answers; `stock` is what can be sold).
+-- The public document of a row (what GET /products/{id} answers; `stock` is what can be sold,
+-- `images` the uploaded images in upload order).
 function _M.public(r)
   local tags = r.tags
   if type(tags) ~= "table" then tags = {} end
+  local images = json.array({})
+  for i, key in ipairs(type(r.images) == "table" and r.images or {}) do images[i] = { key = key, url = s3.url(key) } end
   return {
     id = r.id, seller_id = r.seller_id, name = r.name, description = r.description,
     price_cents = r.price_cents, currency = r.currency, category_id = r.category_id,
-    tags = json.array(tags), stock = r.stock, version = r.version,
+    tags = json.array(tags), images = images, stock = r.stock, version = r.version,
     created_at = r.created_at, updated_at = r.updated_at,
   }
 end
@@ -139,13 +143,42 @@ function _M.delete(id, version, check)
     if check and not check(cur) then return { refused = "forbidden" } end
     if version and cur.version ~= version then return { refused = "stale", current = cur.version } end
     local n
-    n, err, code = db.exec("UPDATE products SET status = 'deleted', deleted_at = now(), version = version + 1, "
+    n, err, code = db.exec("UPDATE products SET status = 'deleted', deleted_at = now(), images = '{}', version = version + 1, "
       .. "updated_at = now() WHERE id = $1", id)
     if not n then return nil, err, code end
     local ok
     ok, err, code = outbox.add("product.deleted", { product_id = id, seller_id = cur.seller_id, version = cur.version + 1 })
     if not ok then return nil, err, code end
     return cur
+  end)
+end
+
+_M.MAX_IMAGES = 20   -- products.images CHECK (cardinality(images) <= 20)
+
+-- Record an uploaded image (its object is in the store already) on an active product: a
+-- product_images row and the key appended to products.images (a new version), with
+-- product.updated. → row | { refused = "gone" | "full" } | nil, err, code
+function _M.add_image(id, key, content_type, bytes)
+  return db.tx(function()
+    local cur, err, code = db.query_one(
+      "SELECT cardinality(images) AS n FROM products WHERE id = $1 AND status = 'active' FOR UPDATE", id)
+    if err then return nil, err, code end
+    if not cur then return { refused = "gone" } end
+    if cur.n >= _M.MAX_IMAGES then return { refused = "full" } end
+    local n
+    n, err, code = db.exec("INSERT INTO product_images (key, product_id, content_type, bytes) VALUES ($1, $2, $3, $4)",
+      key, id, content_type, bytes)
+    if not n then return nil, err, code end
+    n, err, code = db.exec(
+      "UPDATE products SET images = images || $2::text, version = version + 1, updated_at = now() WHERE id = $1", id, key)
+    if not n then return nil, err, code end
+    local row
+    row, err, code = db.query_one("SELECT " .. _M.COLUMNS .. " FROM " .. _M.FROM .. " WHERE p.id = $1", id)
+    if not row then return nil, err or "product vanished", code or "unavailable" end
+    local ok
+    ok, err, code = outbox.add("product.updated", event_data(row))
+    if not ok then return nil, err, code end
+    return row
   end)
 end
 
