@@ -85,6 +85,18 @@ done
 start gateway
 for s in "${started[@]}" gateway; do wait_ready "$s"; done
 
+# The demo seller: a real seller account (registered through the user service) that owns the
+# demo catalogue — the seed files its products under SEED_SELLER_ID.
+DEMO_SELLER_EMAIL=${DEMO_SELLER_EMAIL:-seller@mercato.local}
+DEMO_SELLER_PASSWORD=${DEMO_SELLER_PASSWORD:-$(secret demo-seller-password 12)}
+if [ -z "${SEED_SELLER_ID:-}" ] && [ -n "${PIDS[user]:-}" ]; then
+    if seller_id=$(scripts/dev/demo_seller.sh "$USER_SERVICE_URL" "$DEMO_SELLER_EMAIL" "$DEMO_SELLER_PASSWORD"); then
+        export SEED_SELLER_ID=$seller_id
+    else
+        log "the demo seller could not be registered; the demo catalogue gets a placeholder seller id"
+    fi
+fi
+
 # The demo catalogue (idempotent: a second run adds nothing).
 if [ -f scripts/services/product/seed.lua ] && [ -n "${PIDS[product]:-}" ]; then
     SERVICE=product DATABASE_URL=$DATABASE_URL_PRODUCT "$BIN" lua scripts/services/product/seed.lua >"$LOGS/seed.log" 2>&1 ||
@@ -96,6 +108,8 @@ fi
     for s in "${SERVICES[@]}"; do echo "${s^^}_SERVICE_URL=http://127.0.0.1:${PORTS[$s]}"; done
     echo "ADMIN_EMAIL=$ADMIN_EMAIL"
     echo "ADMIN_PASSWORD=$ADMIN_PASSWORD"
+    echo "DEMO_SELLER_EMAIL=$DEMO_SELLER_EMAIL"
+    echo "DEMO_SELLER_PASSWORD=$DEMO_SELLER_PASSWORD"
     echo "SERVICE_CLIENT_ID=$SERVICE_CLIENT_ID"
     echo "SERVICE_CLIENT_SECRET=$SERVICE_CLIENT_SECRET"
     echo "STRIPE_WEBHOOK_SECRET=$STRIPE_WEBHOOK_SECRET"
@@ -116,6 +130,7 @@ mercato is running (Ctrl-C stops everything)
   gateway        http://127.0.0.1:${PORTS[gateway]}
   services       ${started[*]:-none yet}  (ports 8081-8085; logs in $LOGS)
   admin          $ADMIN_EMAIL / $ADMIN_PASSWORD
+  demo seller    $DEMO_SELLER_EMAIL / $DEMO_SELLER_PASSWORD  (owns the demo catalogue)
   mail (maildev) ${SMTP_API_URL%/api/email}
   environment    $RUN_DIR/env
 EOF

@@ -18,12 +18,11 @@ local _M = { VERSION = 1 }
 -- The event being handled by this Lua state's consumer (a cache of one call, never the truth).
 _M.context = nil
 
-local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
 -- Routing-key-safe: dot-separated words of letters, digits, '_' and '-' (no AMQP wildcards).
 local TYPE = "^[%w_%-]+%.[%w_%-%.]*[%w_%-]$"
 local TRACEPARENT = "^00%-(%x+)%-(%x+)%-%x%x$"
 
-function _M.valid_uuid(s) return type(s) == "string" and s:match(UUID) ~= nil end
+_M.valid_uuid = require("lib.uuid").valid
 
 function _M.valid_type(s) return type(s) == "string" and #s <= 255 and s:match(TYPE) ~= nil and not s:find("..", 1, true) end
 

@@ -25,6 +25,7 @@
 -- last_error) and retried on the next pass; rows are never dropped.
 local db = require "db"
 local host = require "host"
+local json = require "json"
 local log = require "log"
 local metrics = require "metrics"
 local queue = require "queue"
@@ -77,6 +78,24 @@ function _M.add(etype, data, opts)
   local n, err, code = db.exec(INSERT, ev.id, ev.type, events.encode(ev))
   if not n then return nil, err, code end
   return ev
+end
+
+local INSERT_MANY = "INSERT INTO outbox (id, type, payload) " ..
+  "SELECT (e->>'id')::uuid, e->>'type', e FROM jsonb_array_elements($1::jsonb) AS e"
+
+-- outbox.add_many(type, { data, ... }, opts) → the number of events, or nil, err, code: one
+-- event per data table, all in one INSERT (a write that touches many rows announces them
+-- without a statement per row). Same rules as add.
+function _M.add_many(etype, list, opts)
+  if db.in_tx and not db.in_tx() then
+    error("outbox.add_many must run inside db.tx (the events must commit with the change they announce)", 2)
+  end
+  if #list == 0 then return 0 end
+  local envs = {}
+  for i, data in ipairs(list) do envs[i] = events.envelope(etype, data, opts) end
+  local n, err, code = db.exec(INSERT_MANY, json.encode(json.array(envs)))
+  if not n then return nil, err, code end
+  return #envs
 end
 
 -- ---- relaying --------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ describe("categories", function()
   end)
 
   describe("a rename", function()
-    it("bumps the version (ETag) of every product below it, with one product.updated each, in one outbox insert", function()
+    it("bumps the version (ETag) of every product below it and announces each with product.updated carrying it", function()
       local parent = create({ name = "Rename Parent" }).json
       local child = create({ name = "Rename Child", parent_id = parent.id }).json
       local a = P.create(svc, alice, { category_id = parent.id })

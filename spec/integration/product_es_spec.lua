@@ -88,6 +88,16 @@ describe("product search on Elasticsearch (stand-in)", function()
     for i = 1, #big do assert.equal(big[i].id, small[i].id) end
   end)
 
+  it("answers 400 to a tampered search_after cursor (not 503)", function()
+    local cjson = require "cjson"
+    for _, a in ipairs({ { "x", "y" }, { 1, "not-an-id" }, { 1e300, crypto.uuid4() }, { { 1 }, crypto.uuid4() } }) do
+      local c = crypto.base64url_encode(cjson.encode({ o = "es:relevance", a = a }))
+      local res = P.get(svc, "/products?q=wireless&cursor=" .. c)
+      assert.equal(400, res.status, cjson.encode(a) .. " " .. tostring(res.body))
+      assert.equal("cursor", res.json.errors[1].field)
+    end
+  end)
+
   it("indexes new products and drops deleted ones, eventually", function()
     local p = P.create(svc, seller, { name = "Zanzibar Quokka Lantern" })
     eventually(function() return names("q=quokka")[1] == "Zanzibar Quokka Lantern" end)

@@ -15,7 +15,7 @@ local log = require "log"
 local _M = {}
 
 _M.TTL = tonumber(host.env("PRODUCT_CACHE_TTL") or "") or 60
-local PREFIX = "product:v1:"
+local PREFIX = "product:v2:"   -- v2: the document has `images`
 
 local function key(id) return PREFIX .. id end
 

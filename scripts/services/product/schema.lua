@@ -6,7 +6,7 @@ local json = require "json"
 local _M = {}
 
 _M.MAX_PRICE_CENTS = 100000000       -- 1,000,000.00 in any currency: above is a typo, not a price
-_M.MAX_STOCK = 1000000
+_M.MAX_STOCK = 1000000               -- create and inventory PUT alike (0 is an out-of-stock listing)
 _M.MAX_TAGS, _M.MAX_TAG_LEN = 20, 40
 
 -- ISO 4217 active codes (2024), lower case as CONTRACT §3 writes money.
@@ -36,7 +36,7 @@ _M.product_create = {
   currency = { type = "string", required = true, pattern = currency.pattern, pattern_message = currency.pattern_message },
   category_id = uuid_or_null,
   tags = tags,
-  stock = { type = "integer", required = true, min = 1, max = _M.MAX_STOCK },
+  stock = { type = "integer", required = true, min = 0, max = _M.MAX_STOCK },
 }
 
 _M.product_patch = {

@@ -13,10 +13,11 @@
 local db = require "db"
 local host = require "host"
 local json = require "json"
+local pagination = require "lib.pagination"
 local problem = require "lib.problem"
+local uuid = require "lib.uuid"
 local validate = require "lib.validate"
 local S = require "services.product.schema"
-local store = require "services.product.store"
 local pg = require "services.product.search_pg"
 
 local _M = {}
@@ -56,7 +57,7 @@ function _M.params(q)
   ok, p.max_price = money(q, "max_price")
   if not ok then return bad("max_price", "must be a whole number of cents between 0 and " .. S.MAX_PRICE_CENTS) end
   if q.seller and q.seller ~= "" then
-    if not store.is_uuid(q.seller) then return bad("seller", "must be a seller id") end
+    if not uuid.valid(q.seller) then return bad("seller", "must be a seller id") end
     p.seller = q.seller:lower()
   end
   if q.tag and q.tag ~= "" then
@@ -65,7 +66,7 @@ function _M.params(q)
     p.tag = t
   end
   if q.category and q.category ~= "" then
-    if #q.category > 64 or not (store.is_uuid(q.category) or q.category:match("^[a-z0-9%-]+$")) then
+    if #q.category > 64 or not (uuid.valid(q.category) or q.category:match("^[a-z0-9%-]+$")) then
       return bad("category", "must be a category id or slug")
     end
     p.category = q.category
@@ -85,7 +86,7 @@ function _M.category_ids(ref)
     WITH RECURSIVE sub(id) AS (
       SELECT id FROM categories WHERE ($2 AND id::text = lower($1::text)) OR slug = $1::text
       UNION SELECT c.id FROM categories c JOIN sub ON c.parent_id = sub.id)
-    SELECT id FROM sub]], ref, store.is_uuid(ref))
+    SELECT id FROM sub]], ref, uuid.valid(ref))
   if not rows then return nil, err, code end
   local ids = {}
   for i, r in ipairs(rows) do ids[i] = r.id end
@@ -107,7 +108,7 @@ function _M.list(params, page)
   end
   local b = backend(params)
   if page.after and page.after.o ~= b.cursor_tag(params.sort) then
-    return false, problem.bad_request("cursor does not belong to this search order.", { { field = "cursor", message = "is invalid" } })
+    return false, pagination.bad_cursor()   -- another order's (or back end's) cursor
   end
   return b.list(params, page)
 end

@@ -11,6 +11,7 @@ local json = require "json"
 local log = require "log"
 local pagination = require "lib.pagination"
 local store = require "services.product.store"
+local uuid = require "lib.uuid"
 
 local _M = {}
 
@@ -95,7 +96,7 @@ local ROW = "SELECT p.id, p.seller_id, p.category_id, p.name, p.description, p.c
 -- Make the index agree with PostgreSQL about one product: index it when active, remove it
 -- otherwise. Reads the current row, so events may arrive late, twice or out of order.
 function _M.sync(id)
-  if not store.is_uuid(id) then return true end
+  if not uuid.valid(id) then return true end
   local row, err, code = db.query_one(ROW .. " WHERE p.id = $1", id)
   if err then return nil, err, code end
   local ok
@@ -170,13 +171,17 @@ end
 
 -- → { items, next_cursor } | nil, err, code | false, problem
 function _M.list(params, page)
-  if page.after and (not json.is_array(page.after.a) or #page.after.a ~= 2) then
-    return false, require("lib.problem").bad_request("cursor is not a cursor this endpoint gave out.",
-      { { field = "cursor", message = "is invalid" } })
+  -- search_after is [score | price | created_at millis, id]: a tampered one is refused here, and
+  -- one the index still rejects (400) is the client's cursor, not an outage.
+  local a = page.after and page.after.a
+  if page.after and not (json.is_array(a) and #a == 2 and type(a[1]) == "number" and a[1] == a[1]
+      and math.abs(a[1]) < 2 ^ 53 and uuid.valid(a[2])) then
+    return false, pagination.bad_cursor()
   end
   local res, err, code = _M.call("POST", "/" .. _M.index_name() .. "/_search", _M.query(params, page))
   if not res then
     if code == "not_found" then return { items = json.array({}), next_cursor = json.null } end
+    if code == "invalid" and page.after then return false, pagination.bad_cursor() end
     return nil, err, code == "invalid" and "unavailable" or code
   end
   local hits = (res.hits and res.hits.hits) or {}

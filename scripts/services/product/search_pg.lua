@@ -8,6 +8,7 @@
 local db = require "db"
 local pagination = require "lib.pagination"
 local store = require "services.product.store"
+local uuid = require "lib.uuid"
 
 local _M = {}
 
@@ -30,18 +31,18 @@ end
 local ORDERS = {
   relevance = { order = "score DESC, id ASC", key = function(r) return { s = r.score, id = r.id } end,
     after = function(a, arg) return ("(score < %s OR (score = %s AND id > %s::uuid))"):format(arg(a.s), arg(a.s), arg(a.id)) end,
-    valid = function(a) return type(a.s) == "number" and a.s == math.floor(a.s) end },
+    valid = function(a) return pagination.whole(a.s) end },
   price = { order = "price_cents ASC, id ASC", key = function(r) return { p = r.price_cents, id = r.id } end,
     after = function(a, arg) return ("(price_cents, id) > (%s, %s::uuid)"):format(arg(a.p), arg(a.id)) end,
-    valid = function(a) return type(a.p) == "number" and a.p == math.floor(a.p) end },
+    valid = function(a) return pagination.whole(a.p) end },
   ["-price"] = { order = "price_cents DESC, id DESC", key = function(r) return { p = r.price_cents, id = r.id } end,
     after = function(a, arg) return ("(price_cents, id) < (%s, %s::uuid)"):format(arg(a.p), arg(a.id)) end,
-    valid = function(a) return type(a.p) == "number" and a.p == math.floor(a.p) end },
+    valid = function(a) return pagination.whole(a.p) end },
   newest = { order = "created_at DESC, id DESC", key = function(r) return { t = r.created_us, id = r.id } end,
     after = function(a, arg)
       return ("(created_at, id) < (timestamptz 'epoch' + %s * interval '1 microsecond', %s::uuid)"):format(arg(a.t), arg(a.id))
     end,
-    valid = function(a) return type(a.t) == "number" and a.t == math.floor(a.t) end },
+    valid = function(a) return pagination.whole(a.t) end },
 }
 
 -- → { items, next_cursor } | nil, err, code | false, problem
@@ -69,10 +70,7 @@ function _M.list(params, page)
   local outer = "TRUE"
   local a = page.after
   if a then
-    if not store.is_uuid(a.id) or not o.valid(a) then
-      return false, require("lib.problem").bad_request("cursor is not a cursor this endpoint gave out.",
-        { { field = "cursor", message = "is invalid" } })
-    end
+    if not uuid.valid(a.id) or not o.valid(a) then return false, pagination.bad_cursor() end
     outer = o.after(a, arg)
   end
   local sql = ("SELECT * FROM (SELECT %s, p.price_cents AS sort_price, (%s * 1000000)::bigint AS score, "

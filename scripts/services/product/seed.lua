@@ -6,14 +6,23 @@
 --   SERVICE=product DATABASE_URL=... build/mercato migrate
 --   SERVICE=product DATABASE_URL=... build/mercato lua scripts/services/product/seed.lua
 --
--- SEED_SELLER_ID names the owning seller (default: a fixed demo id). New products are announced
--- as product.created through the outbox, so a running service's search index picks them up.
+-- SEED_SELLER_ID names the owning seller: `make run` sets it to the id of a real seller account
+-- (DEMO_SELLER_EMAIL, registered with the user service by scripts/dev/demo_seller.sh), so the
+-- demo catalogue can be managed by logging in; unset (specs), a fixed id that is no account.
+-- New products are announced as product.created through the outbox, so a running service's
+-- search index picks them up.
 local db = require "db"
 local host = require "host"
 local json = require "json"
 local outbox = require "lib.outbox"
+local uuid = require "lib.uuid"
 
 local SELLER = host.env("SEED_SELLER_ID") or "0191d2a8-0000-7000-8000-00000000de70"
+if not uuid.valid(SELLER) then
+  io.stderr:write(("seed: SEED_SELLER_ID must be a seller's user id (a UUID), got %q\n"):format(SELLER))
+  os.exit(2)
+end
+SELLER = SELLER:lower()
 
 -- slug, name, parent slug
 local CATEGORIES = {

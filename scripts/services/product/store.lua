@@ -3,25 +3,28 @@
 local db = require "db"
 local json = require "json"
 local outbox = require "lib.outbox"
+local uuid = require "lib.uuid"
+local s3 = require "s3"
 
 local _M = {}
 
-local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
-function _M.is_uuid(s) return type(s) == "string" and s:match(UUID) ~= nil end
 
 -- Columns of a product document, from `products p JOIN inventory i`.
 _M.COLUMNS = [[p.id, p.seller_id, p.name, p.description, p.price_cents, p.currency, p.category_id,
-  to_jsonb(p.tags) AS tags, p.status, p.version, p.created_at, p.updated_at, i.stock]]
+  to_jsonb(p.tags) AS tags, to_jsonb(p.images) AS images, p.status, p.version, p.created_at, p.updated_at, i.stock]]
 _M.FROM = "products p JOIN inventory i ON i.product_id = p.id"
 
--- The public document of a row (what GET /products/{id} answers; `stock` is what can be sold).
+-- The public document of a row (what GET /products/{id} answers; `stock` is what can be sold,
+-- `images` the uploaded images in upload order).
 function _M.public(r)
   local tags = r.tags
   if type(tags) ~= "table" then tags = {} end
+  local images = json.array({})
+  for i, key in ipairs(type(r.images) == "table" and r.images or {}) do images[i] = { key = key, url = s3.url(key) } end
   return {
     id = r.id, seller_id = r.seller_id, name = r.name, description = r.description,
     price_cents = r.price_cents, currency = r.currency, category_id = r.category_id,
-    tags = json.array(tags), stock = r.stock, version = r.version,
+    tags = json.array(tags), images = images, stock = r.stock, version = r.version,
     created_at = r.created_at, updated_at = r.updated_at,
   }
 end
@@ -36,8 +39,14 @@ end
 
 -- An active product, or a bare nil.
 function _M.get(id)
-  if not _M.is_uuid(id) then return nil end
+  if not uuid.valid(id) then return nil end
   return db.query_one("SELECT " .. _M.COLUMNS .. " FROM " .. _M.FROM .. " WHERE p.id = $1 AND p.status = 'active'", id)
+end
+
+-- A product whatever its status (a deleted one too, for its owner and admins), or a bare nil.
+function _M.get_any(id)
+  if not uuid.valid(id) then return nil end
+  return db.query_one("SELECT " .. _M.COLUMNS .. ", p.deleted_at FROM " .. _M.FROM .. " WHERE p.id = $1", id)
 end
 
 -- The active products among ids (lower-case UUIDs), in no particular order: one query.
@@ -134,7 +143,7 @@ function _M.delete(id, version, check)
     if check and not check(cur) then return { refused = "forbidden" } end
     if version and cur.version ~= version then return { refused = "stale", current = cur.version } end
     local n
-    n, err, code = db.exec("UPDATE products SET status = 'deleted', deleted_at = now(), version = version + 1, "
+    n, err, code = db.exec("UPDATE products SET status = 'deleted', deleted_at = now(), images = '{}', version = version + 1, "
       .. "updated_at = now() WHERE id = $1", id)
     if not n then return nil, err, code end
     local ok
@@ -144,20 +153,52 @@ function _M.delete(id, version, check)
   end)
 end
 
--- Re-derive category_text for every product under category `id` (after a rename or a move),
--- announcing each as product.updated so the search index follows. Inside the caller's db.tx.
+_M.MAX_IMAGES = 20   -- products.images CHECK (cardinality(images) <= 20)
+
+-- Record an uploaded image (its object is in the store already) on an active product: a
+-- product_images row and the key appended to products.images (a new version), with
+-- product.updated. → row | { refused = "gone" | "full" } | nil, err, code
+function _M.add_image(id, key, content_type, bytes)
+  return db.tx(function()
+    local cur, err, code = db.query_one(
+      "SELECT cardinality(images) AS n FROM products WHERE id = $1 AND status = 'active' FOR UPDATE", id)
+    if err then return nil, err, code end
+    if not cur then return { refused = "gone" } end
+    if cur.n >= _M.MAX_IMAGES then return { refused = "full" } end
+    local n
+    n, err, code = db.exec("INSERT INTO product_images (key, product_id, content_type, bytes) VALUES ($1, $2, $3, $4)",
+      key, id, content_type, bytes)
+    if not n then return nil, err, code end
+    n, err, code = db.exec(
+      "UPDATE products SET images = images || $2::text, version = version + 1, updated_at = now() WHERE id = $1", id, key)
+    if not n then return nil, err, code end
+    local row
+    row, err, code = db.query_one("SELECT " .. _M.COLUMNS .. " FROM " .. _M.FROM .. " WHERE p.id = $1", id)
+    if not row then return nil, err or "product vanished", code or "unavailable" end
+    local ok
+    ok, err, code = outbox.add("product.updated", event_data(row))
+    if not ok then return nil, err, code end
+    return row
+  end)
+end
+
+-- Re-derive category_text for every active product under category `id` (after a rename or a
+-- move): its search text changed, so its version (ETag) moves on, and each is announced as
+-- product.updated in one set-based outbox insert. Inside the caller's db.tx. → the product ids
+-- (for the caller to drop their cached reads after the commit) | nil, err, code
 function _M.refresh_category_text(id)
   local rows, err, code = db.query([[
     WITH RECURSIVE sub(id) AS (SELECT $1::uuid UNION SELECT c.id FROM categories c JOIN sub ON c.parent_id = sub.id)
-    UPDATE products p SET category_text = coalesce(category_path_text(p.category_id), '')
+    UPDATE products p SET category_text = coalesce(category_path_text(p.category_id), ''),
+      version = p.version + 1, updated_at = now()
     WHERE p.category_id IN (SELECT id FROM sub) AND p.status = 'active'
     RETURNING p.id, p.seller_id, p.name, p.price_cents, p.currency, p.category_id, to_jsonb(p.tags) AS tags, p.version]], id)
   if not rows then return nil, err, code end
-  for _, r in ipairs(rows) do
-    local ok, oerr, ocode = outbox.add("product.updated", event_data(r))
-    if not ok then return nil, oerr, ocode end
-  end
-  return #rows
+  local data, ids = {}, {}
+  for i, r in ipairs(rows) do data[i], ids[i] = event_data(r), r.id end
+  local n, oerr, ocode = outbox.add_many("product.updated", data)
+  if not n then return nil, oerr, ocode end
+  return ids
 end
 
 return _M

@@ -8,8 +8,7 @@ local _M = {}
 local COLUMNS = "id, email, name, role, phone, address, disabled, created_at, updated_at"
 _M.COLUMNS = COLUMNS
 
-local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
-function _M.is_uuid(s) return type(s) == "string" and s:find(UUID) ~= nil end
+_M.is_uuid = require("lib.uuid").valid
 
 -- The public form of a user row: never a password hash.
 function _M.public(row)

@@ -6,7 +6,9 @@ local db = require "db"
 local json = require "json"
 local pagination = require "lib.pagination"
 local problem = require "lib.problem"
+local uuid = require "lib.uuid"
 local validate = require "lib.validate"
+local pcache = require "services.product.cache"
 local S = require "services.product.schema"
 local store = require "services.product.store"
 
@@ -18,13 +20,11 @@ local function public(r)
   return { id = r.id, slug = r.slug, name = r.name, parent_id = r.parent_id, created_at = r.created_at, updated_at = r.updated_at }
 end
 
-local function bad_cursor()
-  return problem.bad_request("cursor is not a cursor this endpoint gave out.", { { field = "cursor", message = "is invalid" } })
-end
+local bad_cursor = pagination.bad_cursor
 
 -- A category by id or slug, or a bare nil.
 local function find(ref)
-  if store.is_uuid(ref) then return db.query_one("SELECT " .. COLUMNS .. " FROM categories WHERE id = $1", ref:lower()) end
+  if uuid.valid(ref) then return db.query_one("SELECT " .. COLUMNS .. " FROM categories WHERE id = $1", ref:lower()) end
   if type(ref) ~= "string" or #ref > 64 or not ref:match("^[a-z0-9%-]+$") then return nil end
   return db.query_one("SELECT " .. COLUMNS .. " FROM categories WHERE slug = $1", ref)
 end
@@ -85,11 +85,11 @@ local SQL_SLUG = [[WITH base AS (SELECT coalesce(nullif(trim(both '-' FROM left(
 local function derive_slug(name)
   local row, err, code = db.query_one(SQL_SLUG, name)
   if err then return nil, err, code end
-  local base, taken = row.b, {}
-  for _, s in ipairs(row.taken or {}) do taken[s] = true end
-  if not taken[base] then return base end
+  local base, used = row.b, {}
+  for _, s in ipairs(row.taken or {}) do used[s] = true end
+  if not used[base] then return base end
   local n = 2
-  while taken[base .. "-" .. n] do n = n + 1 end
+  while used[base .. "-" .. n] do n = n + 1 end
   return base .. "-" .. n
 end
 
@@ -148,7 +148,7 @@ function _M.update(req)
     if err then return problem.from(code, err) end
     if cyc then return problem.validation({ { field = "parent_id", message = "must not be the category itself or one below it" } }) end
   end
-  local row, sqlstate
+  local row, sqlstate, touched
   row, err, code, sqlstate = db.tx(function()
     local r, uerr, ucode, ustate = db.query_one([[UPDATE categories SET slug = coalesce($2, slug), name = coalesce($3, name),
         parent_id = CASE WHEN $4 THEN $5::uuid ELSE parent_id END, updated_at = now() WHERE id = $1 RETURNING ]] .. COLUMNS,
@@ -156,8 +156,9 @@ function _M.update(req)
       type(doc.parent_id) == "string" and doc.parent_id or db.null)
     if uerr then return nil, uerr, ucode, ustate end
     if doc.name or doc.parent_id ~= nil then
-      local n, rerr, rcode = store.refresh_category_text(cur.id)
-      if not n then return nil, rerr, rcode end
+      local ids, rerr, rcode = store.refresh_category_text(cur.id)
+      if not ids then return nil, rerr, rcode end
+      touched = ids
     end
     return r
   end)
@@ -166,6 +167,8 @@ function _M.update(req)
     if st then return st, b, h end
     return problem.from(code, err)
   end
+  -- The products' versions moved on: their cached reads would show the old ETag.
+  for i = 1, #(touched or {}), 200 do pcache.invalidate(unpack(touched, i, math.min(i + 199, #touched))) end
   return 200, public(row)
 end
 
@@ -188,15 +191,15 @@ function _M.delete(req)
   return 204
 end
 
--- GET /tags?limit=&cursor=: tags of active products with their counts, most used first.
+-- GET /tags?limit=&cursor=: tags of active products with their counts, most used first, read
+-- from tag_counts (kept by a trigger on products, migration 053) — not aggregated per call.
 function _M.tags(req)
   local page, status, body, headers = pagination.params(req.query)
   if not page then return status, body, headers end
   local a = page.after
-  if a and (type(a.c) ~= "number" or type(a.t) ~= "string") then return bad_cursor() end
-  local rows, err, code = db.query([[SELECT tag, count FROM (
-      SELECT t.tag, count(*) AS count FROM products p, unnest(p.tags) AS t(tag) WHERE p.status = 'active' GROUP BY t.tag) x
-    WHERE $1::bigint IS NULL OR count < $1::bigint OR (count = $1::bigint AND tag > $2::text)
+  if a and (not pagination.whole(a.c) or type(a.t) ~= "string") then return bad_cursor() end
+  local rows, err, code = db.query([[SELECT tag, count FROM tag_counts
+    WHERE count > 0 AND ($1::bigint IS NULL OR count < $1::bigint OR (count = $1::bigint AND tag > $2::text))
     ORDER BY count DESC, tag ASC LIMIT $3]], a and a.c or db.null, a and a.t or db.null, page.limit + 1)
   if not rows then return problem.from(code, err) end
   return 200, pagination.result(rows, page.limit, function(r) return { c = r.count, t = r.tag } end,

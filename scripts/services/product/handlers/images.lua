@@ -9,14 +9,17 @@
 --   { "GET",  "/images/{key*}",        images.serve },
 local crypto = require "crypto"
 local db = require "db"
+local log = require "log"
+local ownership = require "lib.ownership"
 local problem = require "lib.problem"
+local uuid = require "lib.uuid"
 local s3 = require "s3"
+local pcache = require "services.product.cache"
+local store = require "services.product.store"
 
 local _M = {}
 
 _M.MAX_BYTES = 5 * 1024 * 1024
-
-local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
 
 -- Accepted types: the extension of the key and a check of the file's first bytes.
 local TYPES = {
@@ -26,17 +29,30 @@ local TYPES = {
 }
 local ACCEPTED = "image/png, image/jpeg or image/webp"
 
+local function full()
+  return problem.conflict(("A product has at most %d images."):format(store.MAX_IMAGES))
+end
+
 local function media_type(req)
   local ct = req:header("Content-Type")
   local m = ct and ct:match("^%s*([^;%s]+)")
   return m and m:lower()
 end
 
--- POST /products/{id}/images (raw image bytes) → 201 { key, url }.
+-- POST /products/{id}/images (raw image bytes) → 201 { key, url }. The product and its owner
+-- are checked first (404, 403), then the bytes (415, 422): RFC 9110 has the resource's
+-- existence and the caller's rights answered before what is wrong with the representation.
 function _M.upload(req)
   local id = req.params.id
-  if not (type(id) == "string" and id:match(UUID)) then return problem.not_found("product", id) end
+  if not uuid.valid(id) then return problem.not_found("product", id) end
   id = id:lower()
+  local row, err, code = db.query_one(
+    "SELECT seller_id, cardinality(images) AS n FROM products WHERE id = $1 AND status = 'active'", id)
+  if err then return problem.from(code, err) end
+  if not row then return problem.not_found("product", id) end
+  if not ownership.may_change(req.claims, row.seller_id) then
+    return problem.forbidden("Only the product's seller or an admin may add images.")
+  end
   local t = TYPES[media_type(req) or ""]
   if not t then return problem.unsupported_media_type(ACCEPTED) end
   local body = req.body
@@ -45,16 +61,21 @@ function _M.upload(req)
   if not t.magic(body) then
     return problem.new(415, "The bytes are not a " .. t.ext:upper() .. " image; Content-Type must be " .. ACCEPTED .. ".")
   end
-  local row, err, code = db.query_one("SELECT seller_id FROM products WHERE id = $1 AND status = 'active'", id)
-  if err then return problem.from(code, err) end
-  if not row then return problem.not_found("product", id) end
-  local claims = req.claims
-  if claims.role ~= "admin" and claims.sub ~= row.seller_id then
-    return problem.forbidden("Only the product's seller or an admin may add images.")
-  end
+  if row.n >= store.MAX_IMAGES then return full() end
   local key = ("products/%s/%s.%s"):format(id, crypto.uuid4(), t.ext)
   local ok, perr, pcode = s3.put(key, body, media_type(req))
   if not ok then return problem.from(pcode, perr) end
+  -- Recorded on the product after the object is stored; if that fails the object goes again.
+  local res
+  res, err, code = store.add_image(id, key, media_type(req), #body)
+  if not res or res.refused then
+    local dok, derr = s3.delete(key)
+    if not dok then log.warn("image upload: an unrecorded object is left in the store", { key = key, error = tostring(derr) }) end
+    if not res then return problem.from(code, err) end
+    if res.refused == "full" then return full() end
+    return problem.not_found("product", id)
+  end
+  pcache.invalidate(id)
   return 201, { key = key, url = s3.url(key) }, { Location = s3.url(key) }
 end
 

@@ -11,21 +11,24 @@
 --   { "DELETE", "/internal/reservations/{id}",        inventory.release, scope = "inventory" },
 local db = require "db"
 local inventory = require "inventory"
+local etag = require "lib.etag"
+local ownership = require "lib.ownership"
 local pcache = require "services.product.cache"
 local problem = require "lib.problem"
+local uuid = require "lib.uuid"
 local validate = require "lib.validate"
+local S = require "services.product.schema"
 
 local _M = {}
 
-local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
 local MAX_ITEMS = 100
 local DEFAULT_TTL = 1800   -- seconds: the order service's default payment timeout (30 min)
 
-local function is_uuid(s) return type(s) == "string" and s:match(UUID) ~= nil end
+local is_uuid = uuid.valid
 
 local function level_body(lvl)
   return { stock = lvl.stock, reserved = lvl.reserved, version = lvl.version },
-    { ETag = '"' .. string.format("%d", lvl.version) .. '"' }
+    { ETag = etag.of(lvl.version) }
 end
 
 -- GET /products/{id}/inventory → { stock, reserved, version } (public, like the product).
@@ -47,32 +50,43 @@ local function owner_of(id)
   return row.seller_id
 end
 
--- `If-Match: "7"` (or W/"7", or 7) → 7; nil when absent or not a version.
-local function if_match(req)
-  local v = req:header("If-Match")
-  if not v then return nil, false end
-  local n = v:match('^%s*W?/?"?(%d+)"?%s*$')
-  return n and tonumber(n), true
-end
+-- The stock a seller may set: the bounds of POST /products (services.product.schema).
+local STOCK = { stock = { type = "integer", required = true, min = 0, max = S.MAX_STOCK } }
 
-local STOCK = { stock = { type = "integer", required = true, min = 0, max = 2147483647 } }
-
--- PUT /products/{id}/inventory {stock} with If-Match (owner or admin): 428 without, 412 stale.
+-- PUT /products/{id}/inventory {stock} with If-Match (owner or admin): 428 without; 412 when
+-- it names no current version — stale, or not a strong entity-tag (W/"7" and a bare 7 never
+-- match: RFC 9110 §13.1.1 compares If-Match strongly). A list may name several versions.
 function _M.put(req)
   local id = req.params.id
   if not is_uuid(id) then return problem.not_found("product", id) end
+  id = id:lower()
   local doc, status, body, headers = validate.body(req, STOCK)
   if not doc then return status, body, headers end
   local owner, pst, pbody, pheaders = owner_of(id)
   if not owner then return pst, pbody, pheaders end
-  local claims = req.claims
-  if claims.role ~= "admin" and claims.sub ~= owner then
+  if not ownership.may_change(req.claims, owner) then
     return problem.forbidden("Only the product's seller or an admin may change its stock.")
   end
-  local version, present = if_match(req)
-  if not present then return problem.new(428, 'This request requires If-Match: "<version>" (see the ETag of GET).') end
-  if not version then return problem.new(412, "If-Match does not name a version of this inventory.") end
-  local lvl, err, code, current = inventory.set_stock(id, doc.stock, version)
+  local raw = req:header("If-Match")
+  if not raw or raw:match("^%s*$") then
+    return problem.new(428, 'This request requires If-Match: "<version>" (see the ETag of GET).')
+  end
+  local want, expected = etag.versions(raw, false), nil
+  if want ~= "*" then
+    if #want == 1 then
+      expected = want[1]
+    else   -- none or several: held to the current version when the list names it
+      local cur, err, code = inventory.get(id)
+      if err then return problem.from(code, err) end
+      if not cur then return problem.not_found("product", id) end
+      if not etag.matches(want, cur.version) then
+        local _, h = level_body(cur)
+        return problem.new(412, "If-Match names no current version of this inventory (a strong ETag such as \"7\").", nil, h)
+      end
+      expected = cur.version
+    end
+  end
+  local lvl, err, code, current = inventory.set_stock(id, doc.stock, expected)
   if err and current then
     local _, h = level_body(current)
     return problem.new(412, "The inventory changed since you read it; GET it again.", nil, h)

@@ -9,6 +9,8 @@
 -- 404/403 and body errors (400/415/422) win over 412. DELETE honours If-Match when sent.
 local crypto = require "crypto"
 local json = require "json"
+local etag_lib = require "lib.etag"
+local ownership = require "lib.ownership"
 local pagination = require "lib.pagination"
 local problem = require "lib.problem"
 local validate = require "lib.validate"
@@ -20,7 +22,7 @@ local uuid = require "lib.uuid"
 
 local _M = {}
 
-local function etag(version) return ('"%d"'):format(version) end
+local etag = etag_lib.of
 
 local function doc_headers(row, extra)
   local h = { ETag = etag(row.version), ["Content-Type"] = "application/json" }
@@ -29,31 +31,9 @@ local function doc_headers(row, extra)
 end
 
 -- Whether the caller may change a product owned by row.seller_id.
-local function owns(claims, row)
-  return claims.role == "admin" or (claims.role == "seller" and claims.sub == row.seller_id)
-end
+local function owns(claims, row) return ownership.may_change(claims, row.seller_id) end
 
--- If-Match / If-None-Match → the list of versions it names, or "*"; nil when absent or
--- unparseable (W/ tags never match If-Match: it uses the strong comparison).
-local function etag_versions(value, weak_ok)
-  if not value then return nil end
-  value = value:match("^%s*(.-)%s*$")
-  if value == "*" then return "*" end
-  local out = {}
-  for item in value:gmatch("[^,]+") do
-    item = item:match("^%s*(.-)%s*$")
-    local weak, v = item:match('^(W/)"(%d+)"$')
-    if not weak then v = item:match('^"(%d+)"$') end
-    if v and (weak == nil or weak_ok) then out[#out + 1] = tonumber(v) end
-  end
-  return out
-end
-
-local function matches(list, version)
-  if list == "*" then return true end
-  for _, v in ipairs(list) do if v == version then return true end end
-  return false
-end
+local etag_versions, matches = etag_lib.versions, etag_lib.matches
 
 -- ---- reads -----------------------------------------------------------------------------------
 
@@ -120,11 +100,24 @@ function _M.list(req)
   return 200, res
 end
 
+-- A product that is not active: 404 to everyone but its owner and admins (CONTRACT §6), who
+-- see its document with status "deleted" and deleted_at — never cached, never shared.
+local function deleted_view(req, id)
+  local claims = req.claims
+  if not (claims and (claims.role == "admin" or claims.role == "seller")) then return problem.not_found("product", id) end
+  local row, err, code = store.get_any(id)
+  if err then return problem.from(code, err) end
+  if not row or not ownership.may_change(claims, row.seller_id) then return problem.not_found("product", id) end
+  local doc = store.public(row)
+  doc.status, doc.deleted_at = row.status, row.deleted_at
+  return 200, doc, doc_headers(row, { ["Cache-Control"] = "private, no-store" })
+end
+
 -- GET /products/{id}: from the Redis read cache when it has it (the cached JSON is sent as
 -- it is), else PostgreSQL, then cached. 304 when If-None-Match names the current version.
 function _M.show(req)
   local id = req.params.id
-  if not store.is_uuid(id) then return problem.not_found("product", id) end
+  if not uuid.valid(id) then return problem.not_found("product", id) end
   id = id:lower()
   local inm = etag_versions(req:header("If-None-Match"), true)
   local version, cached = pcache.get(id)
@@ -136,7 +129,7 @@ function _M.show(req)
   end
   local row, err, code = store.get(id)
   if err then return problem.from(code, err) end
-  if not row then return problem.not_found("product", id) end
+  if not row then return deleted_view(req, id) end
   if inm and matches(inm, row.version) then return 304, nil, { ETag = etag(row.version) } end
   local text = json.encode(store.public(row))
   pcache.put(id, row.version, text)
@@ -158,7 +151,7 @@ function _M.create(req)
   end
   if doc.category_id == json.null then doc.category_id = nil end
   local seller = req.claims.sub
-  if not store.is_uuid(seller) then
+  if not uuid.valid(seller) then
     return problem.forbidden("Only a seller account (a token whose subject is a user id) can own products.")
   end
   local id = crypto.uuid7()
@@ -177,7 +170,7 @@ end
 
 function _M.update(req)
   local id = req.params.id
-  if not store.is_uuid(id) then return problem.not_found("product", id) end
+  if not uuid.valid(id) then return problem.not_found("product", id) end
   id = id:lower()
   local cur, err, code = store.get(id)
   if err then return problem.from(code, err) end
@@ -197,11 +190,14 @@ function _M.update(req)
     if ok == nil then return problem.from(ccode, cerr) end
     if not ok then return problem.validation({ { field = "category_id", message = "no such category" } }) end
   end
+  -- A list naming the version just read is held to it (the store re-checks it on the locked row).
   local want = etag_versions(raw_if, false)
   local version = nil
   if want ~= "*" then
-    if #want ~= 1 then return problem.new(412, "If-Match names no current version of this product.", nil, { ETag = etag(cur.version) }) end
-    version = want[1]
+    if not matches(want, cur.version) then
+      return problem.new(412, "If-Match names no current version of this product.", nil, { ETag = etag(cur.version) })
+    end
+    version = cur.version
   end
   local res
   res, err, code = store.update(id, version, doc, function(row) return owns(req.claims, row) end)
@@ -213,15 +209,24 @@ end
 
 function _M.delete(req)
   local id = req.params.id
-  if not store.is_uuid(id) then return problem.not_found("product", id) end
+  if not uuid.valid(id) then return problem.not_found("product", id) end
   id = id:lower()
   local version
   local raw_if = req:header("If-Match")
   if raw_if and not raw_if:match("^%s*$") then
     local want = etag_versions(raw_if, false)
     if want ~= "*" then
-      if #want ~= 1 then return problem.new(412, "If-Match names no current version of this product.") end
-      version = want[1]
+      if #want ~= 1 then
+        local cur, err, code = store.get(id)
+        if err then return problem.from(code, err) end
+        if not cur then return problem.not_found("product", id) end
+        if not matches(want, cur.version) then
+          return problem.new(412, "If-Match names no current version of this product.", nil, { ETag = etag(cur.version) })
+        end
+        version = cur.version
+      else
+        version = want[1]
+      end
     end
   end
   local res, err, code = store.delete(id, version, function(row) return owns(req.claims, row) end)
