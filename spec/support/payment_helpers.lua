@@ -74,6 +74,7 @@ end
 -- Call the stand-in's API as Stripe's client would (form body).
 function M.stripe(s, method, path, form)
   local body = form and require("stripe").form(form) or nil
+  if method == "GET" and body then path, body = path .. "?" .. body, nil end
   local r = assert(http.request { method = method, url = s.url .. path, body = body,
     headers = { Authorization = "Bearer " .. M.API_KEY, ["Content-Type"] = "application/x-www-form-urlencoded" } })
   return r.status, cjson.decode(r.body)
