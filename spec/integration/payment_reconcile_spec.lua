@@ -1,4 +1,5 @@
 -- spec/integration/payment_reconcile_spec.lua: Stripe down and reconciliation — a create while
+-- luacheck: max line length 170
 -- the stand-in is stopped is 503 and keeps its row; once Stripe is back, reconciliation makes
 -- its PaymentIntent (same Idempotency-Key), repairs a payment whose webhook never came and
 -- emits its event once (not again when the webhook arrives late), and records every run.

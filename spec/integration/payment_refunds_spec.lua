@@ -1,4 +1,5 @@
 -- spec/integration/payment_refunds_spec.lua: refunds — full and partial, never more than
+-- luacheck: max line length 170
 -- captured (also under 20 concurrent requests with different keys), Idempotency-Key honoured
 -- (20 concurrent requests with one key → one refund; same key + other body → 422), admin and
 -- the order service only, payment.refunded once per refund even when Stripe's charge.refunded

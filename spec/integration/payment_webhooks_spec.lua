@@ -1,4 +1,5 @@
 -- spec/integration/payment_webhooks_spec.lua: POST /webhooks/stripe — Stripe-Signature checked
+-- luacheck: max line length 170
 -- against headers made by Stripe's own helper (stripe.webhooks.generateTestHeaderString from
 -- the npm library): valid, forged, stale, future, several v1, missing, malformed, one byte
 -- changed; every order of five events of one PaymentIntent ends in Stripe's final state; 20

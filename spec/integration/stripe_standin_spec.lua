@@ -1,4 +1,5 @@
 -- spec/integration/stripe_standin_spec.lua: the local Stripe stand-in's wire format, checked by
+-- luacheck: max line length 170
 -- driving it with the official `stripe` npm library (spec/fixtures/payment/stripe_client.js):
 -- PaymentIntents create/retrieve/confirm/cancel, the test cards, refunds, idempotency keys and
 -- Stripe's error shapes as the library reads them. With STRIPE_TEST_KEY set, the same flow

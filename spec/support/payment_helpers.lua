@@ -1,4 +1,5 @@
 -- spec/support/payment_helpers.lua: a real payment service for integration specs — a fresh
+-- luacheck: max line length 170
 -- database of its own, Redis and RabbitMQ from the private stack, tokens signed with the
 -- product specs' key pair (support.product_helpers) — in front of the local Stripe stand-in
 -- (scripts/dev/stripe_standin.js, a Node process started and stopped here by PID), which sends

@@ -1,4 +1,5 @@
 -- scripts/services/payment/handlers/reconcile.lua: POST /payments/reconcile (admin) — one
+-- luacheck: max line length 170
 -- reconciliation run now (services.payment.reconcile); answers its record.
 local problem = require "lib.problem"
 local reconcile = require "services.payment.reconcile"
