@@ -211,6 +211,13 @@ local starters = {
     srv.close = function() return P.stop(srv) end
     return srv
   end,
+  payment = function()
+    local env = require("support.payment_helpers").start()
+    local srv = env.svc
+    srv.token = function(role, scope) return (P.token(scope and "service" or role, nil, scope and { scope = scope } or nil)) end
+    srv.close = function() return require("support.payment_helpers").stop(env) end
+    return srv
+  end,
 }
 
 describe("invalid UTF-8 from a client", function()
