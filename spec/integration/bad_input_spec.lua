@@ -247,7 +247,10 @@ describe("invalid UTF-8 from a client", function()
     local names = {}
     for _, svc in ipairs(svcs) do names[#names + 1] = svc.name; assert.is_true(#svc.routes > 0) end
     table.sort(names)
-    assert.same({ "product", "user" }, names)
+    -- every folder under scripts/services is one of the five services (others land branch by branch)
+    local known = { user = true, product = true, order = true, payment = true, notification = true }
+    for _, n in ipairs(names) do assert.is_true(known[n] == true, n) end
+    assert.is_true(#names >= 3)
   end)
 
   it("never gets a 5xx, and every answer is a problem document, from every service and the gateway", function()
