@@ -57,6 +57,21 @@ for s in "${SERVICES[@]}"; do
 done
 export JWKS_URL=${JWKS_URL:-$USER_SERVICE_URL/.well-known/jwks.json}
 
+# The local Stripe stand-in (scripts/dev/stripe_standin.js; not Stripe) unless a Stripe key is
+# set: it answers the payment service's API calls and sends signed webhooks to it.
+if [ -z "${STRIPE_API_KEY:-}${STRIPE_TEST_KEY:-}" ]; then
+    STRIPE_STANDIN_PORT=${STRIPE_STANDIN_PORT:-12111}
+    export STRIPE_API_KEY=sk_test_mercato_standin STRIPE_API_BASE=http://127.0.0.1:$STRIPE_STANDIN_PORT
+    STRIPE_STANDIN_PORT=$STRIPE_STANDIN_PORT STRIPE_WEBHOOK_URL=$PAYMENT_SERVICE_URL/webhooks/stripe \
+        node scripts/dev/stripe_standin.js >"$LOGS/stripe-standin.log" 2>&1 &
+    PIDS[stripe-standin]=$!
+    for _ in $(seq 1 50); do
+        curl -fs -o /dev/null "$STRIPE_API_BASE/_standin/health" && break
+        sleep 0.1
+    done
+    curl -fs -o /dev/null "$STRIPE_API_BASE/_standin/health" || { log "the Stripe stand-in did not start: see $LOGS/stripe-standin.log"; exit 1; }
+fi
+
 start() {   # start NAME: one mercato process, its log under .run/logs
     local name=$1 db_var="DATABASE_URL_${1^^}"
     SERVICE=$name PORT=${PORTS[$name]} DATABASE_URL=${!db_var:-} "$BIN" >"$LOGS/$name.log" 2>&1 &
@@ -114,6 +129,7 @@ fi
     echo "SERVICE_CLIENT_SECRET=$SERVICE_CLIENT_SECRET"
     echo "STRIPE_WEBHOOK_SECRET=$STRIPE_WEBHOOK_SECRET"
     echo "STRIPE_API_BASE=${STRIPE_API_BASE:-}"
+    if [ -n "${PIDS[stripe-standin]:-}" ]; then echo "STRIPE_API_KEY=$STRIPE_API_KEY"; fi
     echo "SMTP_API_URL=$SMTP_API_URL"
     echo "AMQP_URL=$AMQP_URL"
     echo "REDIS_URL=$REDIS_URL"

@@ -211,6 +211,13 @@ local starters = {
     srv.close = function() return P.stop(srv) end
     return srv
   end,
+  payment = function()
+    local env = require("support.payment_helpers").start()
+    local srv = env.svc
+    srv.token = function(role, scope) return (P.token(scope and "service" or role, nil, scope and { scope = scope } or nil)) end
+    srv.close = function() return require("support.payment_helpers").stop(env) end
+    return srv
+  end,
 }
 
 describe("invalid UTF-8 from a client", function()
@@ -240,7 +247,10 @@ describe("invalid UTF-8 from a client", function()
     local names = {}
     for _, svc in ipairs(svcs) do names[#names + 1] = svc.name; assert.is_true(#svc.routes > 0) end
     table.sort(names)
-    assert.same({ "product", "user" }, names)
+    -- every folder under scripts/services is one of the five services (others land branch by branch)
+    local known = { user = true, product = true, order = true, payment = true, notification = true }
+    for _, n in ipairs(names) do assert.is_true(known[n] == true, n) end
+    assert.is_true(#names >= 3)
   end)
 
   it("never gets a 5xx, and every answer is a problem document, from every service and the gateway", function()

@@ -1,4 +1,5 @@
 -- spec/integration/payment_flow_spec.lua: the payment service end to end against the local
+-- luacheck: max line length 170
 -- Stripe stand-in — PaymentIntents per order (idempotent), the test cards through signed
 -- webhooks to payment.completed / payment.failed, cancel, owner/admin reads, bad input.
 local cjson = require "cjson.safe"
@@ -78,7 +79,8 @@ describe("payment service", function()
     assert.is_truthy(PAY.eventually(function() return status_of(p.id) == "failed" end))
     PAY.sleep(0.6)
     assert.are.equal(1, outbox_count("payment.failed", p.id))
-    assert.are.equal("generic_decline", PAY.sql(env, ("SELECT payload->'data'->>'reason' FROM outbox WHERE type = 'payment.failed' AND payload->'data'->>'payment_id' = '%s'"):format(p.id)))
+    assert.are.equal("generic_decline", PAY.sql(env, ("SELECT payload->'data'->>'reason' FROM outbox WHERE type = 'payment.failed'"
+      .. " AND payload->'data'->>'payment_id' = '%s'"):format(p.id)))
   end)
 
   it("cancels an unpaid payment (idempotently) and answers 409 with the status once it succeeded", function()

@@ -1,4 +1,5 @@
 -- spec/support/payment_helpers.lua: a real payment service for integration specs — a fresh
+-- luacheck: max line length 170
 -- database of its own, Redis and RabbitMQ from the private stack, tokens signed with the
 -- product specs' key pair (support.product_helpers) — in front of the local Stripe stand-in
 -- (scripts/dev/stripe_standin.js, a Node process started and stopped here by PID), which sends
@@ -11,6 +12,7 @@ local cjson = require "cjson.safe"
 local crypto = require "crypto"
 local http = require "http"
 local P = require "support.product_helpers"
+local raw = require "support.raw_http"
 local server = require "support.server"
 
 local M = {}
@@ -73,6 +75,7 @@ end
 -- Call the stand-in's API as Stripe's client would (form body).
 function M.stripe(s, method, path, form)
   local body = form and require("stripe").form(form) or nil
+  if method == "GET" and body then path, body = path .. "?" .. body, nil end
   local r = assert(http.request { method = method, url = s.url .. path, body = body,
     headers = { Authorization = "Bearer " .. M.API_KEY, ["Content-Type"] = "application/x-www-form-urlencoded" } })
   return r.status, cjson.decode(r.body)
@@ -159,6 +162,27 @@ function M.sign_headers(list)
   os.remove(f)
   assert(rc == 0, "sign failed: " .. out)
   return cjson.decode(out)
+end
+
+-- Send every request on its own connection first, then read every answer, so the service
+-- sees them at once. reqs = { { method, path, headers = {}, body = "" }, ... } → responses.
+function M.concurrently(port, reqs)
+  local socks, out = {}, {}
+  for i, r in ipairs(reqs) do
+    local lines = { r.method .. " " .. r.path .. " HTTP/1.1", "Host: 127.0.0.1" }
+    for k, v in pairs(r.headers or {}) do lines[#lines + 1] = k .. ": " .. v end
+    local body = r.body or ""
+    lines[#lines + 1] = "Content-Length: " .. #body
+    lines[#lines + 1] = ""
+    lines[#lines + 1] = body
+    socks[i] = assert(raw.connect(port, 30))
+    assert(socks[i]:send(table.concat(lines, "\r\n")))
+  end
+  for i, s in ipairs(socks) do
+    out[i] = assert(raw.read_response(s))
+    s:close()
+  end
+  return out
 end
 
 return M

@@ -1,4 +1,5 @@
 -- scripts/services/payment/reconcile.lua: compare the payments that are not final with Stripe,
+-- luacheck: max line length 170
 -- repair them (forward only, as a webhook would: the same store.advance, so a missed event is
 -- emitted once, and never again when its webhook arrives late) and record the run.
 -- Run by the job (jobs.lua, every RECONCILE_EVERY_S) and by POST /payments/reconcile (admin).
@@ -54,7 +55,10 @@ function _M.run(trigger, min_age_s)
     counts.checked = counts.checked + 1
     if outcome ~= "checked" then counts[outcome] = counts[outcome] + 1 end
   end
-  if not rows then counts.failed = counts.failed + 1 end
+  if not rows then
+    counts.failed = counts.failed + 1
+    log.warn("reconcile: listing open payments failed", { error = tostring(err), code = code })
+  end
   local done, uerr, ucode = db.query_one([[UPDATE reconciliation_runs SET finished_at = clock_timestamp(), checked = $2,
     repaired = $3, failed = $4 WHERE id = $1 RETURNING id, trigger, started_at, finished_at, checked, repaired, failed]],
     run.id, counts.checked, counts.repaired, counts.failed)

@@ -1,4 +1,5 @@
 -- scripts/services/payment/schema.lua: what the payment service accepts (lib.validate schemas).
+-- luacheck: max line length 170
 local _M = {}
 
 local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"

@@ -1,4 +1,5 @@
 -- scripts/services/payment/store.lua: the payment rows and the one way their status moves —
+-- luacheck: max line length 170
 -- forward only (a late `payment_failed` never undoes a `succeeded`), with a history row and
 -- the outbox event (payment.completed / payment.failed / payment.refunded) in the caller's
 -- transaction. Every change locks the payment row first, so webhooks, API calls and

@@ -1,4 +1,5 @@
 -- scripts/services/payment/handlers/payments.lua: PaymentIntents for orders — the order
+-- luacheck: max line length 170
 -- service's internal create (idempotent per order) and cancel, and the owner/admin reads
 -- (GET /payments/{id}, GET /payments?order_id=).
 local crypto = require "crypto"
@@ -88,7 +89,7 @@ function _M.cancel(req)
   end
   if p.status == "canceled" then return 200, { id = p.id, status = p.status } end
   if p.provider_id ~= db.null and p.provider_id ~= nil then
-    local pi, e = nil, nil
+    local pi, e
     pi, err, code, e = provider.cancel_intent(p.provider_id, p.id)
     if not pi and code == "invalid" and e and e.code == "payment_intent_unexpected_state" then
       pi, err, code = provider.retrieve_intent(p.provider_id)   -- it moved at Stripe: take its state

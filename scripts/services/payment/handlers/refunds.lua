@@ -1,4 +1,5 @@
 -- scripts/services/payment/handlers/refunds.lua: full and partial refunds
+-- luacheck: max line length 170
 -- (POST /payments/{id}/refunds, admin; POST /internal/payments/{id}/refunds, the order service).
 --
 -- Never more than captured: the refund is claimed as a `pending` row while the payment row is
