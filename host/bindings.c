@@ -22,6 +22,7 @@ extern const binding_t binding_queue;
 extern const binding_t binding_ratelimit;
 extern const binding_t binding_inventory;
 extern const binding_t binding_s3;
+extern const binding_t binding_smtp;
 
 static const binding_t *const all[] = {
     &binding_log,
@@ -37,6 +38,7 @@ static const binding_t *const all[] = {
     &binding_ratelimit,
     &binding_inventory,
     &binding_s3,
+    &binding_smtp,
 };
 
 #define NBINDINGS ((int)(sizeof all / sizeof all[0]))
