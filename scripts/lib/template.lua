@@ -252,8 +252,7 @@ function parse_tokens(toks, opts, depth)
     else
       local tag, line = t.tag, t.line
       local sigil = tag:sub(1, 1)
-      if sigil == "!" then
-        -- comment
+      if sigil == "!" then   -- luacheck: ignore 542 (a comment renders nothing)
       elseif sigil == "#" then
         local what, rest = tag:match("^#(%a+)%s*(.*)$")
         if what == "each" then

@@ -67,12 +67,14 @@ describe("lib.template", function()
 
   it("names the partial's file and line in its errors", function()
     local partials = { bad = "ok\n{{#if x}}" }
-    local err = compile_error("{{> bad}}", { name = "main.html", partial = function(n) return partials[n], "partials/" .. n .. ".html" end })
+    local function partial(n) return partials[n], "partials/" .. n .. ".html" end
+    local err = compile_error("{{> bad}}", { name = "main.html", partial = partial })
     assert.equal("partials/bad.html:2: {{#if}} is never closed", err)
   end)
 
   it("reports a missing partial and a partial cycle", function()
-    assert.equal("t.html:1: partial \"nope\" not found", compile_error("{{> nope}}", { name = "t.html", partial = function() end }))
+    local none = function() end
+    assert.equal("t.html:1: partial \"nope\" not found", compile_error("{{> nope}}", { name = "t.html", partial = none }))
     local err = compile_error("{{> a}}", { name = "t.html", partial = function() return "{{> a}}", "a.html" end })
     assert.matches("a.html:1: partial \"a\" nests deeper than", err)
   end)

@@ -70,11 +70,11 @@ function _M.retry(req)
   local id = req.params.id
   if not events.valid_uuid(id) then return problem.not_found("notification", id) end
   local row, err, code = store.retry(id)
-  if err then return problem.from(code, err) end
-  if row == nil then return problem.not_found("notification", id) end
-  if row == false then
+  if row == false then   -- err is its status
     return problem.new(409, "This notification was already sent; retrying it would send it twice.", { status = err })
   end
+  if err then return problem.from(code, err) end
+  if row == nil then return problem.not_found("notification", id) end
   return 200, store.public(row)
 end
 
