@@ -311,7 +311,7 @@ static size_t read_cb(char *dst, size_t size, size_t nmemb, void *arg)
     return n;
 }
 
-int smtp_send(const smtp_send_opts_t *o, const char *data, size_t len, char *err, size_t errlen,
+int smtp_send(CURL_handle_t *reuse, const smtp_send_opts_t *o, const char *data, size_t len, char *err, size_t errlen,
               const char **code, long *smtp_status)
 {
     *smtp_status = 0;
@@ -321,14 +321,15 @@ int smtp_send(const smtp_send_opts_t *o, const char *data, size_t len, char *err
     if (!smtp_address_valid(o->from_addr) || !smtp_address_valid(o->to_addr))
         return fail(err, errlen, "envelope addresses must be valid");
     *code = "unavailable";
-    CURL *c = curl_easy_init();
+    CURL *c = reuse ? reuse : curl_easy_init();
     if (!c) return fail(err, errlen, "cannot create a curl handle");
+    if (reuse) curl_easy_reset(c);   /* options only: the live connection stays */
     char from[SMTP_ADDR_MAX + 3], to[SMTP_ADDR_MAX + 3];
     snprintf(from, sizeof from, "<%s>", o->from_addr);
     snprintf(to, sizeof to, "<%s>", o->to_addr);
     struct curl_slist *rcpt = curl_slist_append(NULL, to);
     if (!rcpt) {
-        curl_easy_cleanup(c);
+        if (!reuse) curl_easy_cleanup(c);
         return fail(err, errlen, "out of memory");
     }
     upload_t up = { data, len, 0 };
@@ -350,7 +351,8 @@ int smtp_send(const smtp_send_opts_t *o, const char *data, size_t len, char *err
     CURLcode rc = curl_easy_perform(c);
     long status = 0;
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_cleanup(c);
+    if (!reuse) curl_easy_cleanup(c);
+    else curl_easy_setopt(c, CURLOPT_ERRORBUFFER, NULL);   /* ebuf dies with this call */
     curl_slist_free_all(rcpt);
     *smtp_status = status;
     if (rc == CURLE_OK) return 0;
@@ -481,7 +483,13 @@ static int l_send(lua_State *L)
     o.to_addr = m.to;
     const char *code;
     long status;
-    int rc = smtp_send(&o, out.data, out.len, err, sizeof err, &code, &status);
+    /* A runner's sends share one handle, so consecutive messages share one SMTP connection. */
+    CURL *c = NULL;
+    if (w) {
+        if (!w->binding[BIND_SMTP]) w->binding[BIND_SMTP] = curl_easy_init();
+        c = w->binding[BIND_SMTP];
+    }
+    int rc = smtp_send(c, &o, out.data, out.len, err, sizeof err, &code, &status);
     buf_free(&out);
     if (rc < 0) {
         fail_lua(L, err, code);
@@ -496,6 +504,12 @@ static int l_valid_address(lua_State *L)
 {
     lua_pushboolean(L, lua_type(L, 1) == LUA_TSTRING && smtp_address_valid(lua_tostring(L, 1)));
     return 1;
+}
+
+static void smtp_worker_free(worker_t *w)
+{
+    if (w->binding[BIND_SMTP]) curl_easy_cleanup(w->binding[BIND_SMTP]);
+    w->binding[BIND_SMTP] = NULL;
 }
 
 int luaopen_smtp(lua_State *L)
@@ -514,4 +528,5 @@ int luaopen_smtp(lua_State *L)
 const binding_t binding_smtp = {
     .name = "smtp",
     .open = luaopen_smtp,
+    .worker_free = smtp_worker_free,
 };

@@ -60,11 +60,14 @@ typedef struct {
     const char *ca_file;              /* NULL: the system's CAs */
 } smtp_send_opts_t;
 
-/* Send len bytes of a built message. Blocks up to timeout_ms. 0, or -1 with err and *code:
+/* Send len bytes of a built message on the easy handle c (NULL: a handle of its own, closed
+ * after). A handle kept between sends keeps its SMTP connection open: the next message goes on
+ * it (a connection the server closed is noticed and replaced). Blocks up to timeout_ms. 0, or -1 with err and *code:
  * "unavailable" (cannot connect, TLS refused, a 4xx answer: try again later), "timeout", or
  * "rejected" (a 5xx answer: the server will not take it as it is). *smtp_status gets the last
  * SMTP reply code (0 when none). */
-int smtp_send(const smtp_send_opts_t *o, const char *data, size_t len, char *err, size_t errlen,
+typedef void CURL_handle_t;   /* a CURL * (curl/curl.h stays out of this header) */
+int smtp_send(CURL_handle_t *c, const smtp_send_opts_t *o, const char *data, size_t len, char *err, size_t errlen,
               const char **code, long *smtp_status);
 
 #endif

@@ -257,6 +257,7 @@ typedef struct {
     int lfd, port;
     int rcpt_reply;            /* 250, 550, 451 */
     char data[8192];           /* the DATA received */
+    int messages;              /* DATA commands accepted on the one connection */
     char mail_from[1100], rcpt_to[1100];
 } fake_smtp_t;
 
@@ -296,6 +297,7 @@ static void *fake_smtp_serve(void *arg)
                 if (n + l + 2 < sizeof s->data) { memcpy(s->data + n, line, l); memcpy(s->data + n + l, "\r\n", 2); n += l + 2; }
             }
             s->data[n] = '\0';
+            s->messages++;
             say(fd, "250 queued\r\n");
         } else if (!strncasecmp(line, "QUIT", 4)) { say(fd, "221 bye\r\n"); break; }
         else if (!strncasecmp(line, "RSET", 4)) say(fd, "250 ok\r\n");
@@ -328,7 +330,7 @@ static int send_to_fake(fake_smtp_t *s, const char **code, long *status, char *e
     char url[64];
     snprintf(url, sizeof url, "smtp://127.0.0.1:%d", s->port);
     smtp_send_opts_t o = { .url = url, .from_addr = "no-reply@mercato.test", .to_addr = "ann@example.com", .timeout_ms = 3000 };
-    int rc = smtp_send(&o, b.data, b.len, err, errlen, code, status);
+    int rc = smtp_send(NULL, &o, b.data, b.len, err, errlen, code, status);
     buf_free(&b);
     pthread_join(t, NULL);
     close(s->lfd);
@@ -347,6 +349,27 @@ TEST(a_send_delivers_the_built_message)
     CHECK_STR(s.rcpt_to, "<ann@example.com>");
     CHECK(strstr(s.data, "Subject: Your order\r\n") != NULL);
     CHECK(strstr(s.data, "X-Mercato-Event-Id: ") != NULL);
+}
+
+TEST(a_kept_handle_sends_consecutive_messages_on_one_connection)
+{
+    static fake_smtp_t s = { .rcpt_reply = 250 };
+    CHECK_INT(fake_smtp_listen(&s), 0);
+    pthread_t t;
+    pthread_create(&t, NULL, fake_smtp_serve, &s);   /* serves one connection only */
+    char url[64], err[256] = "";
+    snprintf(url, sizeof url, "smtp://127.0.0.1:%d", s.port);
+    smtp_send_opts_t o = { .url = url, .from_addr = "a@b.io", .to_addr = "c@d.io", .timeout_ms = 3000 };
+    CURL *c = curl_easy_init();
+    const char *code = NULL;
+    long status = 0;
+    CHECK_INT(smtp_send(c, &o, "Subject: 1\r\n\r\none\r\n", 20, err, sizeof err, &code, &status), 0);
+    CHECK_INT(smtp_send(c, &o, "Subject: 2\r\n\r\ntwo\r\n", 20, err, sizeof err, &code, &status), 0);
+    curl_easy_cleanup(c);   /* QUIT */
+    pthread_join(t, NULL);
+    close(s.lfd);
+    CHECK_INT(s.messages, 2);
+    CHECK(strstr(s.data, "two") != NULL);
 }
 
 TEST(a_5xx_is_rejected_and_a_4xx_unavailable)
@@ -380,11 +403,11 @@ TEST(a_closed_port_is_unavailable_and_secrets_stay_out_of_the_error)
     const char *code = NULL;
     long status = 0;
     char err[256] = "";
-    CHECK_INT(smtp_send(&o, "x", 1, err, sizeof err, &code, &status), -1);
+    CHECK_INT(smtp_send(NULL, &o, "x", 1, err, sizeof err, &code, &status), -1);
     CHECK_STR(code, "unavailable");
     CHECK(strstr(err, "hunter2") == NULL);
     o.url = "http://127.0.0.1/";
-    CHECK_INT(smtp_send(&o, "x", 1, err, sizeof err, &code, &status), -1);
+    CHECK_INT(smtp_send(NULL, &o, "x", 1, err, sizeof err, &code, &status), -1);
     CHECK_STR(code, "invalid");
 }
 
@@ -425,6 +448,7 @@ int main(void)
     RUN(no_field_can_inject_a_header);
     RUN(non_ascii_subjects_and_names_are_encoded);
     RUN(a_send_delivers_the_built_message);
+    RUN(a_kept_handle_sends_consecutive_messages_on_one_connection);
     RUN(a_5xx_is_rejected_and_a_4xx_unavailable);
     RUN(a_closed_port_is_unavailable_and_secrets_stay_out_of_the_error);
     RUN(lua_build_returns_the_message_or_nil_err_invalid);
