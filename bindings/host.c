@@ -3,6 +3,7 @@
 
 #include "../host/bindings.h"
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "../core/loop.h"
@@ -25,6 +26,23 @@ static int l_asset(lua_State *L)
     const snapshot_asset_t *a = snap_of(L) ? snapshot_asset(snap_of(L), name) : NULL;
     if (!a) { lua_pushnil(L); return 1; }
     lua_pushlstring(L, a->data, a->len);
+    return 1;
+}
+
+/* host.assets("services/notification/templates/") → the names of the assets under that prefix,
+ * sorted (what `mercato check` compiles when a service checks its templates). */
+static int l_assets(lua_State *L)
+{
+    size_t plen;
+    const char *prefix = luaL_checklstring(L, 1, &plen);
+    const snapshot_t *s = snap_of(L);
+    lua_newtable(L);
+    int n = 0;
+    for (int i = 0; s && i < s->nassets; i++) {
+        if (strncmp(s->assets[i].name, prefix, plen) != 0) continue;
+        lua_pushstring(L, s->assets[i].name);
+        lua_rawseti(L, -2, ++n);
+    }
     return 1;
 }
 
@@ -99,7 +117,7 @@ static int l_env(lua_State *L)
 int luaopen_host(lua_State *L)
 {
     static const luaL_Reg fns[] = {
-        { "asset", l_asset }, { "generation", l_generation }, { "now", l_now }, { "env", l_env }, { "sleep", l_sleep }, { NULL, NULL },
+        { "asset", l_asset }, { "assets", l_assets }, { "generation", l_generation }, { "now", l_now }, { "env", l_env }, { "sleep", l_sleep }, { NULL, NULL },
     };
     lua_newtable(L);
     luaL_setfuncs(L, fns, 0);

@@ -23,6 +23,7 @@ extern const binding_t binding_ratelimit;
 extern const binding_t binding_inventory;
 extern const binding_t binding_s3;
 extern const binding_t binding_stripe;
+extern const binding_t binding_smtp;
 
 static const binding_t *const all[] = {
     &binding_log,
@@ -39,6 +40,7 @@ static const binding_t *const all[] = {
     &binding_inventory,
     &binding_s3,
     &binding_stripe,
+    &binding_smtp,
 };
 
 #define NBINDINGS ((int)(sizeof all / sizeof all[0]))

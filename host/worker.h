@@ -13,7 +13,7 @@
 #include "../core/ratelimit.h"
 
 /* Per-thread contexts of the bindings that hold connections; each binding frees its own. */
-enum { BIND_DB, BIND_DB_POOL, BIND_CACHE, BIND_QUEUE, BIND_JWT, BIND_MAX };
+enum { BIND_DB, BIND_DB_POOL, BIND_CACHE, BIND_QUEUE, BIND_JWT, BIND_SMTP, BIND_MAX };
 
 struct request;
 struct loop;

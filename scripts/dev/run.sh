@@ -38,6 +38,7 @@ secret() {
 }
 
 scripts/dev/stack.sh up
+CALLER_SMTP_URL=${SMTP_URL:-}   # a caller's SMTP server wins over the stack's maildev
 set -a
 # shellcheck disable=SC1090
 . <(scripts/dev/stack.sh env)
@@ -56,6 +57,7 @@ for s in "${SERVICES[@]}"; do
     export "${s^^}_SERVICE_URL=http://127.0.0.1:${PORTS[$s]}"
 done
 export JWKS_URL=${JWKS_URL:-$USER_SERVICE_URL/.well-known/jwks.json}
+export SMTP_URL=${CALLER_SMTP_URL:-$SMTP_URL} SMTP_FROM=${SMTP_FROM:-Mercato <no-reply@mercato.local>}
 
 # The local Stripe stand-in (scripts/dev/stripe_standin.js; not Stripe) unless a Stripe key is
 # set: it answers the payment service's API calls and sends signed webhooks to it.
@@ -131,6 +133,7 @@ fi
     echo "STRIPE_API_BASE=${STRIPE_API_BASE:-}"
     if [ -n "${PIDS[stripe-standin]:-}" ]; then echo "STRIPE_API_KEY=$STRIPE_API_KEY"; fi
     echo "SMTP_API_URL=$SMTP_API_URL"
+    # shellcheck disable=SC2153 # set by stack.sh env, above
     echo "AMQP_URL=$AMQP_URL"
     echo "REDIS_URL=$REDIS_URL"
     for s in "${SERVICES[@]}"; do

@@ -10,7 +10,7 @@
 #   status    one line per service; exit 0 if all run, 3 otherwise
 #   env       print KEY=value lines (DATABASE_URL_*, REDIS_URL, AMQP_URL, SMTP_*, S3_*)
 #   reset-db  drop and recreate the five databases (PostgreSQL must be up)
-#   stop|start|restart postgres|redis|rabbitmq
+#   stop|start|restart postgres|redis|rabbitmq|maildev
 #             stop and/or start one server, keeping its data (restart_spec.lua uses
 #             this to check that mercato reconnects; start waits until it is ready)
 #   rabbitmqctl ARGS...  run rabbitmqctl against the private node
@@ -456,14 +456,15 @@ s3_stop() {
 
 # ------------------------------------------------------------------ commands
 
-# cmd_one stop|start|restart postgres|redis|rabbitmq
+# cmd_one stop|start|restart postgres|redis|rabbitmq|maildev
 cmd_one() {
   local action=$1 name=${2:-} fn
   case "$name" in
     postgres) fn=pg ;;
     redis) fn=redis ;;
     rabbitmq) fn=rmq ;;
-    *) die "$action: expecting postgres, redis or rabbitmq, got '$name'" ;;
+    maildev) fn=maildev ;;
+    *) die "$action: expecting postgres, redis, rabbitmq or maildev, got '$name'" ;;
   esac
   mkdir -p "$RUN_DIR" "$LOG_DIR"
   if [ "$action" != start ]; then "${fn}_stop"; log "$name stopped"; fi

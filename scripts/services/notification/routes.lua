@@ -1,0 +1,13 @@
+-- scripts/services/notification/routes.lua: what the notification service answers (CONTRACT §6).
+-- Loading it also compiles every e-mail template: routes.lua is what `mercato check` and a hot
+-- reload run in their scratch state, so a broken template fails them with file:line and the
+-- old generation keeps serving.
+local n = require "services.notification.handlers.notifications"
+require("services.notification.templates").check()
+
+return {
+  { "GET",  "/notifications",             n.list, roles = { "admin" } },
+  { "GET",  "/notifications/me",          n.me, auth = "required" },
+  { "GET",  "/notifications/{id}",        n.show, auth = "required" },
+  { "POST", "/notifications/{id}/retry",  n.retry, roles = { "admin" }, max_body = 1024 },
+}
