@@ -121,9 +121,9 @@ describe("helm/mercato", function()
       end)
 
       it("gives every service a Deployment, Service, HPA, PDB, ConfigMap and NetworkPolicy; one Ingress to the gateway", function()
+        local kinds = { "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap", "NetworkPolicy" }
         for _, svc in ipairs(D.SERVICES) do
-          for _, kind in ipairs { "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap",
-                                  "NetworkPolicy" } do
+          for _, kind in ipairs(kinds) do
             assert.equal(1, #D.of_kind(objects, kind, svc), svc .. " " .. kind)
           end
           local hpa = D.of_kind(objects, "HorizontalPodAutoscaler", svc)[1]
@@ -161,8 +161,9 @@ describe("helm/mercato", function()
           assert.equal("sleep", c.lifecycle.preStop.exec.command[1])
           local pre = tonumber(c.lifecycle.preStop.exec.command[2])
           local drain = tonumber(env.SHUTDOWN_TIMEOUT_MS.value) / 1000
-          assert.is_true(pod.terminationGracePeriodSeconds > pre + drain,
-            ("%s: grace %ds is not above preStop %ds + SHUTDOWN_TIMEOUT_MS %ds"):format(svc, pod.terminationGracePeriodSeconds, pre, drain))
+          local grace = pod.terminationGracePeriodSeconds
+          assert.is_true(grace > pre + drain,
+            ("%s: grace %ds is not above preStop %ds + SHUTDOWN_TIMEOUT_MS %ds"):format(svc, grace, pre, drain))
           assert.truthy(c.resources.requests.cpu and c.resources.requests.memory and c.resources.limits.memory, svc)
           assert.is_true(pod.securityContext.runAsNonRoot)
           assert.equal("RuntimeDefault", pod.securityContext.seccompProfile.type)
@@ -196,9 +197,9 @@ describe("helm/mercato", function()
       end)
 
       it("ships every dashboard of helm/mercato/dashboards as a ConfigMap for Grafana's sidecar", function()
-        local files = D.sh("ls " .. D.CHART .. "/dashboards/*.json")
+        local listing = D.sh("ls " .. D.CHART .. "/dashboards/*.json")
         local n = 0
-        for path in files:gmatch("[^\n]+") do
+        for path in listing:gmatch("[^\n]+") do
           n = n + 1
           local base = path:match("([^/]+)$")
           local found

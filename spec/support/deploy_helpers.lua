@@ -119,7 +119,8 @@ function M.readme_env()
         local seen = false
         for _, v in ipairs(vars) do if v.name == name then seen = true end end
         if not seen and not name:match("^SO_") and not section:find("\n|%s*`" .. name .. "`") then   -- SO_*: socket options
-          vars[#vars + 1] = { name = name, default = "(see " .. (first:match("`([A-Z][A-Z0-9_]*)`") or "?") .. ")", meaning = meaning }
+          local row = first:match("`([A-Z][A-Z0-9_]*)`") or "?"
+          vars[#vars + 1] = { name = name, default = "(see " .. row .. ")", meaning = meaning }
         end
       end
     end
