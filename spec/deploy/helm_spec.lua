@@ -120,7 +120,7 @@ describe("helm/mercato", function()
         end
       end)
 
-      it("gives every service a Deployment, Service, HPA, PDB, ConfigMap and NetworkPolicy; one Ingress to the gateway", function()
+      it("gives every service a Deployment, Service, HPA, PDB, ConfigMap, NetworkPolicy; one Ingress to the gateway", function()
         local kinds = { "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap", "NetworkPolicy" }
         for _, svc in ipairs(D.SERVICES) do
           for _, kind in ipairs(kinds) do
