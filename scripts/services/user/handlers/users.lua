@@ -3,7 +3,7 @@
 local crypto = require "crypto"
 local db = require "db"
 local json = require "json"
-local limits = require "services.user.limits"
+local lockout = require "services.user.lockout"
 local pagination = require "lib.pagination"
 local problem = require "lib.problem"
 local revocations = require "services.user.revocations"
@@ -55,15 +55,16 @@ function _M.change_password(req)
   if not cred or cred.disabled then
     return problem.unauthorized("This account no longer exists or is disabled.", "invalid_token")
   end
-  local locked, left = limits.locked(cred.email)
-  if locked then return limits.locked_problem(left) end
+  local client = lockout.client(req, cred.email)
+  local locked, left = lockout.locked(cred.email, client)
+  if locked then return lockout.locked_problem(left) end
   local ok, verr, vcode = crypto.argon2_verify(cred.password_hash, doc.current_password)
   if ok == nil then return problem.from(vcode, verr) end
   if not ok then
-    limits.failed(cred.email)
+    lockout.failed(cred.email, client)
     return problem.validation({ { field = "current_password", message = "is not the current password" } })
   end
-  limits.succeeded(cred.email)
+  lockout.succeeded(cred.email, client)
   local hash, herr, hcode = crypto.argon2_hash(doc.new_password)
   if not hash then return problem.from(hcode, herr) end
   local sid = store.is_uuid(req.claims.sid) and req.claims.sid or nil
