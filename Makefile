@@ -118,3 +118,27 @@ lint:
 
 clean:
 	rm -rf $(BUILD)
+
+# ---- fuzzing (libFuzzer) ------------------------------------------------------------------
+# make fuzz            every tests/fuzz/fuzz_*.c target for FUZZ_SECONDS (default 1800) each,
+#                      one after the other, on its corpus under tests/fuzz/corpus/<target>/
+# make fuzz-build      only build them (build/fuzz/fuzz/<target>; clang, ASan + UBSan)
+# The library is rebuilt with clang under BUILD=build/fuzz so that the code under test carries
+# the fuzzer's coverage instrumentation; scripts/dev/fuzz.sh runs the targets.
+FUZZ_SECONDS ?= 1800
+FUZZ_SRC     := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_FLAGS   := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+.PHONY: fuzz fuzz-build fuzz-targets
+fuzz-build:
+	@$(MAKE) --no-print-directory BUILD=build/fuzz CC=clang OPT=-O1 EXTRA_CFLAGS="$(FUZZ_FLAGS)" \
+	  EXTRA_LDFLAGS="-fsanitize=fuzzer,address,undefined" fuzz-targets
+
+fuzz-targets: $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+
+$(BUILD)/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz.h $(LIB)
+	@mkdir -p $(@D)
+	@echo "  FUZZ    $@"
+	$(Q)$(CC) $(CFLAGS) -Itests/fuzz -o $@ $< $(LIB) $(LDFLAGS) $(LDLIBS)
+
+fuzz: fuzz-build
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/dev/fuzz.sh

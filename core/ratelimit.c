@@ -237,9 +237,15 @@ void ratelimit_check(const ratelimit_ctx_t *cx, const char *name, const char *ke
 /* The thread's connection on its loop (made on first use), or NULL. */
 static redis_async_t *async_of(const ratelimit_ctx_t *cx)
 {
+    if (!cx->loop || !cx->redis_url) return NULL;
     ratelimit_conn_t *rc = conn_of(cx);
     if (rc && !rc->as) rc->as = redis_async_new(cx->loop, cx->redis_url);
     return rc ? rc->as : NULL;
+}
+
+redis_async_t *ratelimit_redis_async(const ratelimit_ctx_t *cx)
+{
+    return async_of(cx);
 }
 
 /* ---- the same check on the loop ----------------------------------------------------------- */

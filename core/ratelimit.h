@@ -88,6 +88,10 @@ typedef void (*ratelimit_done_cb)(void *arg, const ratelimit_result_t *res);
 int ratelimit_check_async(const ratelimit_ctx_t *cx, const char *name, const char *key, size_t keylen,
                           const ratelimit_limit_t *lim, int64_t cost, int peek, ratelimit_result_t *out,
                           ratelimit_done_cb done, void *arg, ratelimit_wait_t **wait);
+/* The thread's non-blocking Redis connection on cx->loop (made on first use), shared by
+ * everything the host checks in Redis on that thread (limits, token revocations); NULL
+ * without a loop, without REDIS_URL, or out of memory. */
+struct redis_async *ratelimit_redis_async(const ratelimit_ctx_t *cx);
 /* Forget a pending check: done is never called. */
 void ratelimit_wait_cancel(ratelimit_wait_t *wait);
 

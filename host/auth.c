@@ -1,6 +1,7 @@
 /* auth: the bearer-token check that runs in C before a route's handler (route `auth`, `roles`,
  * `scope`), so that no handler can forget it. Tokens are verified by the same code as
- * jwt.verify (bindings/jwt_token.c); the claims reach Lua as req.claims. */
+ * jwt.verify (core/jwt_token.c); the claims reach Lua as req.claims. The subject's revocation
+ * record (host/revocation.c) may refuse a verified token or change the role it carries. */
 #include "auth.h"
 
 #include <lauxlib.h>
@@ -54,8 +55,26 @@ static int unauthorized(request_t *r, const char *err)
     return -1;
 }
 
-int auth_check(request_t *r, const route_info_t *ri)
+/* lua_cpcall body: set the claims table's role (the subject's current one). */
+static int set_role(lua_State *L)
 {
+    request_t *r = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->claims_ref);
+    lua_pushstring(L, r->auth_role);
+    lua_setfield(L, -2, "role");
+    return 0;
+}
+
+static void release_claims(request_t *r)
+{
+    if (r->claims_ref == LUA_NOREF) return;
+    luaL_unref(r->w->L, LUA_REGISTRYINDEX, r->claims_ref);
+    r->claims_ref = LUA_NOREF;
+}
+
+int auth_check(request_t *r, const route_info_t *ri, revocation_cb done, revocation_wait_t **wait)
+{
+    *wait = NULL;
     if (ri->auth == AUTH_NONE) return 0;
     size_t len = 0;
     const char *token = bearer_token(MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization"), &len);
@@ -73,16 +92,9 @@ int auth_check(request_t *r, const route_info_t *ri)
     if (code != JWT_TOKEN_OK) return unauthorized(r, err);
 
     json_span_t obj = { claims, claims + clen }, v;
-    if (ri->nroles > 0) {
-        char role[64];
-        int ok = 0;
-        if (json_reader_member(obj, "role", &v) == 0 && json_reader_string(v, role, sizeof role) == 0)
-            for (int i = 0; i < ri->nroles && !ok; i++) ok = strcmp(role, ri->roles[i]) == 0;
-        if (!ok) {
-            server_problem(r, 403, "Forbidden", "Your role does not allow this.", NULL, NULL);
-            return -1;
-        }
-    }
+    if (json_reader_member(obj, "role", &v) != 0 || json_reader_string(v, r->auth_role, sizeof r->auth_role) != 0)
+        r->auth_role[0] = 0;
+    if (json_reader_member(obj, "iat", &v) != 0 || json_reader_number(v, &r->auth_iat) != 0) r->auth_iat = 0;
     if (ri->scope) {
         char scopes[1024];
         if (json_reader_member(obj, "scope", &v) != 0 || json_reader_string(v, scopes, sizeof scopes) != 0 ||
@@ -101,5 +113,38 @@ int auth_check(request_t *r, const route_info_t *ri)
         return -1;
     }
     r->claims_ref = c.ref;   /* unref-ed by the server after the handler */
+
+    char sub[REVOCATION_SUB_MAX];
+    if (json_reader_member(obj, "sub", &v) != 0 || json_reader_string(v, sub, sizeof sub) != 0) sub[0] = 0;
+    revocation_t rec;
+    if (revocation_lookup(r->w, sub, strlen(sub), &rec, done, r, wait) == 1) return 1;
+    return auth_settle(r, ri, &rec);
+}
+
+int auth_settle(request_t *r, const route_info_t *ri, const revocation_t *rec)
+{
+    const char *role = NULL;
+    if (revocation_refuses(rec, r->auth_iat, &role)) {
+        release_claims(r);
+        return unauthorized(r, "token revoked");
+    }
+    if (role && strcmp(role, r->auth_role) != 0) {
+        snprintf(r->auth_role, sizeof r->auth_role, "%s", role);
+        if (lua_cpcall(r->w->L, set_role, r) != 0) {
+            lua_pop(r->w->L, 1);
+            release_claims(r);
+            server_problem(r, 503, "Service Unavailable", "out of memory", NULL, NULL);
+            return -1;
+        }
+    }
+    if (ri->nroles > 0) {
+        int ok = 0;
+        for (int i = 0; i < ri->nroles && !ok; i++) ok = strcmp(r->auth_role, ri->roles[i]) == 0;
+        if (!ok) {
+            release_claims(r);
+            server_problem(r, 403, "Forbidden", "Your role does not allow this.", NULL, NULL);
+            return -1;
+        }
+    }
     return 0;
 }

@@ -327,6 +327,22 @@ void server_settle(request_t *r)
     if (r->park == REQ_PARKED && !r->co && !r->wait_cancel) server_unpark(r);
 }
 
+/* A reload while Redis answered a parked check: the route table changed under the request.
+ * Its claims (if any) belong to a state that may be gone; match again and go round from the
+ * top (1), or answer 503 when the route is gone (0). */
+static int rematch_after_reload(request_t *r)
+{
+    r->claims_ref = LUA_NOREF;
+    dispatch_match(r, NULL, 0);
+    if (r->route < 0) {
+        server_problem(r, 503, "Service Unavailable", "The service was reloaded; try again.", "Retry-After", "1");
+        server_settle(r);
+        return 0;
+    }
+    r->step = STEP_LIMIT_IP;
+    return 1;
+}
+
 /* Redis answered a route's limit (on the loop): refuse, or go on where the checks were. */
 static void limit_done(void *arg, const ratelimit_result_t *res)
 {
@@ -334,18 +350,30 @@ static void limit_done(void *arg, const ratelimit_result_t *res)
     int allowed = ratelimit_answered(r, res);
     worker_t *w = r->w;
     if (r->generation != w->generation) {
-        /* A reload while Redis answered: the route table changed under the request. Its
-         * claims (if any) belong to a state that may be gone; go round again from the top. */
-        r->claims_ref = LUA_NOREF;
-        dispatch_match(r, NULL, 0);
-        if (r->route < 0) {
-            server_problem(r, 503, "Service Unavailable", "The service was reloaded; try again.", "Retry-After", "1");
-            server_settle(r);
-            return;
-        }
-        r->step = STEP_LIMIT_IP;
+        if (!rematch_after_reload(r)) return;
     } else if (!allowed) {
         ratelimit_refuse(r, w->snap->routes[r->route].rate_limit.name, res);
+        server_settle(r);
+        return;
+    }
+    proceed(r);
+}
+
+static void revocation_cancel(void *arg)
+{
+    revocation_wait_cancel(arg);
+}
+
+/* Redis answered the token subject's revocation record (on the loop): refuse, or go on. */
+static void auth_done(void *arg, const revocation_t *rec)
+{
+    request_t *r = arg;
+    worker_t *w = r->w;
+    r->wait_cancel = NULL;   /* the wait is over: its handle was freed by revocation.c */
+    r->wait_arg = NULL;
+    if (r->generation != w->generation) {
+        if (!rematch_after_reload(r)) return;
+    } else if (auth_settle(r, &w->snap->routes[r->route], rec) != 0) {
         server_settle(r);
         return;
     }
@@ -369,7 +397,10 @@ static void proceed(request_t *r)
             if (rc == 1) { ratelimit_park(r, wait); return; }
             if (rc < 0) break;   /* 429 queued */
         } else if (step == STEP_AUTH) {
-            if (auth_check(r, ri) != 0) break;   /* answered 401/403 */
+            revocation_wait_t *wait;
+            int rc = auth_check(r, ri, auth_done, &wait);
+            if (rc == 1) { server_park(r, revocation_cancel, wait); return; }
+            if (rc != 0) break;   /* answered 401/403 */
         } else {
             r->has_rl = r->rl.limit != 0;
             dispatch_lua(r);
@@ -392,5 +423,11 @@ void dispatch_forget(request_t *r)
 {
     worker_cancel_wait(r);
     if (r->park == REQ_PARKED) park_unlink(r->w, r);
-    if (r->co) release_coroutine(r, 0);
+    if (r->co) {
+        release_coroutine(r, 0);
+    } else if (r->claims_ref != LUA_NOREF && r->generation == r->w->generation) {
+        /* Gone while a check after auth waited on Redis: the handler never runs to release them. */
+        luaL_unref(r->w->L, LUA_REGISTRYINDEX, r->claims_ref);
+        r->claims_ref = LUA_NOREF;
+    }
 }

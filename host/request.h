@@ -43,6 +43,8 @@ typedef struct request {
     uint64_t start_ns;
     char id[72];                /* X-Request-Id: echoed (sanitised) or generated */
     int claims_ref;             /* registry ref to the verified token claims, or LUA_NOREF */
+    double auth_iat;            /* the verified token's iat (0 when absent) and role, kept while */
+    char auth_role[32];         /* its revocation record is looked up (host/auth.c) */
 
     /* The handler's coroutine (HTTP workers with a loop, ASYNC on): set from its first resume
      * until it ends; co_ref anchors it in the registry, released in one place (server.c). */

@@ -479,6 +479,7 @@ void worker_free(worker_t *w)
     httpc_free(w->httpc);   /* unwatches its connections: before the loop */
     gateway_worker_free(w);
     ratelimit_conn_free(w->ratelimit);   /* unwatches its async connection: before the loop */
+    free(w->revocations);
     loop_free(w->loop);   /* after the bindings: their async connections are watched by it */
     snapshot_unref(w->snap);
     logbuf_free(&w->access);   /* flushes; the metrics shard stays registered until exit */

@@ -43,6 +43,7 @@ typedef struct worker {
     struct httpc *httpc;         /* outbound HTTP on loop (or blocking); owned, made on first use */
     void *gateway;               /* SERVICE=gateway: its upstream connections (host/gateway.c) */
     struct ratelimit_conn *ratelimit;   /* its connections to Redis for limits (owned) */
+    void *revocations;           /* host/revocation.c: its cache of token revocation records (owned) */
     struct request *waiting;     /* requests whose handler coroutine is parked on I/O */
     int nwaiting;
     void (*resume)(struct request *r);   /* server.c: resume r->co with r->resume_n values */

@@ -64,6 +64,20 @@ lint_tap() {   # every C, Lua and shell linter (scripts/dev/lint.sh) as one TAP 
     else echo "not ok 1 - make lint found something (above)"; fi
 }
 
+fuzz_tap() {   # fuzz_tap TARGET: one libFuzzer target for FUZZ_TEST_SECONDS (30) as TAP (scripts/dev/fuzz.sh)
+    FUZZ_SECONDS=${FUZZ_TEST_SECONDS:-30} FUZZ_OUT=$out/fuzz scripts/dev/fuzz.sh "$1"
+}
+
+fuzz_tier() {  # every tests/fuzz/fuzz_*.c target, built with clang -fsanitize=fuzzer,address,undefined
+    if ! make --no-print-directory fuzz-build >"$out/fuzz-build.log" 2>&1; then
+        suite "fuzz/build" sh -c "cat $out/fuzz-build.log; exit 1"
+        return
+    fi
+    for f in tests/fuzz/fuzz_*.c; do
+        suite "fuzz/$(basename "$f" .c)" fuzz_tap "$(basename "$f" .c)"
+    done
+}
+
 unit_tier() {
     for t in build/tests/test_*; do
         [ -x "$t" ] && suite "c/$(basename "$t")" "$t"
@@ -80,6 +94,7 @@ unit_tier() {
     done
     suite "luacheck" luacheck_tap
     suite "lint" lint_tap
+    fuzz_tier
 }
 
 spec_tier() {

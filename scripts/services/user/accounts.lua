@@ -7,7 +7,7 @@ local crypto = require "crypto"
 local db = require "db"
 local host = require "host"
 local log = require "log"
-local limits = require "services.user.limits"
+local lockout = require "services.user.lockout"
 local store = require "services.user.store"
 local tokens = require "services.user.tokens"
 
@@ -77,15 +77,16 @@ function _M.is_service_client(id)
   return env("SERVICE_CLIENT_ID") == id
 end
 
--- Check an email and password with the same work whether the account exists or not.
+-- Check an email and password with the same work whether the account exists or not, under
+-- the lock-out of this client (lockout.client(req, email): its IP and device cookie).
 -- → user row | false, reason ("invalid" | "disabled" | "locked"), retry_after | nil, err, code
 -- (a dependency failure).
-function _M.authenticate(email, password)
+function _M.authenticate(email, password, client)
   if _M.is_admin_email(email) then
     local ok, err, code = _M.ensure_admin()
     if not ok then return nil, err, code end
   end
-  local locked, left = limits.locked(email)
+  local locked, left = lockout.locked(email, client)
   if locked then return false, "locked", left end
   local row, err, code = store.credentials_by_email(email)
   if err then return nil, err, code end
@@ -97,10 +98,10 @@ function _M.authenticate(email, password)
   end
   if ok == nil then return nil, verr, vcode end
   if not ok then
-    limits.failed(email)
+    lockout.failed(email, client)
     return false, "invalid"
   end
-  limits.succeeded(email)
+  lockout.succeeded(email, client)
   if row.disabled then return false, "disabled" end
   return row
 end

@@ -1,9 +1,11 @@
 -- scripts/services/user/jobs.lua: start-up bootstrap (admin, internal OAuth client; both
--- idempotent, retried until the database answers) and the purge of dead refresh tokens.
+-- idempotent, retried until the database answers), the purge of dead refresh tokens and the
+-- re-publishing of token revocation records.
 local db = require "db"
 local log = require "log"
 local accounts = require "services.user.accounts"
 local outbox = require "lib.outbox"
+local revocations = require "services.user.revocations"
 
 return {
   {
@@ -24,4 +26,7 @@ return {
     end,
   },
   outbox.purge_entry(),
+  -- Token revocation records changed in the last 16 min, written to Redis again: repairs a
+  -- write that failed after its change committed, and a Redis that restarted empty.
+  { name = "publish-revocations", every = 2, run = revocations.publish_recent },
 }

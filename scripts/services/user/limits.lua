@@ -3,8 +3,7 @@
 --
 --   routes.lua:  { "POST", "/auth/login", h, rate_limit = limits.route_option() }
 --   handler:     local st, body, headers = limits.ip(req, { route = true })  -- nil: go on; else 429
---   local locked, retry_after = limits.locked(email)    -- per-account failed-login lock-out
---   limits.failed(email); limits.succeeded(email)
+-- (The failed-login lock-out is services.user.lockout.)
 --
 -- Per IP: RATE_LIMIT_AUTH ("10/min" by default) over /auth/* and /oauth/token, one bucket
 -- "auth" per client IP. With the host's `ratelimit` binding, /auth/* are limited in C by the
@@ -14,14 +13,10 @@
 -- tokens at start-up and on every reload). Without the binding the same rules run here, on a
 -- fixed window in Redis. The client IP is the host's (TRUSTED_PROXIES) when it has one, else
 -- the peer, or the last X-Forwarded-For entry when the peer is loopback or private.
--- Per account: after LOCKOUT_AFTER failed logins within LOCKOUT_WINDOW seconds, every further
--- attempt waits 2^(failures - LOCKOUT_AFTER) seconds (capped at LOCKOUT_MAX): 429 with
--- Retry-After, whether the account exists or not, so the lock-out reveals nothing.
 -- Redis down: the limits fail open (logged; the binding falls back to an in-process table) —
 -- an outage of the limiter must not lock every user out; the argon2 gate still bounds the
 -- cost of each attempt.
 local cache = require "cache"
-local crypto = require "crypto"
 local host = require "host"
 local log = require "log"
 local problem = require "lib.problem"
@@ -31,7 +26,6 @@ if not has_rl then ratelimit = nil end
 
 local _M = {}
 
-local LOCKOUT_AFTER, LOCKOUT_WINDOW, LOCKOUT_MAX = 5, 900, 900
 local NAME = "auth"
 
 local units = { s = 1, sec = 1, second = 1, m = 60, min = 60, minute = 60, h = 3600, hour = 3600 }
@@ -116,60 +110,6 @@ function _M.ip(req, opts)
   if reset < 0 then reset = per end
   if count > limit then return too_many(limit, reset) end
   return nil
-end
-
-local function account_key(email)
-  return "lockout:" .. crypto.hex(crypto.sha256(tostring(email):lower()))
-end
-
--- Whether the account is locked out now; and the seconds left.
-function _M.locked(email)
-  local v, err = cache.call("HGET", account_key(email), "until")
-  if err then
-    log.warn("lock-out store unavailable; allowing the attempt", { error = tostring(err) })
-    return false
-  end
-  local left = (tonumber(v) or 0) - host.now()
-  if left > 0 then return true, left end
-  return false
-end
-
-local FAIL = [[
-local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
-local after, now, cap, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local wait = 0
-if n >= after then
-  wait = math.min(2 ^ (n - after), cap)
-  redis.call('HSET', KEYS[1], 'until', tostring(now + wait))
-end
-redis.call('EXPIRE', KEYS[1], window + wait)
-return wait
-]]
-
--- Record a failed login for email; returns the lock-out it now has (seconds, 0 for none).
-function _M.failed(email)
-  local wait, err = cache.eval(FAIL, { account_key(email) }, { LOCKOUT_AFTER, host.now(), LOCKOUT_MAX, LOCKOUT_WINDOW })
-  if err then log.warn("lock-out store unavailable", { error = tostring(err) }) return 0 end
-  if (tonumber(wait) or 0) > 0 then
-    log.warn("account locked out after failed logins", { event = "login_lockout", seconds = tonumber(wait) })
-  end
-  return tonumber(wait) or 0
-end
-
-function _M.succeeded(email)
-  cache.call("DEL", account_key(email))
-end
-
--- The 429 of a locked account. Its RateLimit-* headers are the lock-out's own policy (5 failed
--- attempts, none left, back after Retry-After), so the host does not add the per-IP limit's.
-function _M.locked_problem(retry_after)
-  local wait = tostring(math.max(1, math.ceil(retry_after)))
-  return problem.new(429, "Too many failed attempts for this account; retry later.", nil, {
-    ["Retry-After"] = wait,
-    ["RateLimit-Limit"] = tostring(LOCKOUT_AFTER),
-    ["RateLimit-Remaining"] = "0",
-    ["RateLimit-Reset"] = wait,
-  })
 end
 
 return _M

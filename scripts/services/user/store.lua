@@ -2,6 +2,7 @@
 -- a user that does not exist is a bare nil (STYLE 12).
 local db = require "db"
 local json = require "json"
+local revocations = require "services.user.revocations"
 
 local _M = {}
 
@@ -25,13 +26,15 @@ function _M.by_id(id)
   return db.query_one("SELECT " .. COLUMNS .. " FROM users WHERE id = $1", id)
 end
 
--- With the password hash, for credential checks.
+-- With the password hash, for credential checks (and the revocation record, for new tokens).
+local CREDENTIALS = "SELECT id, email, role, disabled, password_hash, " .. revocations.columns() .. " FROM users "
+
 function _M.credentials_by_email(email)
-  return db.query_one("SELECT id, email, role, disabled, password_hash FROM users WHERE lower(email) = lower($1)", email)
+  return db.query_one(CREDENTIALS .. "WHERE lower(email) = lower($1)", email)
 end
 
 function _M.credentials_by_id(id)
-  return db.query_one("SELECT id, email, role, disabled, password_hash FROM users WHERE id = $1", id)
+  return db.query_one(CREDENTIALS .. "WHERE id = $1", id)
 end
 
 -- Insert a user; a taken email comes back as nil, err, "conflict".

@@ -4,6 +4,7 @@ local crypto = require "crypto"
 local db = require "db"
 local jwt = require "jwt"
 local log = require "log"
+local revocations = require "services.user.revocations"
 
 local _M = {}
 
@@ -14,8 +15,13 @@ local function hash(token) return crypto.hex(crypto.sha256(token)) end
 _M.hash = hash
 
 -- An access token for a user (sid = the refresh-token family of the session, when one exists).
+-- Its iat is never before the user's last revocation (user.revoked_s, a whole second rounded
+-- up), which would make the hosts refuse it: a token made in that second is dated a moment on.
 function _M.access_for_user(user, sid)
-  return jwt.sign({ sub = user.id, role = user.role, scope = "", sid = sid }, { ttl = _M.ACCESS_TTL })
+  local claims = { sub = user.id, role = user.role, scope = "", sid = sid }
+  local min_iat = revocations.min_iat(user)
+  if min_iat > os.time() then claims.iat, claims.exp = min_iat, min_iat + _M.ACCESS_TTL end
+  return jwt.sign(claims, { ttl = _M.ACCESS_TTL })
 end
 
 -- An access token for an OAuth client (client_credentials): sub names the client.
@@ -57,7 +63,8 @@ function _M.rotate(token)
   local res, err, code = db.tx(function()
     local row, qerr, qcode = db.query_one(
       "SELECT t.id, t.family_id, t.user_id, t.used_at, t.revoked_at, t.expires_at < now() AS expired, " ..
-      "u.role, u.disabled FROM refresh_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1 FOR UPDATE OF t",
+      "u.role, u.disabled, " .. revocations.columns("u") ..
+      " FROM refresh_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1 FOR UPDATE OF t",
       hash(token))
     if qerr then return nil, qerr, qcode end
     if not row then outcome = "unknown" return false end
@@ -76,7 +83,7 @@ function _M.rotate(token)
     if row.disabled then outcome = "disabled" return false end
     local _, uerr, ucode = db.exec("UPDATE refresh_tokens SET used_at = now() WHERE id = $1", row.id)
     if uerr then return nil, uerr, ucode end
-    return _M.grant_user({ id = row.user_id, role = row.role }, row.family_id)
+    return _M.grant_user({ id = row.user_id, role = row.role, revoked_s = row.revoked_s }, row.family_id)
   end)
   if err then return nil, err, code end
   if not res then return nil, outcome end

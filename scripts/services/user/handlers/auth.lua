@@ -2,7 +2,9 @@
 local crypto = require "crypto"
 local db = require "db"
 local accounts = require "services.user.accounts"
+local device = require "services.user.device"
 local limits = require "services.user.limits"
+local lockout = require "services.user.lockout"
 local outbox = require "lib.outbox"
 local problem = require "lib.problem"
 local S = require "services.user.schema"
@@ -44,16 +46,17 @@ function _M.login(req)
   local doc, status, body, headers = validate.body(req, S.login)
   if not doc then return status, body, headers end
 
-  local user, why, extra = accounts.authenticate(doc.email, doc.password)
+  local user, why, extra = accounts.authenticate(doc.email, doc.password, lockout.client(req, doc.email))
   if user == nil then return problem.from(extra, why) end
   if user == false then
-    if why == "locked" then return limits.locked_problem(extra) end
+    if why == "locked" then return lockout.locked_problem(extra) end
     if why == "disabled" then return problem.forbidden("This account is disabled.") end
     return problem.unauthorized("Invalid email or password.")
   end
   local grant, gerr, gcode = tokens.grant_user(user)
   if not grant then return problem.from(gcode, gerr) end
-  return 200, grant, NO_STORE
+  return 200, grant, { ["Cache-Control"] = NO_STORE["Cache-Control"], Pragma = NO_STORE.Pragma,
+    ["Set-Cookie"] = device.issue(doc.email) }
 end
 
 -- Revokes the refresh token given in the body (it must be the caller's), or else the session

@@ -9,7 +9,9 @@ local crypto = require "crypto"
 local jwt = require "jwt"
 local accounts = require "services.user.accounts"
 local db = require "db"
+local device = require "services.user.device"
 local limits = require "services.user.limits"
+local lockout = require "services.user.lockout"
 local problem = require "lib.problem"
 local tokens = require "services.user.tokens"
 local validate = require "lib.validate"
@@ -68,22 +70,22 @@ local function usable(s, max)
   return type(s) == "string" and #s <= max and not s:find("\0", 1, true) and validate.utf8_len(s) ~= nil
 end
 
-local function password_grant(form)
+local function password_grant(req, form)
   if not form.username or not form.password then
     return oauth_error(400, "invalid_request", "username and password are required")
   end
   if not usable(form.username, 254) or not usable(form.password, 512) or validate.utf8_len(form.password) > 128 then
     return oauth_error(400, "invalid_grant", "invalid username or password")
   end
-  local user, why, extra = accounts.authenticate(form.username, form.password)
+  local user, why, extra = accounts.authenticate(form.username, form.password, lockout.client(req, form.username))
   if user == nil then return problem.from(extra, why) end
   if user == false then
-    if why == "locked" then return limits.locked_problem(extra) end
+    if why == "locked" then return lockout.locked_problem(extra) end
     return oauth_error(400, "invalid_grant", "invalid username or password")
   end
   local grant, err, code = tokens.grant_user(user)
   if not grant then return problem.from(code, err) end
-  return 200, grant, no_store()
+  return 200, grant, no_store({ ["Set-Cookie"] = device.issue(form.username) })
 end
 
 local function refresh_grant(form)
@@ -153,7 +155,7 @@ function _M.token(req)
   end
   local st, b, h = limits.ip(req)
   if st then return st, b, h end
-  if grant == "password" then return password_grant(form) end
+  if grant == "password" then return password_grant(req, form) end
   return refresh_grant(form)
 end
 

@@ -3,9 +3,10 @@
 local crypto = require "crypto"
 local db = require "db"
 local json = require "json"
-local limits = require "services.user.limits"
+local lockout = require "services.user.lockout"
 local pagination = require "lib.pagination"
 local problem = require "lib.problem"
+local revocations = require "services.user.revocations"
 local S = require "services.user.schema"
 local store = require "services.user.store"
 local tokens = require "services.user.tokens"
@@ -54,15 +55,16 @@ function _M.change_password(req)
   if not cred or cred.disabled then
     return problem.unauthorized("This account no longer exists or is disabled.", "invalid_token")
   end
-  local locked, left = limits.locked(cred.email)
-  if locked then return limits.locked_problem(left) end
+  local client = lockout.client(req, cred.email)
+  local locked, left = lockout.locked(cred.email, client)
+  if locked then return lockout.locked_problem(left) end
   local ok, verr, vcode = crypto.argon2_verify(cred.password_hash, doc.current_password)
   if ok == nil then return problem.from(vcode, verr) end
   if not ok then
-    limits.failed(cred.email)
+    lockout.failed(cred.email, client)
     return problem.validation({ { field = "current_password", message = "is not the current password" } })
   end
-  limits.succeeded(cred.email)
+  lockout.succeeded(cred.email, client)
   local hash, herr, hcode = crypto.argon2_hash(doc.new_password)
   if not hash then return problem.from(hcode, herr) end
   local sid = store.is_uuid(req.claims.sid) and req.claims.sid or nil
@@ -111,23 +113,57 @@ function _M.show(req)
   return 200, store.public(row)
 end
 
--- PATCH /users/{id} {role?, disabled?} (admin). Disabling ends the user's sessions.
+-- PATCH /users/{id} {role?, disabled?} (admin). Disabling ends the user's sessions and, on
+-- every service within a couple of seconds, their access tokens; a role change reaches their
+-- tokens the same way (services.user.revocations). The last active admin can be neither
+-- demoted nor disabled (409): changes that take an admin away are serialised by a transaction
+-- lock, so two admins demoting each other at once leave one.
+local LAST_ADMIN = {}
+
+local function admin_update(id, doc)
+  local old, oerr, ocode = db.query_one("SELECT role, disabled FROM users WHERE id = $1 FOR UPDATE", id)
+  if oerr then return nil, oerr, ocode end
+  if not old then return json.null end
+  local removes_admin = old.role == "admin" and not old.disabled
+    and ((doc.role ~= nil and doc.role ~= "admin") or doc.disabled == true)
+  if removes_admin then
+    local _, lerr, lcode = db.query_one("SELECT pg_advisory_xact_lock(hashtext('mercato.users.active_admins'))")
+    if lerr then return nil, lerr, lcode end
+    -- A statement after the lock: it sees every admin change committed before it was taken.
+    local n, cerr, ccode = db.query_one(
+      "SELECT count(*)::int AS n FROM users WHERE role = 'admin' AND NOT disabled AND id <> $1", id)
+    if cerr then return nil, cerr, ccode end
+    if n.n == 0 then return LAST_ADMIN end
+  end
+  local r, uerr, ucode = store.update(id, doc)
+  if uerr then return nil, uerr, ucode end
+  local role_changed = doc.role ~= nil and doc.role ~= old.role
+  local revoked = doc.disabled == true and not old.disabled
+  if not role_changed and not revoked then return r end
+  local rec, rerr, rcode = db.query_one(
+    "UPDATE users SET role_changed_at = CASE WHEN $2::boolean THEN now() ELSE role_changed_at END, " ..
+    "tokens_revoked_at = CASE WHEN $3::boolean THEN now() ELSE tokens_revoked_at END WHERE id = $1 " ..
+    "RETURNING id, role, " .. revocations.columns(), id, role_changed, revoked)
+  if rerr then return nil, rerr, rcode end
+  if revoked then
+    local _, terr, tcode = tokens.revoke_user(id)
+    if terr then return nil, terr, tcode end
+  end
+  return r, rec
+end
+
 function _M.admin_patch(req)
   local doc, status, body, headers = validate.body(req, S.admin_patch)
   if not doc then return status, body, headers end
   local id = req.params.id
   if not store.is_uuid(id) then return problem.not_found("user", id) end
-  local row, err, code = db.tx(function()
-    local r, uerr, ucode = store.update(id, doc)
-    if uerr then return nil, uerr, ucode end
-    if r and doc.disabled == true then
-      local _, rerr, rcode = tokens.revoke_user(id)
-      if rerr then return nil, rerr, rcode end
-    end
-    return r or json.null
-  end)
-  if err then return problem.from(code, err) end
+  local row, rec_or_err, code = db.tx(admin_update, id, doc)
+  if code then return problem.from(code, rec_or_err) end
   if row == json.null then return problem.not_found("user", id) end
+  if row == LAST_ADMIN then
+    return problem.conflict("This is the last active admin: promote another user to admin first.")
+  end
+  if rec_or_err then revocations.publish(rec_or_err) end   -- committed; the job repairs a failed write
   return 200, store.public(row)
 end
 
