@@ -28,7 +28,7 @@ DEB_PACKAGES=(
   postgresql redis-server rabbitmq-server prometheus
   wrk lcov nginx-light libnginx-mod-http-lua valgrind cppcheck shellcheck
   pkg-config gcc make curl bc procps openssl clang-tidy
-  unzip
+  unzip jq uuid-runtime clang
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }

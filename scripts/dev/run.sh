@@ -13,22 +13,34 @@ BIN=${MERCATO_BIN:-build/mercato}
 mkdir -p "$LOGS" "$SECRETS"
 chmod 700 "$SECRETS"
 
-declare -A PORTS=([gateway]=8080 [user]=8081 [product]=8082 [order]=8083 [payment]=8084 [notification]=8085)
+# CONTRACT §2 ports; RUN_PORT_BASE moves the six together (the gateway on the base, the services
+# on base+1 … base+5), so a second platform (a spec of `make run`) can run beside a first.
+B=${RUN_PORT_BASE:-8080}
+declare -A PORTS=([gateway]=$B [user]=$((B + 1)) [product]=$((B + 2)) [order]=$((B + 3)) [payment]=$((B + 4)) [notification]=$((B + 5)))
 SERVICES=(user product order payment notification)
 declare -A PIDS=()
 
 log() { printf 'run: %s\n' "$*" >&2; }
 
+# stop_all [STATUS]: stop every process started here, then the stack (unless KEEP_STACK=1), and
+# exit STATUS: 0 after Ctrl-C, non-zero when something failed (its name was logged before).
 stop_all() {
+    local rc=${1:-0}
     trap - INT TERM EXIT
     log "stopping services"
     for name in "${!PIDS[@]}"; do kill -TERM "${PIDS[$name]}" 2>/dev/null || true; done
     for name in "${!PIDS[@]}"; do wait "${PIDS[$name]}" 2>/dev/null || true; done
     rm -f "$RUN_DIR/env"
     if [ "${KEEP_STACK:-0}" != 1 ]; then scripts/dev/stack.sh down || true; fi
-    exit 0
+    if [ "$rc" != 0 ]; then log "make run failed (status $rc)"; fi
+    exit "$rc"
 }
-trap stop_all INT TERM EXIT
+trap 'stop_all $?' EXIT
+trap 'stop_all 0' INT TERM
+
+# kv NAME VALUE: one .run/env line, the value single-quoted for sh (a password with a space or a
+# quote sources as itself and never runs as a command).
+kv() { printf "%s='%s'\n" "$1" "${2//\'/\'\\\'\'}"; }
 
 # A secret generated once and kept under .run/secrets.
 secret() {
@@ -68,10 +80,10 @@ if [ -z "${STRIPE_API_KEY:-}${STRIPE_TEST_KEY:-}" ]; then
         node scripts/dev/stripe_standin.js >"$LOGS/stripe-standin.log" 2>&1 &
     PIDS[stripe-standin]=$!
     for _ in $(seq 1 50); do
-        curl -fs -o /dev/null "$STRIPE_API_BASE/_standin/health" && break
+        curl -fs --max-time 2 -o /dev/null "$STRIPE_API_BASE/_standin/health" && break
         sleep 0.1
     done
-    curl -fs -o /dev/null "$STRIPE_API_BASE/_standin/health" || { log "the Stripe stand-in did not start: see $LOGS/stripe-standin.log"; exit 1; }
+    curl -fs --max-time 2 -o /dev/null "$STRIPE_API_BASE/_standin/health" || { log "the Stripe stand-in did not start: see $LOGS/stripe-standin.log"; exit 1; }
 fi
 
 start() {   # start NAME: one mercato process, its log under .run/logs
@@ -83,8 +95,9 @@ start() {   # start NAME: one mercato process, its log under .run/logs
 wait_ready() {   # wait_ready NAME: until /health answers, or fail with the log's tail
     local name=$1
     for _ in $(seq 1 100); do
-        if curl -fs -o /dev/null "http://127.0.0.1:${PORTS[$name]}/health"; then return 0; fi
+        # our process first: another program on the port must not pass for it
         if ! kill -0 "${PIDS[$name]}" 2>/dev/null; then break; fi
+        if curl -fs --max-time 2 -o /dev/null "http://127.0.0.1:${PORTS[$name]}/health"; then return 0; fi
         sleep 0.1
     done
     log "$name did not start; the end of $LOGS/$name.log:"
@@ -100,18 +113,26 @@ for s in "${SERVICES[@]}"; do
     fi
 done
 start gateway
-for s in "${started[@]}" gateway; do wait_ready "$s"; done
+for s in "${started[@]}" gateway; do wait_ready "$s" || { log "failed to start: $s"; exit 1; }; done
 
 # The demo seller: a real seller account (registered through the user service) that owns the
 # demo catalogue — the seed files its products under SEED_SELLER_ID.
 DEMO_SELLER_EMAIL=${DEMO_SELLER_EMAIL:-seller@mercato.local}
 DEMO_SELLER_PASSWORD=${DEMO_SELLER_PASSWORD:-$(secret demo-seller-password 12)}
 if [ -z "${SEED_SELLER_ID:-}" ] && [ -n "${PIDS[user]:-}" ]; then
-    if seller_id=$(scripts/dev/demo_seller.sh "$USER_SERVICE_URL" "$DEMO_SELLER_EMAIL" "$DEMO_SELLER_PASSWORD"); then
+    if seller_id=$(scripts/dev/demo_account.sh "$USER_SERVICE_URL" "$DEMO_SELLER_EMAIL" "$DEMO_SELLER_PASSWORD"); then
         export SEED_SELLER_ID=$seller_id
     else
         log "the demo seller could not be registered; the demo catalogue gets a placeholder seller id"
     fi
+fi
+
+# The demo buyer, a real buyer account for the README's walk-through and the curious.
+DEMO_BUYER_EMAIL=${DEMO_BUYER_EMAIL:-buyer@mercato.local}
+DEMO_BUYER_PASSWORD=${DEMO_BUYER_PASSWORD:-$(secret demo-buyer-password 12)}
+if [ -n "${PIDS[user]:-}" ]; then
+    scripts/dev/demo_account.sh "$USER_SERVICE_URL" "$DEMO_BUYER_EMAIL" "$DEMO_BUYER_PASSWORD" buyer >/dev/null ||
+        log "the demo buyer could not be registered"
 fi
 
 # The demo catalogue (idempotent: a second run adds nothing).
@@ -121,24 +142,26 @@ if [ -f scripts/services/product/seed.lua ] && [ -n "${PIDS[product]:-}" ]; then
 fi
 
 {
-    echo "GATEWAY_URL=http://127.0.0.1:${PORTS[gateway]}"
-    for s in "${SERVICES[@]}"; do echo "${s^^}_SERVICE_URL=http://127.0.0.1:${PORTS[$s]}"; done
-    echo "ADMIN_EMAIL=$ADMIN_EMAIL"
-    echo "ADMIN_PASSWORD=$ADMIN_PASSWORD"
-    echo "DEMO_SELLER_EMAIL=$DEMO_SELLER_EMAIL"
-    echo "DEMO_SELLER_PASSWORD=$DEMO_SELLER_PASSWORD"
-    echo "SERVICE_CLIENT_ID=$SERVICE_CLIENT_ID"
-    echo "SERVICE_CLIENT_SECRET=$SERVICE_CLIENT_SECRET"
-    echo "STRIPE_WEBHOOK_SECRET=$STRIPE_WEBHOOK_SECRET"
-    echo "STRIPE_API_BASE=${STRIPE_API_BASE:-}"
-    if [ -n "${PIDS[stripe-standin]:-}" ]; then echo "STRIPE_API_KEY=$STRIPE_API_KEY"; fi
-    echo "SMTP_API_URL=$SMTP_API_URL"
+    kv GATEWAY_URL "http://127.0.0.1:${PORTS[gateway]}"
+    for s in "${SERVICES[@]}"; do kv "${s^^}_SERVICE_URL" "http://127.0.0.1:${PORTS[$s]}"; done
+    kv ADMIN_EMAIL "$ADMIN_EMAIL"
+    kv ADMIN_PASSWORD "$ADMIN_PASSWORD"
+    kv DEMO_SELLER_EMAIL "$DEMO_SELLER_EMAIL"
+    kv DEMO_SELLER_PASSWORD "$DEMO_SELLER_PASSWORD"
+    kv DEMO_BUYER_EMAIL "$DEMO_BUYER_EMAIL"
+    kv DEMO_BUYER_PASSWORD "$DEMO_BUYER_PASSWORD"
+    kv SERVICE_CLIENT_ID "$SERVICE_CLIENT_ID"
+    kv SERVICE_CLIENT_SECRET "$SERVICE_CLIENT_SECRET"
+    kv STRIPE_WEBHOOK_SECRET "$STRIPE_WEBHOOK_SECRET"
+    kv STRIPE_API_BASE "${STRIPE_API_BASE:-}"
+    if [ -n "${PIDS[stripe-standin]:-}" ]; then kv STRIPE_API_KEY "$STRIPE_API_KEY"; fi
+    kv SMTP_API_URL "$SMTP_API_URL"
     # shellcheck disable=SC2153 # set by stack.sh env, above
-    echo "AMQP_URL=$AMQP_URL"
-    echo "REDIS_URL=$REDIS_URL"
+    kv AMQP_URL "$AMQP_URL"
+    kv REDIS_URL "$REDIS_URL"
     for s in "${SERVICES[@]}"; do
         v="DATABASE_URL_${s^^}"
-        echo "$v=${!v}"
+        kv "$v" "${!v}"
     done
 } >"$RUN_DIR/env.tmp"
 mv "$RUN_DIR/env.tmp" "$RUN_DIR/env"
@@ -147,9 +170,10 @@ cat <<EOF
 
 mercato is running (Ctrl-C stops everything)
   gateway        http://127.0.0.1:${PORTS[gateway]}
-  services       ${started[*]:-none yet}  (ports 8081-8085; logs in $LOGS)
+  services       ${started[*]:-none yet}  (ports ${PORTS[user]}-${PORTS[notification]}; logs in $LOGS)
   admin          $ADMIN_EMAIL / $ADMIN_PASSWORD
   demo seller    $DEMO_SELLER_EMAIL / $DEMO_SELLER_PASSWORD  (owns the demo catalogue)
+  demo buyer     $DEMO_BUYER_EMAIL / $DEMO_BUYER_PASSWORD
   mail (maildev) ${SMTP_API_URL%/api/email}
   environment    $RUN_DIR/env
 EOF
@@ -160,7 +184,7 @@ while true; do
         if ! kill -0 "${PIDS[$name]}" 2>/dev/null; then
             log "$name exited; the end of $LOGS/$name.log:"
             tail -20 "$LOGS/$name.log" >&2
-            stop_all
+            stop_all 1
         fi
     done
     sleep 1

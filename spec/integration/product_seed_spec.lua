@@ -1,4 +1,4 @@
--- The demo catalogue's seller is a real account: scripts/dev/demo_seller.sh registers it with
+-- The demo catalogue's seller is a real account: scripts/dev/demo_account.sh registers it with
 -- luacheck: max line length 170
 -- the user service (as `make run` does) and prints its id, and the product seed files every
 -- demo product under that id (SEED_SELLER_ID). Real user and product services on the stack.
@@ -20,9 +20,9 @@ describe("the demo seller", function()
     P.stop(products)
   end)
 
-  it("is registered as a seller by demo_seller.sh, once, and owns the seeded catalogue", function()
+  it("is registered as a seller by demo_account.sh, once, and owns the seeded catalogue", function()
     local email, password = U.email("demo-seller"), "demo seller password 1"
-    local cmd = ("scripts/dev/demo_seller.sh %s %s %s"):format(P.q(users.url), P.q(email), P.q(password))
+    local cmd = ("scripts/dev/demo_account.sh %s %s %s"):format(P.q(users.url), P.q(email), P.q(password))
     local out, rc = P.sh(cmd)
     assert.equal(0, rc, out)
     local id = out:match("^%s*(%x+%-%x+%-%x+%-%x+%-%x+)%s*$")

@@ -7,7 +7,7 @@
 --   SERVICE=product DATABASE_URL=... build/mercato lua scripts/services/product/seed.lua
 --
 -- SEED_SELLER_ID names the owning seller: `make run` sets it to the id of a real seller account
--- (DEMO_SELLER_EMAIL, registered with the user service by scripts/dev/demo_seller.sh), so the
+-- (DEMO_SELLER_EMAIL, registered with the user service by scripts/dev/demo_account.sh), so the
 -- demo catalogue can be managed by logging in; unset (specs), a fixed id that is no account.
 -- New products are announced as product.created through the outbox, so a running service's
 -- search index picks them up.
