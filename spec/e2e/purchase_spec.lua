@@ -2,9 +2,9 @@
 -- End to end (issue 15): the complete purchase through the gateway only — register, log in,
 -- search, cart, checkout with Idempotency-Key, pay through the Stripe stand-in (its signed
 -- webhook), paid, shipped, delivered; a cancel-and-refund and a declined card — with the real
--- user, product, order and payment services, and every event watched on RabbitMQ by a second
--- client (amqplib) for the contract's envelope and AMQP properties, the checkout's traceparent
--- carried into its events.
+-- user, product, order, payment and notification services, every event watched on RabbitMQ by
+-- a second client (amqplib) for the contract's envelope and AMQP properties, the checkout's
+-- traceparent carried into its events and e-mails, and each step's e-mail in the SMTP sink.
 local cjson = require "cjson.safe"
 local crypto = require "crypto"
 local http = require "http"
@@ -14,7 +14,7 @@ describe("e2e: a purchase through the gateway", function()
   local w, gw, observer, events_file
 
   setup(function()
-    w = O.start { payment = true, gateway = true }
+    w = O.start { payment = true, notification = true, gateway = true }
     gw = w.gateway
     events_file = ".run/test/e2e-events-" .. crypto.hex(crypto.random(4)) .. ".jsonl"
     os.execute("mkdir -p .run/test && : > " .. events_file)
@@ -95,6 +95,22 @@ describe("e2e: a purchase through the gateway", function()
     return res.json
   end
 
+  -- The e-mails the sink received for address (maildev's REST API), as { subject = mail }.
+  local function mails_to(address)
+    local res = http.request { method = "GET", url = os.getenv("SMTP_API_URL") }
+    local out = {}
+    for _, m in ipairs(cjson.decode(res and res.body or "[]") or {}) do
+      if type(m.to) == "table" and m.to[1] and m.to[1].address == address then out[#out + 1] = m end
+    end
+    return out
+  end
+  local function wait_mails(address, n)
+    return O.eventually(function()
+      local m = mails_to(address)
+      return #m >= n and m
+    end, 20)
+  end
+
   local function order_status(id, token)
     return function() return call("GET", "/orders/" .. id, nil, token).json.status end
   end
@@ -147,6 +163,18 @@ describe("e2e: a purchase through the gateway", function()
     -- the checkout's trace reaches its event
     assert.equal(trace:sub(4, 35), created.traceparent:sub(4, 35))
     assert.truthy(wait_events(function(e) return e.type == "user.registered" and e.data.email == buyer.email end, { "user.registered" }))
+
+    -- welcome, order received, payment received, shipped, delivered: one e-mail each
+    local mails = wait_mails(buyer.email, 5)
+    assert.truthy(mails, "mails: " .. cjson.encode(mails_to(buyer.email)))
+    local subjects = {}
+    for _, m in ipairs(mails) do subjects[#subjects + 1] = m.subject end
+    table.sort(subjects)
+    assert.equal(5, #subjects, table.concat(subjects, " | "))
+    local text = table.concat(subjects, " | ")
+    for _, want in ipairs { "Welcome", "Order received", "Payment received", "shipped", "delivered" } do
+      assert.matches(want, text, 1, true)
+    end
   end)
 
   it("cancels a paid order with a refund, and cancels on a declined card", function()

@@ -57,8 +57,8 @@ function M.drop(srv)
 end
 
 -- The world: user, product and order services; opts.payment: the payment service and its
--- Stripe stand-in (w.pay = { svc, standin }); opts.gateway: a gateway in front of them all
--- (w.gateway); opts.order_env.
+-- Stripe stand-in (w.pay = { svc, standin }); opts.notification: the notification service on the
+-- stack's SMTP sink; opts.gateway: a gateway in front of them all (w.gateway); opts.order_env.
 function M.start(opts)
   opts = opts or {}
   local w = {}
@@ -71,6 +71,11 @@ function M.start(opts)
   if opts.payment then
     w.pay = PAY.start { env = { JWT_PUBLIC_KEY_FILE = false, JWKS_URL = jwks }, standin = { duplicate_rate = 0.2 } }
     w.payment = w.pay.svc
+  end
+  if opts.notification then
+    w.notification = M.service("notification", { JWKS_URL = jwks, SMTP_URL = os.getenv("SMTP_URL"),
+      NOTIFY_QUEUE = "notification.events." .. crypto.hex(crypto.random(4)) })
+    w.notify_queue = w.notification.env.NOTIFY_QUEUE
   end
   local e = {
     JWKS_URL = jwks, USER_SERVICE_URL = w.user.url, PRODUCT_SERVICE_URL = w.product.url,
@@ -99,13 +104,14 @@ function M.stop(w)
   if not w then return st end
   if w.gateway then st.gateway = w.gateway:stop() end
   if w.order then st.order = M.drop(w.order) end
+  if w.notification then st.notification = M.drop(w.notification) end
   if w.pay then st.payment = PAY.stop(w.pay) end
   for _, name in ipairs { "product", "user" } do
     if w[name] then st[name] = M.drop(w[name]) end
   end
-  if w.queue then   -- this run's consumer queues (each rabbitmqctl boots a VM: in the background)
-    os.execute("(scripts/dev/stack.sh rabbitmqctl delete_queue -q '" .. w.queue .. "'; " ..
-      "scripts/dev/stack.sh rabbitmqctl delete_queue -q '" .. w.queue .. ".dlq') >/dev/null 2>&1 &")
+  for _, q in ipairs { w.queue, w.notify_queue } do   -- this run's consumer queues (each rabbitmqctl boots a VM: in the background)
+    os.execute("(scripts/dev/stack.sh rabbitmqctl delete_queue -q '" .. q .. "'; " ..
+      "scripts/dev/stack.sh rabbitmqctl delete_queue -q '" .. q .. ".dlq') >/dev/null 2>&1 &")
   end
   return st
 end
