@@ -93,7 +93,9 @@ function _M.add_many(etype, list, opts)
   if #list == 0 then return 0 end
   local envs = {}
   for i, data in ipairs(list) do envs[i] = events.envelope(etype, data, opts) end
-  local n, err, code = db.exec(INSERT_MANY, json.encode(json.array(envs)))
+  -- Wakes the relay at COMMIT like add's INSERT, where this module has a NOTIFY channel.
+  local sql = _M.CHANNEL and (INSERT_MANY .. " RETURNING pg_notify('" .. _M.CHANNEL .. "', '')") or INSERT_MANY
+  local n, err, code = db.exec(sql, json.encode(json.array(envs)))
   if not n then return nil, err, code end
   return #envs
 end

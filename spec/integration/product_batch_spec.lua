@@ -74,6 +74,17 @@ describe("GET /products?ids=", function()
     end
   end)
 
+  it("reads a repeated ids parameter as one list (ids=a&ids=b), the 100 bound over all of them", function()
+    local a, b = P.create(svc, alice), P.create(svc, alice)
+    local res = P.get(svc, ("/products?ids=%s&ids=%s"):format(b.id, a.id))
+    assert.equal(200, res.status, res.body)
+    assert.same({ b.id, a.id }, { res.json.items[1].id, res.json.items[2].id })
+    local ids = {}
+    for i = 1, 60 do ids[i] = crypto.uuid4() end
+    local half = table.concat(ids, ",")
+    assert.equal(400, P.get(svc, "/products?ids=" .. half .. "&ids=" .. half).status)
+  end)
+
   it("refuses ids combined with search, filters or a cursor (400)", function()
     local id = crypto.uuid4()
     for _, extra in ipairs({ "q=lamp", "cursor=abc", "sort=price", "tag=x" }) do

@@ -60,14 +60,15 @@ end
 -- GET /products?ids=a,b,c (the cart's read): the active ones among those products, in the order
 -- given, each the document GET /products/{id} shows; unknown and deleted ids are left out.
 -- Hits come from the read cache in one MGET, the misses from one query (then cached), and the
--- answer is spliced from the documents' JSON texts. Not a search: no other parameter, no pages.
+-- answer is spliced from the documents' JSON texts. Not a search: no other parameter, no pages;
+-- a repeated ids parameter adds to the list.
 local function by_ids(req)
   for k in pairs(req.query) do
     if k ~= "ids" then
       return problem.bad_request("ids cannot be combined with other parameters.", { { field = k, message = "is not allowed with ids" } })
     end
   end
-  local ids, why = id_list(req.query.ids)
+  local ids, why = id_list(table.concat(req:query_all("ids"), ","))   -- ids=a&ids=b is ids=a,b
   if not ids then return bad_ids(why) end
   local texts = pcache.get_many(ids)
   local missing = {}
