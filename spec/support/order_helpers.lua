@@ -109,7 +109,8 @@ function M.stop(w)
   for _, name in ipairs { "product", "user" } do
     if w[name] then st[name] = M.drop(w[name]) end
   end
-  for _, q in ipairs { w.queue, w.notify_queue } do   -- this run's consumer queues (each rabbitmqctl boots a VM: in the background)
+  -- this run's consumer queues (each rabbitmqctl boots a VM: in the background)
+  for _, q in ipairs { w.queue, w.notify_queue } do
     os.execute("(scripts/dev/stack.sh rabbitmqctl delete_queue -q '" .. q .. "'; " ..
       "scripts/dev/stack.sh rabbitmqctl delete_queue -q '" .. q .. ".dlq') >/dev/null 2>&1 &")
   end
