@@ -46,6 +46,15 @@ static int l_assets(lua_State *L)
     return 1;
 }
 
+/* host.checking() → true in the scratch state that checks a snapshot before it is published
+ * (`mercato check`, a hot reload's check): the one state without a worker. Work that only
+ * proves the scripts sound (compiling every template) runs there, not in every serving state. */
+static int l_checking(lua_State *L)
+{
+    lua_pushboolean(L, worker_from_lua(L) == NULL);
+    return 1;
+}
+
 static int l_generation(lua_State *L)
 {
     const snapshot_t *s = snap_of(L);
@@ -117,7 +126,7 @@ static int l_env(lua_State *L)
 int luaopen_host(lua_State *L)
 {
     static const luaL_Reg fns[] = {
-        { "asset", l_asset }, { "assets", l_assets }, { "generation", l_generation }, { "now", l_now }, { "env", l_env }, { "sleep", l_sleep }, { NULL, NULL },
+        { "asset", l_asset }, { "assets", l_assets }, { "checking", l_checking }, { "generation", l_generation }, { "now", l_now }, { "env", l_env }, { "sleep", l_sleep }, { NULL, NULL },
     };
     lua_newtable(L);
     luaL_setfuncs(L, fns, 0);

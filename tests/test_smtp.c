@@ -258,6 +258,8 @@ typedef struct {
     int rcpt_reply;            /* 250, 550, 451 */
     char data[8192];           /* the DATA received */
     int messages;              /* DATA commands accepted on the one connection */
+    int offer_auth;            /* advertise AUTH PLAIN and record what the client sends */
+    char auth[256];
     char mail_from[1100], rcpt_to[1100];
 } fake_smtp_t;
 
@@ -283,7 +285,19 @@ static void *fake_smtp_serve(void *arg)
     char line[1024];
     say(fd, "220 fake ESMTP\r\n");
     while (read_line(fd, line, sizeof line)) {
-        if (!strncasecmp(line, "EHLO", 4)) say(fd, "250-fake\r\n250 8BITMIME\r\n");
+        if (!strncasecmp(line, "EHLO", 4)) say(fd, s->offer_auth ? "250-fake\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n" : "250-fake\r\n250 8BITMIME\r\n");
+        else if (!strncasecmp(line, "AUTH PLAIN", 10)) {
+            const char *b64 = line + 10;
+            while (*b64 == ' ') b64++;
+            if (!*b64) {   /* no initial response: ask for it */
+                say(fd, "334 \r\n");
+                if (!read_line(fd, line, sizeof line)) break;
+                b64 = line;
+            }
+            long n = base64_decode(s->auth, b64, strlen(b64), 0);
+            for (long i = 0; i < n; i++) if (s->auth[i] == '\0') s->auth[i] = '|';
+            say(fd, "235 ok\r\n");
+        }
         else if (!strncasecmp(line, "HELO", 4)) say(fd, "250 fake\r\n");
         else if (!strncasecmp(line, "MAIL FROM:", 10)) { snprintf(s->mail_from, sizeof s->mail_from, "%s", line + 10); say(fd, "250 ok\r\n"); }
         else if (!strncasecmp(line, "RCPT TO:", 8)) {
@@ -372,6 +386,40 @@ TEST(a_kept_handle_sends_consecutive_messages_on_one_connection)
     CHECK(strstr(s.data, "two") != NULL);
 }
 
+TEST(auth_comes_from_the_url_and_tls_can_be_required)
+{
+    static fake_smtp_t s = { .rcpt_reply = 250, .offer_auth = 1 };
+    CHECK_INT(fake_smtp_listen(&s), 0);
+    pthread_t t;
+    pthread_create(&t, NULL, fake_smtp_serve, &s);
+    char url[96], err[256] = "";
+    snprintf(url, sizeof url, "smtp://mailer:s%%40cret@127.0.0.1:%d", s.port);   /* "s@cret", percent-encoded */
+    smtp_send_opts_t o = { .url = url, .from_addr = "a@b.io", .to_addr = "c@d.io", .timeout_ms = 3000 };
+    const char *code = NULL;
+    long status = 0;
+    CHECK_INT(smtp_send(NULL, &o, "Subject: 1\r\n\r\none\r\n", 20, err, sizeof err, &code, &status), 0);
+    pthread_join(t, NULL);
+    close(s.lfd);
+    if (s.auth[0] != '|') printf("#   %s\n", err);
+    CHECK_STR(s.auth, "|mailer|s@cret");
+    CHECK_INT(s.messages, 1);
+
+    /* The fake server offers no STARTTLS: with require_tls nothing is sent in clear. */
+    static fake_smtp_t u = { .rcpt_reply = 250 };
+    CHECK_INT(fake_smtp_listen(&u), 0);
+    pthread_create(&t, NULL, fake_smtp_serve, &u);
+    snprintf(url, sizeof url, "smtp://127.0.0.1:%d", u.port);
+    o.url = url;
+    o.require_tls = 1;
+    CHECK_INT(smtp_send(NULL, &o, "Subject: 1\r\n\r\none\r\n", 20, err, sizeof err, &code, &status), -1);
+    CHECK_STR(code, "unavailable");
+    shutdown(u.lfd, SHUT_RDWR);
+    pthread_join(t, NULL);
+    close(u.lfd);
+    CHECK_INT(u.messages, 0);
+    CHECK(u.mail_from[0] == '\0');
+}
+
 TEST(a_5xx_is_rejected_and_a_4xx_unavailable)
 {
     static fake_smtp_t s = { .rcpt_reply = 550 };
@@ -449,6 +497,7 @@ int main(void)
     RUN(non_ascii_subjects_and_names_are_encoded);
     RUN(a_send_delivers_the_built_message);
     RUN(a_kept_handle_sends_consecutive_messages_on_one_connection);
+    RUN(auth_comes_from_the_url_and_tls_can_be_required);
     RUN(a_5xx_is_rejected_and_a_4xx_unavailable);
     RUN(a_closed_port_is_unavailable_and_secrets_stay_out_of_the_error);
     RUN(lua_build_returns_the_message_or_nil_err_invalid);

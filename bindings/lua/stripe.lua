@@ -87,7 +87,9 @@ function stripe.request(method, path, params, opts)
     }
     if res and res.status >= 200 and res.status < 300 then
       local doc = json.decode(res.body)
-      if type(doc) ~= "table" then return nil, "Stripe answered a body that is not JSON", "unavailable", { status = res.status } end
+      if type(doc) ~= "table" then
+        return nil, "Stripe answered a body that is not JSON", "unavailable", { status = res.status }
+      end
       return doc
     end
     local retry = C.should_retry(res and res.status or 0, res and res.headers["stripe-should-retry"])

@@ -17,7 +17,8 @@
 // STRIPE_WEBHOOK_SECRET, STRIPE_STANDIN_DUPLICATE_RATE (0.2), STRIPE_STANDIN_MAX_DELAY_MS (200).
 // Test controls (not Stripe's): GET /_standin/health; POST /_standin/config with a JSON body
 // {webhooks: bool, duplicate_rate, max_delay_ms, fail_next: n (the next n API calls answer
-// 500)}; GET /_standin/events (every event made, oldest first); POST /_standin/events/{id}/resend.
+// 500)}; GET /_standin/events (every event made, oldest first, each with standin_deliveries:
+// {scheduled, done} — deliveries planned and answered 2xx); POST /_standin/events/{id}/resend.
 'use strict';
 const http = require('http');
 const crypto = require('crypto');
@@ -38,6 +39,7 @@ const charges = new Map();   // ch_… → Charge
 const refunds = new Map();   // re_… → Refund
 const events = [];           // every event, oldest first
 const idem = new Map();      // apiKey + key → { fingerprint, status, body }
+const deliveries = new Map(); // evt_… → { scheduled, done }: deliveries planned, and answered 2xx
 
 const rid = (prefix) => prefix + '_' + crypto.randomBytes(12).toString('hex');
 const now = () => Math.floor(Date.now() / 1000);
@@ -94,7 +96,11 @@ function deliver(evt, attempt) {
       'User-Agent': 'Stripe/1.0 (+https://stripe.com/docs/webhooks) stand-in', 'Content-Length': Buffer.byteLength(payload) },
     timeout: 10000 }, (res) => {
     res.resume();
-    res.on('end', () => { if (res.statusCode >= 300) retry(evt, attempt); });
+    res.on('end', () => {
+      if (res.statusCode >= 300) return retry(evt, attempt);
+      const d = deliveries.get(evt.id);
+      if (d) d.done++;
+    });
   });
   req.on('error', () => retry(evt, attempt));
   req.on('timeout', () => req.destroy(new Error('timeout')));
@@ -108,10 +114,13 @@ function emit(type, object, request) {
   const evt = { id: rid('evt'), object: 'event', api_version: API_VERSION, created: now(), type, livemode: false,
     pending_webhooks: 1, request: request || { id: null, idempotency_key: null }, data: { object: JSON.parse(JSON.stringify(object)) } };
   events.push(evt);
-  if (!cfg.webhooks) return evt;
+  const d = { scheduled: 0, done: 0 };
+  deliveries.set(evt.id, d);
+  if (!cfg.webhooks || !cfg.webhookUrl) return evt;
   const delay = () => Math.floor(Math.random() * cfg.maxDelayMs);
+  d.scheduled++;
   setTimeout(() => deliver(evt, 0), delay());
-  if (Math.random() < cfg.duplicateRate) setTimeout(() => deliver(evt, 0), delay() + 50);
+  if (Math.random() < cfg.duplicateRate) { d.scheduled++; setTimeout(() => deliver(evt, 0), delay() + 50); }
   return evt;
 }
 
@@ -236,11 +245,14 @@ function send(res, status, body, headers) {
 
 function control(req, res, path, body) {
   if (path === '/_standin/health') return send(res, 200, { ok: true, stand_in: 'stripe' });
-  if (path === '/_standin/events' && req.method === 'GET') return send(res, 200, { data: events });
+  if (path === '/_standin/events' && req.method === 'GET') {
+    return send(res, 200, { data: events.map((e) => Object.assign({ standin_deliveries: deliveries.get(e.id) }, e)) });
+  }
   let m;
   if (req.method === 'POST' && (m = path.match(/^\/_standin\/events\/([^/]+)\/resend$/))) {
     const e = events.find((x) => x.id === m[1]);
     if (!e) return send(res, 404, { error: 'no such event' });
+    deliveries.get(e.id).scheduled++;
     deliver(e, 0);
     return send(res, 200, { resent: e.id });
   }

@@ -127,14 +127,16 @@ describe("notification service under failure", function()
       local t0 = N.now()
       publish_many(1000, prefix)
       local published = N.now() - t0
-      assert.is_true(wait_until(function() return count(svc, "status = 'sent'") == 1000 end, 180), "the burst was not sent")
+      local all_sent = wait_until(function() return count(svc, "status = 'sent'") == 1000 end, 180)
+      assert.is_true(all_sent, "the burst was not sent")
       local took = N.now() - t0
       local rows = N.sql(svc, "SELECT extract(epoch FROM sent_at - occurred_at) FROM notifications")
       local lat = {}
       for v in rows:gmatch("[^\n]+") do lat[#lat + 1] = tonumber(v) end
       table.sort(lat)
       print(("# burst of 1000: published in %.1f s, all sent in %.1f s; occurred_at → SMTP accepted p50 %s, p99 %s, max %s")
-        :format(published, took, stats.ms(stats.percentile(lat, 0.5)), stats.ms(stats.percentile(lat, 0.99)), stats.ms(lat[#lat])))
+        :format(published, took, stats.ms(stats.percentile(lat, 0.5)), stats.ms(stats.percentile(lat, 0.99)),
+          stats.ms(lat[#lat])))
       assert.equal(1000, #lat)
       assert.equal(0, count(svc, "attempts <> 1"))
     end)

@@ -33,9 +33,6 @@ describe("Stripe webhooks", function()
     local now = os.time()
     local h = PAY.sign_headers {
       { payload = payload, secret = PAY.SECRET },
-      { payload = payload, secret = "whsec_forged" },
-      { payload = payload, secret = PAY.SECRET, timestamp = now - 301 },
-      { payload = payload, secret = PAY.SECRET, timestamp = now + 301 },
       { payload = payload, secret = "whsec_old_secret", timestamp = now },
       { payload = payload, secret = PAY.SECRET, timestamp = now },
       { payload = payload, secret = PAY.SECRET, timestamp = now - 200 },
@@ -45,21 +42,30 @@ describe("Stripe webhooks", function()
       local r = deliver(payload, h[1])
       assert.are.equal(200, r.status)
       assert.are.equal("ignored", r.json.outcome)
-      assert.are.equal(200, deliver(payload, h[7]).status)   -- 200 s old: within the tolerance
+      assert.are.equal(200, deliver(payload, h[4]).status)   -- 200 s old: within the tolerance
     end)
 
-    it("refuses a forged one, a stale one (301 s) and a future one (301 s) with 400", function()
-      for i = 2, 4 do
-        local r = deliver(payload, h[i])
+    it("refuses a forged one, a stale one (301 s) and a future one (over 300 s) with 400", function()
+      -- signed here, just before delivery: a "future" header signed earlier drifts into the window
+      local t = os.time()
+      local fresh = PAY.sign_headers {
+        { payload = payload, secret = "whsec_forged" },
+        { payload = payload, secret = PAY.SECRET, timestamp = t - 301 },
+        { payload = payload, secret = PAY.SECRET, timestamp = t + 310 },
+      }
+      for i = 1, 3 do
+        local r = deliver(payload, fresh[i])
         assert.are.equal(400, r.status)
         assert.are.equal("application/problem+json", r.headers["content-type"])
       end
-      assert.is_truthy(deliver(payload, h[3]).json.detail:find("tolerance", 1, true))
+      assert.is_truthy(deliver(payload, fresh[2]).json.detail:find("tolerance", 1, true))
+      assert.is_truthy(deliver(payload, fresh[3]).json.detail:find("tolerance", 1, true))
+      assert.is_truthy(deliver(payload, fresh[1]).json.detail:find("no signature matches", 1, true))
     end)
 
     it("accepts several v1 of which one is valid (secret rotation)", function()
-      local old_sig = h[5]:match("v1=(%x+)")
-      local t, new_sig = h[6]:match("^t=(%d+),v1=(%x+)")
+      local old_sig = h[2]:match("v1=(%x+)")
+      local t, new_sig = h[3]:match("^t=(%d+),v1=(%x+)")
       assert.are.equal(200, deliver(payload, ("t=%s,v1=%s,v1=%s"):format(t, old_sig, new_sig)).status)
       assert.are.equal(400, deliver(payload, ("t=%s,v1=%s,v1=%s"):format(t, old_sig, old_sig)).status)
     end)

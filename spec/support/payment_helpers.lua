@@ -72,6 +72,23 @@ function M.standin_events(s)
   return cjson.decode(r.body).data
 end
 
+-- Wait until every webhook delivery the stand-in planned for PaymentIntent pi (events of the
+-- intent, its charges and refunds), duplicates included, has been answered 2xx.
+function M.settle(env, pi)
+  return assert(M.eventually(function()
+    local n = 0
+    for _, e in ipairs(M.standin_events(env.standin)) do
+      local o = e.data.object
+      if o.id == pi or o.payment_intent == pi then
+        local d = e.standin_deliveries
+        if d.done < d.scheduled then return false end
+        n = n + 1
+      end
+    end
+    return n > 0
+  end), "the stand-in's webhooks for " .. pi .. " were not all answered")
+end
+
 -- Call the stand-in's API as Stripe's client would (form body).
 function M.stripe(s, method, path, form)
   local body = form and require("stripe").form(form) or nil

@@ -1,9 +1,11 @@
 -- scripts/services/notification/routes.lua: what the notification service answers (CONTRACT §6).
--- Loading it also compiles every e-mail template: routes.lua is what `mercato check` and a hot
--- reload run in their scratch state, so a broken template fails them with file:line and the
--- old generation keeps serving.
+-- In the check state it also compiles every e-mail template: routes.lua is what `mercato check`
+-- and a hot reload run in their scratch state, so a broken template fails them with file:line
+-- and the old generation keeps serving. Serving states compile a type's templates on first use
+-- (all of them took ~20 ms: too much for every worker's state swap).
+local host = require "host"
 local n = require "services.notification.handlers.notifications"
-require("services.notification.templates").check()
+if host.checking() then require("services.notification.templates").check() end
 
 return {
   { "GET",  "/notifications",             n.list, roles = { "admin" } },

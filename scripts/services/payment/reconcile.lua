@@ -1,13 +1,15 @@
 -- scripts/services/payment/reconcile.lua: compare the payments that are not final with Stripe,
 -- luacheck: max line length 170
 -- repair them (forward only, as a webhook would: the same store.advance, so a missed event is
--- emitted once, and never again when its webhook arrives late) and record the run.
+-- emitted once, and never again when its webhook arrives late), finish refunds left pending
+-- (same Idempotency-Key at Stripe) and record the run.
 -- Run by the job (jobs.lua, every RECONCILE_EVERY_S) and by POST /payments/reconcile (admin).
 local crypto = require "crypto"
 local db = require "db"
 local log = require "log"
 local payments = require "services.payment.handlers.payments"
 local provider = require "services.payment.provider"
+local refunds = require "services.payment.handlers.refunds"
 local store = require "services.payment.store"
 
 local _M = {}
@@ -58,6 +60,19 @@ function _M.run(trigger, min_age_s)
   if not rows then
     counts.failed = counts.failed + 1
     log.warn("reconcile: listing open payments failed", { error = tostring(err), code = code })
+  end
+  -- Refunds left pending (Stripe was down, or the request died): ask Stripe again, same key.
+  local pending, perr, pcode = db.query([[SELECT id, payment_id, amount_cents FROM refunds WHERE status = 'pending'
+    AND (locked_until IS NULL OR locked_until < clock_timestamp()) AND created_at <= clock_timestamp() - make_interval(secs => $1)
+    ORDER BY created_at LIMIT $2]], min_age_s or 0, BATCH)
+  if not pending then
+    counts.failed = counts.failed + 1
+    log.warn("reconcile: listing pending refunds failed", { error = tostring(perr), code = pcode })
+  end
+  for _, r in ipairs(pending or {}) do
+    local outcome = refunds.resume(r)
+    counts.checked = counts.checked + 1
+    counts[outcome] = counts[outcome] + 1
   end
   local done, uerr, ucode = db.query_one([[UPDATE reconciliation_runs SET finished_at = clock_timestamp(), checked = $2,
     repaired = $3, failed = $4 WHERE id = $1 RETURNING id, trigger, started_at, finished_at, checked, repaired, failed]],

@@ -97,23 +97,46 @@ function _M.create(req)
   if c.problem then return unpack(c.problem) end
   local p, r = c.payment, c.refund
   if c.replay then return 201, refund_body(p, r) end
-  local re, e
-  re, err, code, e = provider.refund(p, r.id, r.amount_cents)
-  if not re then
-    if code == "invalid" or code == "not_found" or (code == "conflict" and e and e.type == "idempotency_error") then
-      return fail(r.id, 409, "Stripe refused the refund: " .. tostring(err))
-    end
+  local done, refused
+  done, err, code, refused = _M.send(p, r)
+  if refused then return fail(r.id, 409, "Stripe refused the refund: " .. tostring(err)) end
+  if not done and code == "unavailable" then
     db.exec("UPDATE refunds SET locked_until = NULL WHERE id = $1 AND status = 'pending'", r.id)   -- a retry may resume at once
     return problem.new(503, "The payment provider is unavailable; retry with the same Idempotency-Key.", nil, { ["Retry-After"] = "5" })
+  end
+  if not done then return problem.from(code, err) end
+  return 201, refund_body(p, done)
+end
+
+-- Ask Stripe for the pending refund r of payment p — its id is the Idempotency-Key, so asking
+-- again (a resumed request, reconciliation) never refunds twice — and record what it made.
+-- → the refund row, or nil, err, code, refused (true when Stripe said no: not worth retrying).
+function _M.send(p, r)
+  local re, err, code, e = provider.refund(p, r.id, r.amount_cents)
+  if not re then
+    local refused = code == "invalid" or code == "not_found" or (code == "conflict" and e and e.type == "idempotency_error")
+    return nil, err, refused and "invalid" or "unavailable", refused
   end
   local done
   done, err, code = store.tx(function()
     local locked = store.must(store.lock(p.id))
     return (store.record_refund(locked, r.id, re.id, re.amount))
   end)
-  if not done then return problem.from(code, err) end
+  if not done then return nil, err, code end
   done.provider_id = re.id
-  return 201, refund_body(p, done)
+  return done
+end
+
+-- Reconciliation: finish a pending refund nobody is working on. → "repaired" | "failed".
+function _M.resume(r)
+  local p = store.get(r.payment_id)
+  if not p then return "failed" end
+  local done, err, _, refused = _M.send(p, r)
+  if refused then
+    fail(r.id, 409, "Stripe refused the refund: " .. tostring(err))
+    return "repaired"
+  end
+  return done and "repaired" or "failed"
 end
 
 return _M

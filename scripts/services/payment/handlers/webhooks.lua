@@ -8,6 +8,7 @@
 local host = require "host"
 local json = require "json"
 local log = require "log"
+local events = require "lib.events"
 local problem = require "lib.problem"
 local stripe = require "stripe"
 local store = require "services.payment.store"
@@ -33,7 +34,7 @@ local function lock_payment(pi_id, metadata)
   local p = store.must(store.lock_by_provider(pi_id))
   if p then return p end
   local pid = type(metadata) == "table" and metadata.payment_id
-  if type(pid) == "string" and pid:match("^%x+%-%x+%-%x+%-%x+%-%x+$") and #pid == 36 then
+  if events.valid_uuid(pid) then
     p = store.must(store.lock(pid))
     if p and (p.provider_id == db.null or p.provider_id == nil) then
       store.must(db.exec("UPDATE payments SET provider_id = $2 WHERE id = $1", p.id, pi_id))
@@ -66,7 +67,7 @@ local function apply(evt)
     for _, re in ipairs(list) do
       if type(re) == "table" and type(re.id) == "string" and re.status ~= "failed" and re.status ~= "canceled" then
         local md = type(re.metadata) == "table" and re.metadata or {}
-        local ours = type(md.refund_id) == "string" and #md.refund_id == 36 and md.refund_id or nil
+        local ours = events.valid_uuid(md.refund_id) and md.refund_id or nil
         local _, new = store.record_refund(p, ours, re.id, tonumber(re.amount) or 0)
         any = any or new
       end
