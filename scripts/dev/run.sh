@@ -87,8 +87,11 @@ if [ -z "${STRIPE_API_KEY:-}${STRIPE_TEST_KEY:-}" ]; then
 fi
 
 start() {   # start NAME: one mercato process, its log under .run/logs
-    local name=$1 db_var="DATABASE_URL_${1^^}"
-    SERVICE=$name PORT=${PORTS[$name]} DATABASE_URL=${!db_var:-} "$BIN" >"$LOGS/$name.log" 2>&1 &
+    local name=$1 db_var="DATABASE_URL_${1^^}" client=()
+    # The internal client's secret only where it is used: the user service (which registers it)
+    # and the order service (its one caller).
+    case $name in user | order) ;; *) client=(-u SERVICE_CLIENT_SECRET) ;; esac
+    env "${client[@]}" SERVICE="$name" PORT="${PORTS[$name]}" DATABASE_URL="${!db_var:-}" "$BIN" >"$LOGS/$name.log" 2>&1 &
     PIDS[$name]=$!
 }
 

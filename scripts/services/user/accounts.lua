@@ -13,8 +13,10 @@ local tokens = require "services.user.tokens"
 
 local _M = {}
 
--- The scopes of the internal client: what the services' internal routes require.
-_M.SERVICE_SCOPES = "inventory payments orders notifications users"
+-- The scopes of the internal client, and no more: what its one caller, the order service,
+-- needs (reserve stock at the product service, payments, the buyer's email). No other service
+-- calls another; one that starts to gets a client of its own (least privilege).
+_M.SERVICE_SCOPES = "inventory payments users"
 
 local function env(name)
   local v = host.env(name)
