@@ -92,9 +92,9 @@ describe("make run", function()
   it("gives the internal client's secret only to the user and order services", function()
     for _, name in ipairs { "user", "product", "order", "payment", "notification" } do
       local port = tonumber(env[name:upper() .. "_SERVICE_URL"]:match(":(%d+)$"))
-      local pid = sh(("ss -Hltnp 'sport = :%d' | sed -n 's/.*pid=\\([0-9]*\\).*/\\1/p' | head -1"):format(port)):match("%d+")
-      assert.is_string(pid, name)
-      local environ = read("/proc/" .. pid .. "/environ") or ""
+      local owner = sh(("ss -Hltnp 'sport = :%d' | sed -n 's/.*pid=\\([0-9]*\\).*/\\1/p' | head -1"):format(port)):match("%d+")
+      assert.is_string(owner, name)
+      local environ = read("/proc/" .. owner .. "/environ") or ""
       local has = environ:find("SERVICE_CLIENT_SECRET=", 1, true) ~= nil
       assert.equal(name == "user" or name == "order", has, name)
     end
