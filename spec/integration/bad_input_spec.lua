@@ -218,6 +218,22 @@ local starters = {
     srv.close = function() return require("support.payment_helpers").stop(env) end
     return srv
   end,
+  order = function()   -- with its user and product services: real tokens from the real JWKS
+    local O = require "support.order_helpers"
+    local w = O.start()
+    local buyer, admin = O.buyer(w).token, O.admin(w).token
+    local srv = w.order
+    srv.token = function(role) return role == "admin" and admin or buyer end
+    srv.close = function() return O.stop(w) end
+    return srv
+  end,
+  notification = function()
+    local N = require "support.notification_helpers"
+    local srv = N.start()
+    srv.token = function(role, scope) return (P.token(scope and "service" or role, nil, scope and { scope = scope } or nil)) end
+    srv.close = function() return N.stop(srv) end
+    return srv
+  end,
 }
 
 describe("invalid UTF-8 from a client", function()
