@@ -68,6 +68,24 @@ describe("OpenAPI documents", function()
     assert.same(want, operations_of(committed))
   end)
 
+  it("are valid OpenAPI 3.1 for a third-party validator (@seriousme/openapi-schema-validator)", function()
+    local files = {}
+    for _, service in ipairs(SERVICES) do
+      if read("scripts/services/" .. service .. "/openapi.json") then files[#files + 1] = "scripts/services/" .. service .. "/openapi.json" end
+    end
+    files[#files + 1] = "scripts/services/gateway/openapi.json"
+    local out = sh("node spec/support/openapi_validate.js " .. table.concat(files, " "))
+    local n = 0
+    for line in out:gmatch("[^\n]+") do
+      local r = cjson.decode(line)
+      assert.is_table(r, line)
+      assert.is_true(r.valid, r.file .. ": " .. cjson.encode(r.errors))
+      assert.equal("3.1", r.version, r.file)
+      n = n + 1
+    end
+    assert.equal(#files, n, out)
+  end)
+
   it("of the gateway is served at GET /openapi.json", function()
     local srv = server.start { service = "gateway", scripts = "scripts", env = { RATE_LIMIT_GLOBAL = "off" } }
     local res = http.request { method = "GET", url = "http://127.0.0.1:" .. srv.port .. "/openapi.json" }
