@@ -104,8 +104,8 @@ stack-down:
 
 asan:
 	@$(MAKE) --no-print-directory BUILD=build/asan OPT=-O1 \
-	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	  EXTRA_LDFLAGS="-fsanitize=address,undefined" all
+	  EXTRA_CFLAGS="-fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-pointer -fno-sanitize-recover=undefined,float-cast-overflow" \
+	  EXTRA_LDFLAGS="-fsanitize=address,undefined,float-cast-overflow" all
 
 valgrind: all
 	@scripts/dev/valgrind.sh

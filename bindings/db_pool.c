@@ -58,6 +58,8 @@ typedef struct db_op {
     int nres, prep_idx;          /* results seen; the index of its Parse's result, or -1 */
     int prep_failed;
     unsigned prep_id;            /* the statement it prepared (cached optimistically) */
+    unsigned exec_id;            /* the statement it ran by name (0: unnamed) */
+    int unnamed;                 /* run it unnamed (its retry after a sibling's failed Parse) */
     int depth, commit, end_rc;   /* K_BEGIN / K_END */
     db_error_t err, end_err;     /* the failure; K_END's decided before sending */
     char fn[16];                 /* db.query, db.tx, ... for messages */
@@ -237,6 +239,7 @@ static int send_op(db_conn_t *c, db_op_t *op)
     op->prep_idx = -1;
     op->prep_id = 0;
     op->prep_failed = 0;
+    op->exec_id = 0;
     if (op->kind != K_QUERY) {
         /* "A; B" is not allowed in a pipeline: ROLLBACK TO and RELEASE go as two messages. */
         const char *semi = strchr(op->sql, ';');
@@ -248,6 +251,10 @@ static int send_op(db_conn_t *c, db_op_t *op)
         } else {
             ok = PQsendQueryParams(pg, op->sql, 0, NULL, NULL, NULL, NULL, 0);
         }
+    } else if (op->unnamed) {
+        /* Its retry after a sibling's failed Parse: parse, bind and execute at once, so that the
+         * answer is this SQL's own, never a statement name another op cached optimistically. */
+        ok = PQsendQueryParams(pg, op->sql, op->n, NULL, op->values, NULL, NULL, 0);
     } else {
         db_stmt_t *s = db_stmt_find(c, op->sql, op->len, op->hash);
         if (!s && c->nstmts >= db_settings.stmt_cache_max && db_settings.stmt_cache_max && c->tx_depth == 0) {
@@ -258,6 +265,7 @@ static int send_op(db_conn_t *c, db_op_t *op)
         }
         if (s) {
             s->used = ++c->tick;
+            op->exec_id = s->id;
             snprintf(name, sizeof name, "mercato_%u", s->id);
             ok = ok && PQsendQueryPrepared(pg, name, op->n, op->values, NULL, NULL, 0);
         } else if (c->nstmts < db_settings.stmt_cache_max) {
@@ -580,8 +588,15 @@ static void op_done(db_conn_t *c, db_op_t *op)
         int forgot = !strcmp(op->err.sqlstate, "26000");
         int changed = !strcmp(op->err.sqlstate, "0A000") && c->tx_depth == 0;
         if (forgot || changed) {
-            if (forgot) db_stmt_forget_all(c);
-            else {
+            /* 26000 for a name no longer cached: the op ahead of it that prepared it failed
+             * (and forgot it in its op_done) — the server still has every other statement,
+             * so the cache stays. Still cached: the server forgot them all. */
+            if (forgot) {
+                int named_cached = 0;
+                for (int i = 0; i < c->nstmts && !named_cached; i++) named_cached = c->stmts[i].id == op->exec_id;
+                if (named_cached || !op->exec_id) db_stmt_forget_all(c);
+                else op->unnamed = 1;
+            } else {
                 db_stmt_t *s = db_stmt_find(c, op->sql, op->len, op->hash);
                 if (s) db_stmt_forget(c, s);   /* left on the server: a new name is prepared */
             }

@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -568,9 +569,10 @@ int queue_next(queue_ctx_t *q, const char *name, int wait_ms, amqp_envelope_t *e
 int queue_settle(queue_ctx_t *q, double tag, int ack, int requeue, queue_err_t *e)
 {
     qconn_t *k = &q->sub;
-    double epoch = (double)(uint64_t)(tag / TAG_EPOCH_SCALE);
+    /* Range first (NaN fails it too): converting a double an integer cannot hold is undefined. */
+    if (!(tag >= TAG_EPOCH_SCALE && tag < (double)((1u << 20) + 1) * TAG_EPOCH_SCALE) || tag != floor(tag)) return -2;
+    double epoch = floor(tag / TAG_EPOCH_SCALE);
     uint64_t dtag = (uint64_t)(tag - epoch * TAG_EPOCH_SCALE);
-    if (tag < 0 || epoch < 1 || epoch > (1u << 20)) return -2;
     if (!k->c || (uint32_t)epoch != k->epoch) {
         if ((uint32_t)epoch > k->epoch) return -2;
         return seterr(e, "conflict", "amqp %s: the delivery's connection has closed; the broker redelivers the message", ack ? "ack" : "nack");

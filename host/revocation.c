@@ -88,21 +88,31 @@ void revocation_cache_clear(worker_t *w)
     if (w->revocations) memset(w->revocations, 0, CACHE_SLOTS * sizeof(slot_t));
 }
 
+/* A whole number of seconds at *p (digits only, at most 12: no overflow), then one space. */
+static int parse_seconds(const char **p, const char *end, int64_t *out)
+{
+    int64_t v = 0;
+    int digits = 0;
+    while (*p < end && **p >= '0' && **p <= '9' && digits < 13) { v = v * 10 + (**p - '0'); (*p)++; digits++; }
+    if (digits == 0 || digits > 12 || *p >= end || **p != ' ') return -1;
+    (*p)++;
+    *out = v;
+    return 0;
+}
+
 int revocation_parse(const char *s, size_t n, revocation_t *out)
 {
-    char buf[96], role[REVOCATION_ROLE_MAX + 1];
-    long long r, c;
-    int used = 0;
-    memset(out, 0, sizeof *out);
-    if (n >= sizeof buf) return -1;
-    memcpy(buf, s, n);
-    buf[n] = 0;
-    if (sscanf(buf, "%lld %lld %16s%n", &r, &c, role, &used) != 3 || buf[used] || r < 0 || c < 0 ||
-        strlen(role) >= REVOCATION_ROLE_MAX)
-        return -1;
-    out->revoked_s = r;
-    out->role_s = c;
-    if (strcmp(role, "-") != 0) memcpy(out->role, role, strlen(role) + 1);
+    const char *p = s, *end = s + n;
+    revocation_t r;
+    memset(&r, 0, sizeof r);
+    memset(out, 0, sizeof *out);   /* a malformed record reads as none */
+    if (parse_seconds(&p, end, &r.revoked_s) != 0 || parse_seconds(&p, end, &r.role_s) != 0) return -1;
+    size_t rn = (size_t)(end - p);
+    if (rn == 0 || rn >= REVOCATION_ROLE_MAX) return -1;
+    for (size_t i = 0; i < rn; i++)
+        if (!((p[i] >= 'a' && p[i] <= 'z') || p[i] == '_' || (rn == 1 && p[i] == '-'))) return -1;
+    if (!(rn == 1 && p[0] == '-')) memcpy(r.role, p, rn);
+    *out = r;
     return 0;
 }
 

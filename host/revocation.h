@@ -37,7 +37,8 @@ int revocation_lookup(struct worker *w, const char *sub, size_t n, revocation_t 
 /* Forget a pending lookup: cb is never called. */
 void revocation_wait_cancel(revocation_wait_t *wait);
 
-/* Parse a record's Redis value "<revoked_s> <role_s> <role>" (role may be "-"). 0 or -1. */
+/* Parse a record's Redis value "<revoked_s> <role_s> <role>" (whole seconds of at most 12
+ * digits; role lower-case letters and '_', or "-" for none). 0, or -1 with *out all zero. */
 int revocation_parse(const char *s, size_t n, revocation_t *out);
 
 /* Whether a token issued at iat is refused by rec; else *role (may be NULL) is the role it

@@ -50,6 +50,7 @@ typedef struct http_thread {
 } http_thread_t;
 
 static _Atomic int g_stopping;   /* one server per process: read when building responses */
+static int g_fail_worker = -1;   /* SERVER_TEST_FAIL_WORKER (specs): this worker fails once its daemon is up */
 static int g_builtin_slot[4];   /* metrics slots of /health, /ready, /metrics, /openapi.json */
 
 struct server {
@@ -391,11 +392,13 @@ static void *http_thread_main(void *arg)
     const union MHD_DaemonInfo *di = t->daemon ? MHD_get_daemon_info(t->daemon, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
     loop_t *loop = loop_new();
     if (!t->daemon || !di || !loop || loop_watch(loop, di->epoll_fd, LOOP_READ, on_mhd_ready, t) < 0 ||
-        loop_watch(loop, t->wake_fd, LOOP_READ, on_wake, t) < 0) {
+        loop_watch(loop, t->wake_fd, LOOP_READ, on_wake, t) < 0 || t->index == g_fail_worker) {
         snprintf(t->err, sizeof t->err, "cannot start the HTTP daemon on worker %d", t->index);
         loop_free(loop);
+        /* Quiesce first: MHD_stop_daemon would close the listening socket, which belongs to
+         * the server (shared by the other threads, or closed by server_stop). */
         if (t->daemon) {
-            MHD_quiesce_daemon(t->daemon);   /* the socket is ours to close (server_stop), not MHD's */
+            MHD_quiesce_daemon(t->daemon);
             MHD_stop_daemon(t->daemon);
         }
         worker_free(t->w);
@@ -500,6 +503,8 @@ server_t *server_start(const config_t *cfg, char *err, size_t errlen)
     dispatch_init(!(async && strcmp(async, "0") == 0));
     const char *mode = getenv("LISTEN_MODE");
     int reuseport = mode && strcmp(mode, "reuseport") == 0;
+    const char *fail = getenv("SERVER_TEST_FAIL_WORKER");
+    g_fail_worker = fail && *fail ? atoi(fail) : -1;
     s->listen_fd = reuseport ? -1 : open_listener(cfg, 0, err, errlen);
     if (!reuseport && s->listen_fd < 0) { free(s); return NULL; }
     s->nthreads = cfg->workers;
@@ -517,7 +522,8 @@ server_t *server_start(const config_t *cfg, char *err, size_t errlen)
             snprintf(err, errlen, "cannot start worker thread %d", i);
             if (t->wake_fd >= 0) close(t->wake_fd);
             t->wake_fd = -1;
-            if (reuseport) close(t->listen_fd);   /* not launched: server_stop never sees it */
+            if (reuseport) close(t->listen_fd);   /* its own: server_stop only sees launched threads */
+            t->listen_fd = -1;
             failed = 1;
             break;
         }

@@ -113,6 +113,16 @@ TEST(unreachable_broker_returns_unavailable_and_backs_off)
     lua_settop(L, 0);
     /* a tag that was never delivered is misuse */
     CHECK_INT(test_run(L, "return queue.ack(4294967297)"), -1);
+    /* ... and so is one no delivery could carry, refused before any conversion (KNOWN: -1,
+     * NaN and huge numbers were cast to an integer first, which is undefined behaviour) */
+    static const char *const bad[] = { "return queue.ack(-1)", "return queue.ack(0/0)", "return queue.ack(1e300)",
+                                       "return queue.nack(-1e300, false)", "return queue.ack(-0.5)",
+                                       "return queue.ack(1/0)", "return queue.ack(2^84)" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK_INT(test_run(L, bad[i]), -1);
+        CHECK(strstr(lua_tostring(L, -1), "unknown delivery tag") != NULL);
+        lua_settop(L, 0);
+    }
     char why[256] = "";
     CHECK_INT(binding_queue.ready(&w, why, sizeof why), 0);
     CHECK(why[0] != 0);

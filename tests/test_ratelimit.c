@@ -285,6 +285,7 @@ TEST(redis_check_and_fallback)
     CHECK(lua_toboolean(L, 3));
     lua_close(L);
     bindings_worker_free(&w);
+    ratelimit_conn_free(w.ratelimit);   /* the worker's own (worker_free's job in the server) */
 
     /* Redis at a dead port: every check is answered locally, and still limits. */
     config_t dead = { .redis_url = "redis://127.0.0.1:1/0" };
@@ -296,6 +297,7 @@ TEST(redis_check_and_fallback)
     CHECK_STR(lua_tostring(L, -1), "yl yl nl");
     lua_close(L);
     bindings_worker_free(&w2);
+    ratelimit_conn_free(w2.ratelimit);
 }
 
 /* Checks per second through the C API: in-process, and against Redis when REDIS_URL is set. */

@@ -20,8 +20,11 @@ TEST(refuses_malformed_records)
 {
     revocation_t r;
     const char *bad[] = { "", "1", "1 2", "1 2 seller extra", "-1 2 buyer", "x 2 buyer", "1 2 averyveryverylongrole",
-                          "1 2 buyer\n" };
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) CHECK_INT(revocation_parse(bad[i], strlen(bad[i]), &r), -1);
+                          "1 2 buyer\n", "1 2 Admin", "99999999999999 2 buyer", "1  2 buyer", "1 2 " };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK_INT(revocation_parse(bad[i], strlen(bad[i]), &r), -1);
+        CHECK(r.revoked_s == 0 && r.role_s == 0 && r.role[0] == 0);   /* a malformed record is none */
+    }
     char big[200];
     memset(big, '1', sizeof big);
     CHECK_INT(revocation_parse(big, sizeof big, &r), -1);

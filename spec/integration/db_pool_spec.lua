@@ -227,6 +227,30 @@ describe("a pool's prepared statements and deadlines", function()
     assert.same({ id = 8, label = "item 8", extra = 7 }, doc)
   end)
 
+  it("keeps its other statements when a statement pipelined behind a failed Parse finds no statement (KNOWN)", function()
+    local bigger = start { DB_STMT_CACHE = 50, DB_POOL_SIZE = 1 }
+    finally(function() bigger:stop() end)
+    local function prepared() local doc = select(2, H.call(bigger, "GET", "/prepared")) return doc.n, doc.list end
+    for _, path in ipairs({ "/item/1", "/star/1", "/variant?k=1&x=1", "/variant?k=2&x=1" }) do
+      assert.equal(200, (H.call(bigger, "GET", path)))
+    end
+    local before, list = prepared()
+    -- the first prepares and fails; those pipelined behind it ran its name: 26000 on the server
+    local reqs = {}
+    for i = 1, 12 do reqs[i] = { "GET", "/bad" } end
+    for _, r in ipairs(all_at_once(bigger.port, reqs)) do
+      assert.equal(422, r.status, cjson.encode(r))
+      assert.matches("no_such_column", r.doc.err, 1, true)   -- the real error, never 26000's
+      assert.is_nil(r.doc.err:find("prepared statement", 1, true))
+    end
+    for _, path in ipairs({ "/item/1", "/star/1", "/variant?k=1&x=1", "/variant?k=2&x=1" }) do
+      assert.equal(200, (H.call(bigger, "GET", path)))
+    end
+    -- nothing prepared twice: the cache was not dropped while the server kept its statements
+    local after, now = prepared()
+    assert.equal(before, after, list .. "\n→ " .. tostring(now))
+  end)
+
   it("answers timeout for a statement past statement_timeout, and the next one runs", function()
     local status, doc = H.call(srv, "GET", "/slow?ms=2000")
     assert.equal(422, status)

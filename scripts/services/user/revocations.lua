@@ -2,7 +2,7 @@
 -- checks with each bearer token (host/revocation.c): Redis key "auth:revocation:<user id>" =
 -- "<revoked_s> <role_s> <role>" — tokens issued (iat) before revoked_s are refused, tokens
 -- issued before role_s carry `role`. The users row is the truth (tokens_revoked_at,
--- role_changed_at, rounded up to whole seconds); Redis holds a copy for TTL seconds (an access
+-- role_changed_at, plus CLOCK_MARGIN, rounded up to whole seconds); Redis holds a copy for TTL seconds (an access
 -- token lives 900 s, plus the hosts' 60 s clock skew: after that every older token is dead
 -- anyway), written right after each change and written again by the `publish-revocations` job
 -- every couple of seconds, so that a failed write or a Redis restart is repaired within seconds.
@@ -15,11 +15,16 @@ local _M = {}
 _M.TTL = 960
 _M.PREFIX = "auth:revocation:"
 
+-- Seconds added to both times: the database's clock and the clock of the user service that
+-- dates tokens (iat) may differ by this much, and a token issued just before a revocation must
+-- not pass for one issued after. Fresh tokens are dated after revoked_s anyway (min_iat).
+_M.CLOCK_MARGIN = 2
+
 -- The record's columns in a users query (`u` names the users table, or nil).
 function _M.columns(u)
   local p = u and (u .. ".") or ""
-  return ("ceil(extract(epoch FROM %stokens_revoked_at))::bigint AS revoked_s, " ..
-    "ceil(extract(epoch FROM %srole_changed_at))::bigint AS role_s"):format(p, p)
+  return ("ceil(extract(epoch FROM %stokens_revoked_at) + %d)::bigint AS revoked_s, " ..
+    "ceil(extract(epoch FROM %srole_changed_at) + %d)::bigint AS role_s"):format(p, _M.CLOCK_MARGIN, p, _M.CLOCK_MARGIN)
 end
 
 function _M.value(row)
