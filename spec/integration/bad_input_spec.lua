@@ -211,6 +211,13 @@ local starters = {
     srv.close = function() return P.stop(srv) end
     return srv
   end,
+  notification = function()
+    local N = require "support.notification_helpers"
+    local srv = N.start()
+    srv.token = function(role, scope) return (N.token(scope and "service" or role, nil, scope and { scope = scope } or nil)) end
+    srv.close = function() return N.stop(srv) end
+    return srv
+  end,
 }
 
 describe("invalid UTF-8 from a client", function()
@@ -240,7 +247,7 @@ describe("invalid UTF-8 from a client", function()
     local names = {}
     for _, svc in ipairs(svcs) do names[#names + 1] = svc.name; assert.is_true(#svc.routes > 0) end
     table.sort(names)
-    assert.same({ "product", "user" }, names)
+    assert.same({ "notification", "product", "user" }, names)
   end)
 
   it("never gets a 5xx, and every answer is a problem document, from every service and the gateway", function()
