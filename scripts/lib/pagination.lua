@@ -28,6 +28,12 @@ function _M.decode(cursor)
   return key
 end
 
+-- The 400 for a cursor this endpoint did not give out (also for one that decodes but whose key
+-- does not fit the endpoint's sort key): status, body, headers.
+function _M.bad_cursor()
+  return problem.bad_request("cursor is not a cursor this endpoint gave out.", { { field = "cursor", message = "is invalid" } })
+end
+
 -- pagination.params(query[, opts]) → { limit, after } | nil, problem. opts: default_limit, max_limit.
 function _M.params(query, opts)
   local default, max = (opts and opts.default_limit) or _M.default_limit, (opts and opts.max_limit) or _M.max_limit
@@ -44,10 +50,7 @@ function _M.params(query, opts)
   local c = query.cursor
   if c ~= nil and c ~= "" then
     page.after = _M.decode(c)
-    if not page.after then
-      return nil, problem.bad_request("cursor is not a cursor this endpoint gave out.",
-        { { field = "cursor", message = "is invalid" } })
-    end
+    if not page.after then return nil, _M.bad_cursor() end
   end
   return page
 end

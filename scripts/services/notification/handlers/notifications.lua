@@ -11,17 +11,13 @@ local _M = {}
 
 local STATUSES = { queued = true, sent = true, failed = true }
 
-local function bad_cursor()
-  return problem.bad_request("cursor is not a cursor this endpoint gave out.", { { field = "cursor", message = "is invalid" } })
-end
-
 local function is_admin(req) return req.claims.role == "admin" end
 
 local function page_of(req, filters)
   local page, status, body, headers = pagination.params(req.query)
   if not page then return status, body, headers end
   local after = page.after and page.after.id
-  if page.after and not events.valid_uuid(after) then return bad_cursor() end
+  if page.after and not events.valid_uuid(after) then return pagination.bad_cursor() end
   local rows, err, code = store.list(filters, after, page.limit + 1)
   if err then return problem.from(code, err) end
   local admin = is_admin(req)
