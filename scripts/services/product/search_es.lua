@@ -171,8 +171,7 @@ end
 -- → { items, next_cursor } | nil, err, code | false, problem
 function _M.list(params, page)
   if page.after and (not json.is_array(page.after.a) or #page.after.a ~= 2) then
-    return false, require("lib.problem").bad_request("cursor is not a cursor this endpoint gave out.",
-      { { field = "cursor", message = "is invalid" } })
+    return false, require("lib.pagination").bad_cursor()
   end
   local res, err, code = _M.call("POST", "/" .. _M.index_name() .. "/_search", _M.query(params, page))
   if not res then

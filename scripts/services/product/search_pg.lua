@@ -70,8 +70,7 @@ function _M.list(params, page)
   local a = page.after
   if a then
     if not store.is_uuid(a.id) or not o.valid(a) then
-      return false, require("lib.problem").bad_request("cursor is not a cursor this endpoint gave out.",
-        { { field = "cursor", message = "is invalid" } })
+      return false, require("lib.pagination").bad_cursor()
     end
     outer = o.after(a, arg)
   end

@@ -18,9 +18,7 @@ local function public(r)
   return { id = r.id, slug = r.slug, name = r.name, parent_id = r.parent_id, created_at = r.created_at, updated_at = r.updated_at }
 end
 
-local function bad_cursor()
-  return problem.bad_request("cursor is not a cursor this endpoint gave out.", { { field = "cursor", message = "is invalid" } })
-end
+local bad_cursor = pagination.bad_cursor
 
 -- A category by id or slug, or a bare nil.
 local function find(ref)
