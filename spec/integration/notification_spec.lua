@@ -231,6 +231,9 @@ describe("notification service", function()
       assert.equal(1, #N.wait_mails(function(m) return m.to[1].address == email2 end, 1))
       local id2 = N.sql(svc, ("UPDATE notifications SET status = 'failed', attempts = 8, last_error = 'smtp: down' " ..
         "WHERE event_id = '%s' RETURNING id"):format(ev2.id))
+      -- the SMTP error names the mail server: its owner sees the status, only an admin the error
+      assert.equal(cjson.null, N.get(svc, "/notifications/" .. id2, { token = owner.token }).json.last_error)
+      assert.equal("smtp: down", N.get(svc, "/notifications/" .. id2, { token = admin.token }).json.last_error)
       r = N.post(svc, "/notifications/" .. id2 .. "/retry", nil, { token = admin.token })
       assert.equal(200, r.status)
       assert.equal("queued", r.json.status)

@@ -58,8 +58,18 @@ function Server:stop(sig)
   os.execute("kill -" .. (sig or "TERM") .. " " .. self.pid .. " 2>/dev/null")
   local deadline = socket.gettime() + 15
   while alive(self.pid) and socket.gettime() < deadline do socket.sleep(0.02) end
-  if alive(self.pid) then os.execute("kill -KILL " .. self.pid) end
+  if alive(self.pid) then
+    os.execute("kill -KILL " .. self.pid)
+    self.pid = nil
+    return nil
+  end
+  -- The wrapper writes the status just after mercato is gone: on a busy machine, a moment later.
   local status = tonumber(read_file(self.status_path) or "")
+  deadline = socket.gettime() + 5
+  while not status and socket.gettime() < deadline do
+    socket.sleep(0.02)
+    status = tonumber(read_file(self.status_path) or "")
+  end
   self.pid = nil
   return status
 end

@@ -6,6 +6,7 @@
 --   unavailable / timeout   → queued again, next_attempt_at = now + backoff with jitter,
 --                             or failed once NOTIFY_MAX_ATTEMPTS attempts were made
 --   rejected (5xx) / invalid → failed at once (an admin may retry it)
+-- The first success after the server was unavailable makes every deferred delivery due at once.
 -- A sender killed mid-send loses its transaction: the row is still queued and is sent again,
 -- so an e-mail the SMTP server had accepted just before the kill arrives twice — at most one
 -- duplicate per sender runner per kill (NOTIFY_SENDERS, default 1). Nothing is lost.
@@ -72,6 +73,12 @@ local SENT = "UPDATE notifications SET status = 'sent', attempts = attempts + 1,
 local RETRY = "UPDATE notifications SET attempts = $2, last_error = $3, updated_at = now(), " ..
   "next_attempt_at = now() + make_interval(secs => $4) WHERE id = $1"
 local FAILED = "UPDATE notifications SET status = 'failed', attempts = $2, last_error = $3, updated_at = now() WHERE id = $1"
+-- The server is back: deliveries deferred by the outage are due now, not at the end of their
+-- backoff (after a long outage that could be many minutes away).
+local RECOVERED = "UPDATE notifications SET next_attempt_at = now() " ..
+  "WHERE status = 'queued' AND attempts > 0 AND next_attempt_at > now()"
+
+local deferred = false   -- this sender saw the server unavailable since its last success
 
 -- One due row, sent → "idle" | "sent" | "retried" | "failed" (and the send's error, code), or
 -- nil, err, code when the database failed.
@@ -94,6 +101,10 @@ function _M.send_one(cfg)
     if msgid then
       local n, uerr, ucode = db.exec(SENT, row.id, msgid)
       if not n then return nil, uerr, ucode end
+      if deferred then
+        local _, rerr, rcode = db.exec(RECOVERED)
+        if rerr then return nil, rerr, rcode end
+      end
       mm.sent:inc(1, row.event_type)
       local at = events.parse_time(row.occurred_at)
       if at then mm.event_latency:observe(math.max(0, now - at)) end
@@ -113,6 +124,8 @@ function _M.send_one(cfg)
     return "retried"
   end)
   if not res then return nil, err, code end
+  if res == "sent" then deferred = false
+  elseif res == "retried" and (scode == "unavailable" or scode == "timeout") then deferred = true end
   return res, serr, scode
 end
 

@@ -12,12 +12,14 @@ _M.COLUMNS = COLUMNS
 
 local function null(v) if v == nil then return json.null end return v end
 
--- What the API shows of a row (the bodies stay inside).
-function _M.public(r)
+-- What the API shows of a row (the bodies stay inside). The SMTP error names the mail server
+-- (host, port): only an admin sees it.
+function _M.public(r, admin)
   return {
     id = r.id, event_id = r.event_id, event_type = r.event_type, user_id = null(r.user_id),
     recipient = r.recipient, subject = r.subject, status = r.status, attempts = r.attempts,
-    last_error = null(r.last_error), next_attempt_at = r.status == "queued" and r.next_attempt_at or json.null,
+    last_error = admin and null(r.last_error) or json.null,
+    next_attempt_at = r.status == "queued" and r.next_attempt_at or json.null,
     occurred_at = null(r.occurred_at), message_id = null(r.message_id), sent_at = null(r.sent_at),
     created_at = r.created_at, updated_at = r.updated_at,
   }

@@ -11,18 +11,18 @@ local _M = {}
 
 local STATUSES = { queued = true, sent = true, failed = true }
 
-local function bad_cursor()
-  return problem.bad_request("cursor is not a cursor this endpoint gave out.", { { field = "cursor", message = "is invalid" } })
-end
+local function is_admin(req) return req.claims.role == "admin" end
 
 local function page_of(req, filters)
   local page, status, body, headers = pagination.params(req.query)
   if not page then return status, body, headers end
   local after = page.after and page.after.id
-  if page.after and not events.valid_uuid(after) then return bad_cursor() end
+  if page.after and not events.valid_uuid(after) then return pagination.bad_cursor() end
   local rows, err, code = store.list(filters, after, page.limit + 1)
   if err then return problem.from(code, err) end
-  return 200, pagination.result(rows, page.limit, function(r) return { id = r.id } end, store.public)
+  local admin = is_admin(req)
+  return 200, pagination.result(rows, page.limit, function(r) return { id = r.id } end,
+    function(r) return store.public(r, admin) end)
 end
 
 -- GET /notifications?recipient=&status= (admin)
@@ -50,8 +50,6 @@ function _M.me(req)
   return page_of(req, { user_id = sub })
 end
 
-local function is_admin(req) return req.claims.role == "admin" end
-
 -- GET /notifications/{id}: its owner or an admin; anyone else gets the same 404 as for none.
 function _M.show(req)
   local id = req.params.id
@@ -61,7 +59,7 @@ function _M.show(req)
   if not row or not (is_admin(req) or (row.user_id ~= nil and row.user_id == req.claims.sub)) then
     return problem.not_found("notification", id)
   end
-  return 200, store.public(row)
+  return 200, store.public(row, is_admin(req))
 end
 
 -- POST /notifications/{id}/retry (admin): a failed or queued delivery is due again now with a
@@ -75,7 +73,7 @@ function _M.retry(req)
   end
   if err then return problem.from(code, err) end
   if row == nil then return problem.not_found("notification", id) end
-  return 200, store.public(row)
+  return 200, store.public(row, true)
 end
 
 return _M

@@ -86,9 +86,7 @@ function _M.list(req)
   local page, status, body, headers = pagination.params(q)
   if not page then return status, body, headers end
   local after = page.after and page.after.id
-  if page.after and not store.is_uuid(after) then
-    return problem.bad_request("cursor is not a cursor this endpoint gave out.", { { field = "cursor", message = "is invalid" } })
-  end
+  if page.after and not store.is_uuid(after) then return pagination.bad_cursor() end
   local email = q.email ~= "" and q.email or nil
   local role = q.role ~= "" and q.role or nil
   if (email and (#email > 254 or not validate.utf8_len(email) or email:find("\0", 1, true)))
