@@ -4,7 +4,8 @@
 # the atoms of their literal tables — so dashboards and alert rules are checked against the
 # real exporter without starting a broker. One name a line.
 set -euo pipefail
-ebin=$(ls -d /usr/lib/rabbitmq/lib/rabbitmq_server-*/plugins/rabbitmq_prometheus-*/ebin 2>/dev/null | tail -1)
+ebin=""
+for d in /usr/lib/rabbitmq/lib/rabbitmq_server-*/plugins/rabbitmq_prometheus-*/ebin; do [ -d "$d" ] && ebin=$d; done
 [ -n "$ebin" ] || { echo "rabbitmq_prometheus is not installed" >&2; exit 1; }
 erl -noshell -eval '
   Atoms = fun Walk(T, Acc) when is_atom(T) -> [T | Acc];
