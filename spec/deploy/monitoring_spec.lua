@@ -18,7 +18,6 @@ local PROMISED = {
   notifications_retried_total = "notification service: send attempts rescheduled, by event type",
   notifications_failed_total = "notification service: deliveries given up, by event type",
   payment_reconciliation_repairs_total = "payment service: payments a reconciliation run repaired (not declared yet)",
-  redis_command_duration_seconds = "host: latency of Redis commands, a histogram (not declared yet)",
 }
 
 local PROMQL_WORDS = {}
@@ -59,9 +58,11 @@ local function exported_names()
   local scraped = 0
   for n, kind in body:gmatch("\n# TYPE ([%w_:]+) (%a+)") do add(n, kind == "histogram"); scraped = scraped + 1 end
   -- what the services declare: the C registry and the Lua metrics binding
-  local c_decl = D.sh([[grep -rhoE '(metrics_family|add_help)\(("|[a-z]+, ")[a-z_:]+", "[^"]*", "?[A-Za-z_]+' ]]
-    .. "host core bindings")
-  for n, kind in c_decl:gmatch('"([a-z_:]+)", "[^"]*", "?([%w_]+)') do add(n, kind:lower():find("histogram") ~= nil) end
+  local c_src = D.sh("cat host/*.c core/*.c bindings/*.c")
+  for n, at in c_src:gmatch('metrics_family%(%s*"([a-z_:]+)"()') do   -- the kind follows name and help
+    add(n, c_src:sub(at, at + 400):match("METRIC_(%u+)") == "HISTOGRAM")
+  end
+  for n, kind in c_src:gmatch('add_help%(%w+, "([a-z_:]+)", "[^"]*", "(%a+)"') do add(n, kind == "histogram") end
   local lua_decl = D.sh([[grep -rhoE 'metrics\.(counter|gauge|histogram)\("[a-z_:]+"' scripts]])
   for kind, n in lua_decl:gmatch('metrics%.(%a+)%("([a-z_:]+)"') do add(n, kind == "histogram") end
   local rabbit, rc = D.sh("spec/support/deploy/rabbitmq_metric_names.sh")
