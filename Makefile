@@ -88,6 +88,11 @@ test-unit: all
 test-spec: all
 	@scripts/dev/test.sh spec
 
+.PHONY: test-deploy
+test-deploy: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/dev/test.sh deploy
+
 run: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/dev/run.sh

@@ -5,9 +5,12 @@
 #include "cache.h"
 
 #include <lauxlib.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "../core/loop.h"
+#include "../core/metrics.h"
 #include "../host/request.h"
 #include "../host/worker.h"
 
@@ -16,11 +19,30 @@ typedef struct {
     request_t *r;
     redis_op_t *op;
     int kind, n, got;
+    uint64_t sent_ns;   /* loop clock when it went out: redis_command_duration_seconds */
 } lua_wait_t;
+
+/* redis_command_duration_seconds: a handler's call from sending to its answer (all replies of
+ * a pipeline; errors and timeouts too), one histogram for the process. */
+static metric_cell_t *g_latency;
+static pthread_once_t g_latency_once = PTHREAD_ONCE_INIT;
+
+static void latency_init(void)
+{
+    static const double buckets[] = { 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                      0.25, 0.5, 1 };
+    char err[128];
+    metric_family_t *f = metrics_family("redis_command_duration_seconds",
+                                        "Redis calls of handlers, from sending to the answer (a pipeline counts once).",
+                                        METRIC_HISTOGRAM, 0, NULL, (int)(sizeof buckets / sizeof buckets[0]), buckets,
+                                        err, sizeof err);
+    g_latency = f ? metrics_cell(f, NULL) : NULL;
+}
 
 static void finish(lua_wait_t *lw, int nvals)
 {
     request_t *r = lw->r;
+    metrics_cell_observe(g_latency, (double)(loop_now_ns() - lw->sent_ns) / 1e9);
     free(lw);
     worker_wake(r, nvals);
 }
@@ -80,8 +102,10 @@ int cache_async_exec(lua_State *L, redis_async_t **asp, worker_t *w, const char 
     char err[512];
     if (!url) return fail(L, "cache: REDIS_URL is not set", "unavailable");
     if (!*asp && !(*asp = redis_async_new(w->loop, url))) return fail(L, "cache: out of memory", "unavailable");
+    pthread_once(&g_latency_once, latency_init);
     lua_wait_t *lw = calloc(1, sizeof *lw);
     if (!lw) return fail(L, "cache: out of memory", "unavailable");
+    lw->sent_ns = loop_now_ns();
     lw->r = w->cur;
     lw->kind = kind;
     lw->n = n;

@@ -43,6 +43,10 @@ if [ "${froms[*]}" = "debian:12 debian:12-slim" ]; then ok "build on debian:12, 
 else not_ok "build on debian:12, run on debian:12-slim" "FROM lines: ${froms[*]}"; fi
 
 # Both stages at once (each simulation reads the package lists: seconds on a busy machine).
+# A machine whose package lists were cleaned knows no package: refresh them first (as root).
+if ! compgen -G '/var/lib/apt/lists/*_Packages' >/dev/null && [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq >/dev/null 2>&1 || true
+fi
 sim_dir=$(mktemp -d)
 for stage in build runtime; do
     mapfile -t pkgs < <(apt_packages "$stage")

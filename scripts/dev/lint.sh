@@ -33,4 +33,5 @@ if command -v clang-tidy >/dev/null; then
     done
 fi
 step shellcheck scripts/dev/*.sh bench/run.sh bench/services.sh bench/gateway.sh bench/pg_outage.sh bench/orders.sh .ci/run
+step shellcheck docker/*.sh docker/postgres/*.sh spec/support/deploy/*.sh
 exit $rc

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/dev/test.sh [all|unit|spec]: run every suite (TAP), print one line per suite and a
+# scripts/dev/test.sh [all|unit|spec|deploy]: run every suite (TAP), print one line per suite and a
 # closing "N passed, N failed, N skipped" (pending specs: skipped, never passed); exit 0 only if nothing failed. Called by `make test`, which has
 # already installed the dependencies and built build/mercato and the C tests.
 #
@@ -125,15 +125,24 @@ spec_tier() {
     suite "valgrind/start-serve-stop" scripts/dev/valgrind.sh
 }
 
+deploy_tier() {
+    for f in spec/deploy/*_spec.lua; do
+        [ -f "$f" ] && suite "deploy/${f#spec/deploy/}" busted_spec "$f"
+    done
+    suite "deploy/dockerfile_check" scripts/dev/dockerfile_check.sh
+}
+
 case "$mode" in
 unit) unit_tier ;;
 spec) spec_tier ;;
+deploy) deploy_tier ;;
 all)
     unit_tier
+    deploy_tier
     spec_tier
     ;;
 *)
-    echo "usage: $0 [all|unit|spec]" >&2
+    echo "usage: $0 [all|unit|spec|deploy]" >&2
     exit 2
     ;;
 esac

@@ -26,7 +26,12 @@ local DEPS = {
   migrations = { "postgresql" },
 }
 
-local function same(a, b) return cjson.encode(a) == cjson.encode(b) end
+local function same(a, b)   -- deep equality (a JSON encoding would depend on key order)
+  if type(a) ~= "table" or type(b) ~= "table" then return a == b end
+  for k, v in pairs(a) do if not same(v, b[k]) then return false end end
+  for k in pairs(b) do if a[k] == nil then return false end end
+  return true
+end
 
 -- The flows the platform needs, as sorted strings.
 local function expected(values)

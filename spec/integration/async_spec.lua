@@ -116,6 +116,18 @@ describe("handlers waiting on Redis", function()
     end
   end)
 
+  it("count each call's time in redis_command_duration_seconds", function()
+    local function count(m) return tonumber(m:match("\nredis_command_duration_seconds_count (%d+)")) or 0 end
+    local before = count(get("/metrics").body)
+    for _ = 1, 3 do assert.equal(200, get("/redis/none" .. run).status) end
+    local m = get("/metrics").body
+    assert.matches("# TYPE redis_command_duration_seconds histogram", m, 1, true)
+    assert.equal(before + 3, count(m))
+    local last = tonumber(m:match('\nredis_command_duration_seconds_bucket{le="%+Inf"} (%d+)'))
+    assert.equal(count(m), last)
+    assert.is_true(tonumber(m:match("\nredis_command_duration_seconds_sum ([%d.e%-]+)")) > 0)
+  end)
+
   it("reconnect after the server closed the connection", function()
     assert.equal(200, get("/redis/x").status)
     redis_cli("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")

@@ -35,7 +35,7 @@ local function wait_listening(srv, timeout)
 end
 
 describe("a rolling restart on one port (LISTEN_MODE=reuseport)", function()
-  local svc, gateway, env, dir
+  local svc, gateway, env, dir, wrk_pid
   local generations = {}
 
   setup(function()
@@ -51,6 +51,7 @@ describe("a rolling restart on one port (LISTEN_MODE=reuseport)", function()
   end)
 
   teardown(function()
+    if wrk_pid then os.execute("kill -INT " .. wrk_pid .. " 2>/dev/null") end   -- a failed cycle left it running
     for _, g in ipairs(generations) do if g.pid then g:stop() end end
     if gateway then gateway:stop() end
     P.stop(svc)
@@ -69,7 +70,7 @@ delay = function() return 10 end
 ]]):format(product.id))
     f:close()
     local report = dir .. "/wrk.txt"
-    local pid = io.popen(("wrk -t2 -c16 -d600s -s %s http://127.0.0.1:%d > %s 2>&1 & echo $!")
+    wrk_pid = io.popen(("wrk -t2 -c16 -d600s -s %s http://127.0.0.1:%d > %s 2>&1 & echo $!")
       :format(script, gateway.port, report)):read("*l")
     socket.sleep(1)
 
@@ -89,7 +90,8 @@ delay = function() return 10 end
       socket.sleep(0.3)
     end
     socket.sleep(0.5)
-    os.execute("kill -INT " .. pid)
+    os.execute("kill -INT " .. wrk_pid)
+    wrk_pid = nil
     local text
     for _ = 1, 100 do
       text = read(report)

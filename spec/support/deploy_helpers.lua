@@ -50,15 +50,36 @@ function M.yaml(files, text)
 end
 
 -- `helm template` of the chart with these values files (after the defaults); → objects, text.
+-- Kept under .run/test/deploy/, keyed by the chart's and the values files' content, so the
+-- spec files of one run render each variant once.
 local rendered = {}
 function M.render(values_files)
   local key = table.concat(values_files or {}, ",")
   if rendered[key] then return rendered[key].objects, rendered[key].text end
+  local files = q(M.CHART) .. " " .. table.concat(values_files or {}, " ")
+  local sum = M.sh("find " .. files .. " -type f | LC_ALL=C sort | xargs sha256sum | sha256sum"):match("^%x+")
+  local dir = ".run/test/deploy"
+  local cached_text, cached_json = dir .. "/render-" .. sum .. ".yaml", dir .. "/render-" .. sum .. ".json"
+  local f = io.open(cached_json)
+  if f then
+    local objects = cjson.decode(f:read("*a"))
+    f:close()
+    rendered[key] = { objects = objects, text = M.read(cached_text) }
+    return objects, rendered[key].text
+  end
   local cmd = "scripts/dev/helm.sh template mercato " .. M.CHART .. " --namespace mercato"
-  for _, f in ipairs(values_files or {}) do cmd = cmd .. " -f " .. q(f) end
+  for _, v in ipairs(values_files or {}) do cmd = cmd .. " -f " .. q(v) end
   local text, rc = M.sh(cmd)
   assert(rc == 0, "helm template failed:\n" .. text)
   local objects = M.yaml(nil, text)
+  os.execute("mkdir -p " .. dir)
+  for path, body in pairs { [cached_text] = text, [cached_json] = cjson.encode(objects) } do
+    local tmp = path .. ".tmp"
+    local out = assert(io.open(tmp, "w"))
+    out:write(body)
+    out:close()
+    os.rename(tmp, path)
+  end
   rendered[key] = { objects = objects, text = text }
   return objects, text
 end
