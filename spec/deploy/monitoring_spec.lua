@@ -17,7 +17,7 @@ local PROMISED = {
   notifications_sent_total = "notification service: e-mails sent, by event type",
   notifications_retried_total = "notification service: send attempts rescheduled, by event type",
   notifications_failed_total = "notification service: deliveries given up, by event type",
-  payment_reconciliation_repairs_total = "payment service: payments a reconciliation run repaired (not declared yet)",
+  payment_reconciliation_repairs_total = "payment service: payments and refunds a reconciliation run repaired",
 }
 
 local PROMQL_WORDS = {}

@@ -7,6 +7,7 @@
 local crypto = require "crypto"
 local db = require "db"
 local log = require "log"
+local metrics = require "metrics"
 local payments = require "services.payment.handlers.payments"
 local provider = require "services.payment.provider"
 local refunds = require "services.payment.handlers.refunds"
@@ -15,6 +16,12 @@ local store = require "services.payment.store"
 local _M = {}
 
 local BATCH = 200
+
+-- The reconciliation-drift alert and the payments dashboard read these (helm/mercato/rules).
+local runs = metrics.counter("payment_reconciliation_runs_total", "Reconciliation runs, by trigger", { "trigger" })
+local repairs = metrics.counter("payment_reconciliation_repairs_total",
+  "Payments and refunds a reconciliation run repaired (a webhook that never came, a create or refund left pending)")
+local failures = metrics.counter("payment_reconciliation_failures_total", "Payments and refunds a reconciliation run could not check")
 
 -- One payment: → "repaired" | "checked" | "failed".
 local function check(p)
@@ -78,6 +85,9 @@ function _M.run(trigger, min_age_s)
     repaired = $3, failed = $4 WHERE id = $1 RETURNING id, trigger, started_at, finished_at, checked, repaired, failed]],
     run.id, counts.checked, counts.repaired, counts.failed)
   if not done then return nil, uerr, ucode end
+  runs:inc(1, tostring(done.trigger))
+  if counts.repaired > 0 then repairs:inc(counts.repaired) end
+  if counts.failed > 0 then failures:inc(counts.failed) end
   if counts.repaired > 0 or counts.failed > 0 then log.info("reconciliation run", done) end
   return done
 end
