@@ -175,6 +175,13 @@ describe("e2e: a purchase through the gateway", function()
     for _, want in ipairs { "Welcome", "Order received", "Payment received", "shipped", "delivered" } do
       assert.matches(want, text, 1, true)
     end
+    -- the checkout's trace reaches its e-mail (header Traceparent, from order.created)
+    local traced
+    for _, m in ipairs(mails) do
+      if m.subject:find("Order received", 1, true) then traced = m.headers and m.headers.traceparent end
+    end
+    assert.is_string(traced, "the order e-mail has no Traceparent header")
+    assert.equal(trace:sub(4, 35), traced:sub(4, 35))
   end)
 
   it("cancels a paid order with a refund, and cancels on a declined card", function()

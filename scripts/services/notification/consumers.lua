@@ -24,6 +24,7 @@ local function handle(event)
     event_id = event.id, event_type = event.type, recipient = data.email,
     user_id = events.valid_uuid(data.user_id) and data.user_id or nil,
     subject = mail.subject, text = mail.text, html = mail.html, occurred_at = event.occurred_at,
+    traceparent = events.valid_traceparent(event.traceparent) and event.traceparent or nil,
   }
   if ierr then return nil, ierr, icode end
   return true

@@ -65,7 +65,7 @@ function _M.backoff(attempts, base, cap)
   return d / 2 + math.random() * d / 2
 end
 
-local CLAIM = "SELECT id, event_id, event_type, recipient, subject, body_text, body_html, attempts, occurred_at " ..
+local CLAIM = "SELECT id, event_id, event_type, recipient, subject, body_text, body_html, attempts, occurred_at, traceparent " ..
   "FROM notifications WHERE status = 'queued' AND next_attempt_at <= now() " ..
   "ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED"
 local SENT = "UPDATE notifications SET status = 'sent', attempts = attempts + 1, message_id = $2, sent_at = now(), " ..
@@ -94,7 +94,8 @@ function _M.send_one(cfg)
     local msgid
     msgid, serr, scode = smtp.send {
       from = cfg.from, to = row.recipient, subject = row.subject, text = row.body_text, html = row.body_html,
-      headers = { ["X-Mercato-Event-Id"] = row.event_id, ["X-Mercato-Notification-Id"] = row.id },
+      headers = { ["X-Mercato-Event-Id"] = row.event_id, ["X-Mercato-Notification-Id"] = row.id,
+        Traceparent = row.traceparent ~= db.null and row.traceparent or nil },
     }
     local now = host.now()
     mm.send_latency:observe(now - t0)

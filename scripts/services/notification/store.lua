@@ -29,10 +29,10 @@ end
 -- one (the unique event_id backs up the inbox: one e-mail per event, whatever happens to it).
 function _M.enqueue(d)
   return db.query_one(
-    "INSERT INTO notifications (id, event_id, event_type, user_id, recipient, subject, body_text, body_html, occurred_at) " ..
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (event_id) DO NOTHING RETURNING id",
+    "INSERT INTO notifications (id, event_id, event_type, user_id, recipient, subject, body_text, body_html, occurred_at, " ..
+    "traceparent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (event_id) DO NOTHING RETURNING id",
     crypto.uuid7(), d.event_id, d.event_type, d.user_id or db.null, d.recipient, d.subject, d.text, d.html,
-    d.occurred_at or db.null)
+    d.occurred_at or db.null, d.traceparent or db.null)
 end
 
 function _M.by_id(id)
