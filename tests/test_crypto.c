@@ -153,14 +153,20 @@ TEST(dummy_verify_costs_a_real_verification_and_says_false)
 {
     struct timespec a, b, c;
     eval("crypto.dummy_verify('warm-up')");   /* builds the dummy hash once */
-    clock_gettime(CLOCK_MONOTONIC, &a);
-    CHECK_STR(eval("return crypto.dummy_verify('guess')"), "false");
-    clock_gettime(CLOCK_MONOTONIC, &b);
-    CHECK_STR(eval("return crypto.argon2_verify(H, 'guess')"), "false");
-    clock_gettime(CLOCK_MONOTONIC, &c);
-    double dummy = (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6;
-    double real = (c.tv_sec - b.tv_sec) * 1e3 + (c.tv_nsec - b.tv_nsec) / 1e6;
-    printf("# dummy_verify %.1f ms, argon2_verify %.1f ms\n", dummy, real);
+    /* The fastest of three of each: one run alone swung 3x on a machine shared with other work. */
+    double dummy = 1e9, real = 1e9;
+    for (int i = 0; i < 3; i++) {
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        CHECK_STR(eval("return crypto.dummy_verify('guess')"), "false");
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        CHECK_STR(eval("return crypto.argon2_verify(H, 'guess')"), "false");
+        clock_gettime(CLOCK_MONOTONIC, &c);
+        double d = (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6;
+        double r = (c.tv_sec - b.tv_sec) * 1e3 + (c.tv_nsec - b.tv_nsec) / 1e6;
+        if (d < dummy) dummy = d;
+        if (r < real) real = r;
+    }
+    printf("# dummy_verify %.1f ms, argon2_verify %.1f ms (fastest of 3)\n", dummy, real);
     CHECK(dummy > real / 3 && dummy < real * 3);
 }
 

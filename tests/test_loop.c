@@ -16,18 +16,21 @@ TEST(timers_fire_in_deadline_order_and_cancelled_ones_never)
 {
     loop_t *l = loop_new();
     norder = 0;
-    uint64_t t0 = loop_now_ns();   /* before the adds: deadlines count from each add */
-    loop_timer_add(l, 30, record, (void *)3);
-    loop_timer_add(l, 10, record, (void *)1);
-    loop_timer_t *c = loop_timer_add(l, 20, record, (void *)99);
-    loop_timer_add(l, 20, record, (void *)2);
+    /* 100 ms apart and t0 taken before the adds: with 10 ms steps, a thread descheduled between
+     * two adds on the shared machine saw the deadlines swap (and the last fire < 30 ms after a
+     * t0 taken afterwards) — asan/test_loop failed 2 runs in 6 while other suites ran. */
+    uint64_t t0 = loop_now_ns();
+    loop_timer_add(l, 300, record, (void *)3);
+    loop_timer_add(l, 100, record, (void *)1);
+    loop_timer_t *c = loop_timer_add(l, 200, record, (void *)99);
+    loop_timer_add(l, 200, record, (void *)2);
     loop_timer_add(l, 0, record, (void *)0);
     loop_timer_cancel(l, c);
-    while (norder < 4 && loop_now_ns() - t0 < 1000000000ull) loop_run_once(l, -1);
+    while (norder < 4 && loop_now_ns() - t0 < 2000000000ull) loop_run_once(l, -1);
     CHECK_INT(norder, 4);
     for (int i = 0; i < 4; i++) CHECK_INT(order[i], i);
     CHECK_INT(loop_next_timeout(l), -1);
-    CHECK(loop_now_ns() - t0 >= 30000000ull);
+    CHECK(loop_now_ns() - t0 >= 300000000ull);
     loop_free(l);
 }
 

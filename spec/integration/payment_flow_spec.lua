@@ -33,6 +33,9 @@ describe("payment service", function()
     assert.are.equal(200, again.status)
     assert.are.equal(p.id, again.json.id)
     assert.are.equal(p.provider_id, again.json.provider_id)
+    local bare = PAY.post(svc, "/internal/payments", { order_id = require("crypto").uuid4(), amount_cents = 100, currency = "usd" },
+      { token = PAY.service_token() })
+    assert.are.equal(201, bare.status, bare.body)   -- no user_id, no customer_email
     doc.amount_cents = 1
     local other = PAY.post(svc, "/internal/payments", doc, { token = PAY.service_token() })
     assert.are.equal(409, other.status)

@@ -10,8 +10,9 @@ local _M = {}
 function _M.create_intent(p)
   local params = {
     amount = p.amount_cents, currency = p.currency, payment_method_types = { "card" },
-    metadata = { order_id = p.order_id, payment_id = p.id, user_id = p.user_id },
+    metadata = { order_id = p.order_id, payment_id = p.id },
   }
+  if type(p.user_id) == "string" then params.metadata.user_id = p.user_id end   -- db.null when absent
   if type(p.customer_email) == "string" and p.customer_email ~= "" then params.receipt_email = p.customer_email end
   return stripe.request("POST", "/v1/payment_intents", params, { idempotency_key = p.order_id })
 end
