@@ -12,12 +12,12 @@ local ADMIN = { "admin" }
 return {
   { "POST", "/internal/payments",               payments.create, scope = "payments", max_body = SMALL },
   { "POST", "/internal/payments/{id}/cancel",   payments.cancel, scope = "payments", max_body = SMALL },
-  -- When the host's `idempotency = true` route flag lands, the two refund routes take it and
-  -- handlers/refunds.lua keeps only the amount check (see its header).
-  { "POST", "/internal/payments/{id}/refunds",  refunds.create, scope = "payments", max_body = SMALL },
+  -- Refunds honour Idempotency-Key in the host (lib.idempotency: replay, 422, 409); the handler
+  -- keeps its pending refund per key as the recovery point of a request that died mid-way.
+  { "POST", "/internal/payments/{id}/refunds",  refunds.create, scope = "payments", max_body = SMALL, idempotency = true },
   { "GET",  "/payments",                        payments.list, auth = "required" },
   { "POST", "/payments/reconcile",              reconcile.run, roles = ADMIN, max_body = SMALL },
   { "GET",  "/payments/{id}",                   payments.show, auth = "required" },
-  { "POST", "/payments/{id}/refunds",           refunds.create, roles = ADMIN, max_body = SMALL },
+  { "POST", "/payments/{id}/refunds",           refunds.create, roles = ADMIN, max_body = SMALL, idempotency = true },
   { "POST", "/webhooks/stripe",                 webhooks.receive, max_body = 512 * 1024 },
 }

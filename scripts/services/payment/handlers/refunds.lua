@@ -6,12 +6,12 @@
 -- locked, counting every pending and succeeded refund, before Stripe is asked; Stripe's answer
 -- completes it (payment.refunded in the same transaction) or fails it (the amount is free again).
 --
--- Idempotency-Key (Stripe semantics): the key is stored with the refund under
--- UNIQUE (payment_id, idempotency_key) and passed on to Stripe (as refund-<our id>). Same key and
--- body → the first answer again; another body → 422; while the first request still works → 409;
--- a request that died mid-way (its claim expired) is resumed, not repeated. When the host's
--- generic `idempotency = true` route flag lands, the routes take it and the key handling here
--- (`claim`'s lookup by key and the replay) goes; the pending-row amount check stays.
+-- Idempotency-Key (Stripe semantics) is the host's (`idempotency = true` on both routes,
+-- lib.idempotency): the same key and body replay the first answer byte for byte, another body is
+-- 422, a duplicate while the first runs is 409. Here the key is the recovery point: it is stored
+-- with the refund under UNIQUE (payment_id, idempotency_key) and its refund passed on to Stripe
+-- (as refund-<our id>), so a request that died mid-way — taken over by a retry once the host's
+-- lock passed — resumes that refund instead of making a second one.
 local crypto = require "crypto"
 local db = require "db"
 local events = require "lib.events"
@@ -40,7 +40,7 @@ local function claim(id, key, amount, hash)
       error_detail, created_at, locked_until > clock_timestamp() AS busy FROM refunds
       WHERE payment_id = $1 AND idempotency_key = $2]], id, key))
     if r then
-      if r.request_hash ~= hash then
+      if r.request_hash ~= hash then   -- another caller's request under the same key (the host scopes keys per caller)
         return { problem = { problem.new(422, "This Idempotency-Key was used with another request body.") } }
       end
       if r.status == "succeeded" then return { payment = p, refund = r, replay = true } end
