@@ -160,8 +160,11 @@ describe("e2e: a purchase through the gateway", function()
     assert.equal(buyer.email, created.data.email)
     assert.equal(8400, created.data.total_cents)
     assert.equal(2, created.data.items[1].quantity)
-    -- the checkout's trace reaches its event
-    assert.equal(trace:sub(4, 35), created.traceparent:sub(4, 35))
+    -- the checkout's trace runs through its flow: the order's events, the payment's (sent from
+    -- Stripe's webhook), and what follows from them
+    for _, t in ipairs { "order.created", "payment.completed", "order.paid" } do
+      assert.equal(trace:sub(4, 35), ev[t][1].ev.traceparent:sub(4, 35), t)
+    end
     assert.truthy(wait_events(function(e) return e.type == "user.registered" and e.data.email == buyer.email end, { "user.registered" }))
 
     -- welcome, order received, payment received, shipped, delivered: one e-mail each
@@ -175,13 +178,15 @@ describe("e2e: a purchase through the gateway", function()
     for _, want in ipairs { "Welcome", "Order received", "Payment received", "shipped", "delivered" } do
       assert.matches(want, text, 1, true)
     end
-    -- the checkout's trace reaches its e-mail (header Traceparent, from order.created)
-    local traced
-    for _, m in ipairs(mails) do
-      if m.subject:find("Order received", 1, true) then traced = m.headers and m.headers.traceparent end
+    -- and its e-mails (header Traceparent, from the events)
+    for _, subject in ipairs { "Order received", "Payment received" } do
+      local traced
+      for _, m in ipairs(mails) do
+        if m.subject:find(subject, 1, true) then traced = m.headers and m.headers.traceparent end
+      end
+      assert.is_string(traced, subject .. ": no Traceparent header")
+      assert.equal(trace:sub(4, 35), traced:sub(4, 35), subject)
     end
-    assert.is_string(traced, "the order e-mail has no Traceparent header")
-    assert.equal(trace:sub(4, 35), traced:sub(4, 35))
   end)
 
   it("cancels a paid order with a refund, and cancels on a declined card", function()

@@ -7,6 +7,7 @@
 local db = require "db"
 local json = require "json"
 local crypto = require "crypto"
+local events = require "lib.events"
 local outbox = require "lib.outbox"
 
 local _M = {}
@@ -23,7 +24,7 @@ _M.RANK = RANK
 function _M.is_final(status) return RANK[status] == 4 end
 
 local COLUMNS = [[id, order_id, user_id, customer_email, amount_cents, currency, provider_id, client_secret,
-  status, refunded_cents, failure_reason, created_at, updated_at]]
+  status, refunded_cents, failure_reason, created_at, updated_at, traceparent]]
 _M.COLUMNS = COLUMNS
 
 function _M.get(id) return db.query_one("SELECT " .. COLUMNS .. " FROM payments WHERE id = $1", id) end
@@ -48,6 +49,14 @@ function _M.reason_of(pi)
   if pi.status == "canceled" then return "canceled" .. (type(pi.cancellation_reason) == "string" and (": " .. pi.cancellation_reason) or "") end
   return (type(e.decline_code) == "string" and e.decline_code) or (type(e.code) == "string" and e.code)
     or (type(e.message) == "string" and e.message) or "payment_failed"
+end
+
+-- The event's trace: a new span of the trace that created the payment (webhooks and
+-- reconciliation carry no trace of their own that means anything to the buyer's flow).
+local function event_opts(p)
+  local tp = p.traceparent
+  if type(tp) == "string" and events.valid_traceparent(tp) then return { traceparent = events.traceparent(tp:sub(4, 35)) } end
+  return nil
 end
 
 local function event_data(p, extra)
@@ -78,12 +87,12 @@ function _M.advance(p, status, source, event_id, reason)
     p.id, status, source, event_id))
   p.status = status
   if status == "succeeded" then
-    must(outbox.add("payment.completed", event_data(p)))
+    must(outbox.add("payment.completed", event_data(p), event_opts(p)))
   elseif status == "failed" then
-    must(outbox.add("payment.failed", event_data(p, { reason = reason or "payment_failed" })))
+    must(outbox.add("payment.failed", event_data(p, { reason = reason or "payment_failed" }), event_opts(p)))
   elseif status == "canceled" and source ~= "api" and old ~= "failed" then
     -- Canceled at Stripe (not by the order service through us): the order must hear of it.
-    must(outbox.add("payment.failed", event_data(p, { reason = reason or "canceled" })))
+    must(outbox.add("payment.failed", event_data(p, { reason = reason or "canceled" }), event_opts(p)))
   end
   return true
 end
@@ -119,7 +128,7 @@ function _M.record_refund(p, refund_id, provider_id, amount)
   must(outbox.add("payment.refunded", {
     payment_id = p.id, order_id = p.order_id, user_id = p.user_id, email = p.customer_email, refund_id = row.id,
     amount_cents = row.amount_cents, refunded_total_cents = total, currency = p.currency, provider_id = provider_id,
-  }))
+  }, event_opts(p)))
   return row, true
 end
 

@@ -54,9 +54,11 @@ function _M.create(req)
   local doc, status, body, headers = validate.body(req, schema.create)
   if not doc then return status, body, headers end
   local user_id = doc.user_id ~= nil and doc.user_id ~= db.null and doc.user_id or nil
-  local row, err, code = db.query_one("INSERT INTO payments (id, order_id, user_id, customer_email, amount_cents, currency)"
-    .. " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id) DO NOTHING RETURNING " .. store.COLUMNS,
-    crypto.uuid7(), doc.order_id, user_id, doc.customer_email, doc.amount_cents, doc.currency)
+  local tp = req:header("traceparent")   -- the checkout's trace (lib.svc propagates it): its events continue it
+  if not events.valid_traceparent(tp) then tp = db.null end
+  local row, err, code = db.query_one("INSERT INTO payments (id, order_id, user_id, customer_email, amount_cents, currency, "
+    .. "traceparent) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id) DO NOTHING RETURNING " .. store.COLUMNS,
+    crypto.uuid7(), doc.order_id, user_id, doc.customer_email, doc.amount_cents, doc.currency, tp)
   if err then return problem.from(code, err) end
   local fresh = row ~= nil
   if not row then
