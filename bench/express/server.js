@@ -1,6 +1,7 @@
 'use strict';
 // Node/Express peer for `make bench`: GET /bench/json and the I/O routes /bench/redis/{id},
-// /bench/pg/{id}, /bench/pg-redis/{id}, same payloads as mercato and nginx+Lua.
+// /bench/pg/{id}, /bench/pg-redis/{id}, same payloads as mercato and nginx+Lua; with the service
+// settings, the product and user service routes of the service scenarios.
 //
 // Env:
 //   PORT             listen port (127.0.0.1)               default 58082
@@ -10,6 +11,9 @@
 //   DATABASE_URL     PostgreSQL of the I/O routes (unset: the I/O routes answer 503)
 //   REDIS_URL        Redis of the I/O routes (unset: likewise)
 //   PG_POOL          pg Pool size per process               default 64
+//   PRODUCT_DATABASE_URL, USER_DATABASE_URL, SVC_REDIS_URL, JWT_PUBLIC_KEY_FILE (JWT_ISSUER,
+//   JWT_AUDIENCE, PRODUCT_CACHE_TTL): the service routes GET /products/{id},
+//                    /nocache/products/{id} and /users/me (bench/node/services.js); unset: none
 //   PID_FILE         pid file of the primary (optional)
 //
 // Fairness (see bench/README.md): X-Request-Id echoed or generated, a request counter and a
@@ -121,12 +125,25 @@ function runWorker() {
   ioRoute('/bench/pg/:id(\\d{1,9})', (id) => io.pg(id));
   ioRoute('/bench/pg-redis/:id(\\d{1,9})', (id) => io.pgRedis(id));
 
+  // ---- service routes (bench/node/services.js: the product and user services' documents) ----
+  const svc = require('../node/services').fromEnv(
+    { pg: require('pg'), Redis: require('ioredis'), jose: require('jose') }, PG_POOL);
+  if (svc) {
+    const send = (res, r) => (typeof r.body === 'string'
+      ? res.status(r.status).set(r.headers).send(r.body)
+      : res.status(r.status).set(r.headers).json(r.body));
+    const route = (path, fn) => app.get(path, (req, res, next) => { fn(req).then((r) => send(res, r), next); });
+    route('/products/:id', (req) => svc.product(req.params.id, true));
+    route('/nocache/products/:id', (req) => svc.product(req.params.id, false));
+    route('/users/me', (req) => svc.usersMe(req.headers.authorization));
+  }
+
   const server = app.listen(PORT, '127.0.0.1');
   server.keepAliveTimeout = 65000; // same as nginx keepalive_timeout
 
   const stop = () => {
     setTimeout(() => process.exit(0), 1000).unref();
-    Promise.resolve(io && io.close()).catch(() => {}).finally(() => {
+    Promise.all([io && io.close(), svc && svc.close()]).catch(() => {}).finally(() => {
       if (!logStream) process.exit(0);
       flushLog();
       logStream.end(() => process.exit(0));

@@ -1,6 +1,7 @@
 'use strict';
 // Node/Fastify peer for `make bench`: GET /bench/json and the I/O routes /bench/redis/{id},
-// /bench/pg/{id}, /bench/pg-redis/{id}, same payloads as mercato and nginx+Lua.
+// /bench/pg/{id}, /bench/pg-redis/{id}, same payloads as mercato and nginx+Lua; with the service
+// settings, the product and user service routes of the service scenarios.
 //
 // Env:
 //   PORT             listen port (127.0.0.1)                                  default 58083
@@ -9,6 +10,9 @@
 //   DATABASE_URL     PostgreSQL of the I/O routes (unset: the I/O routes answer 503)
 //   REDIS_URL        Redis of the I/O routes (unset: likewise)
 //   PG_POOL          pg Pool size per process                                  default 64
+//   PRODUCT_DATABASE_URL, USER_DATABASE_URL, SVC_REDIS_URL, JWT_PUBLIC_KEY_FILE (JWT_ISSUER,
+//   JWT_AUDIENCE, PRODUCT_CACHE_TTL): the service routes GET /products/{id},
+//                    /nocache/products/{id} and /users/me (bench/node/services.js); unset: none
 //   PID_FILE         pid file of the primary (optional)
 //
 // Set up as Fastify's users run it: response schemas on every route (Fastify compiles them into
@@ -138,6 +142,32 @@ function runWorker() {
   ioRoute('/bench/pg/:id', row, (id) => io.pg(id));
   ioRoute('/bench/pg-redis/:id', { ...row, stock: int }, (id) => io.pgRedis(id));
 
+  // ---- service routes (bench/node/services.js: the product and user services' documents) ----
+  const svc = require('../node/services').fromEnv(
+    { pg: require('pg'), Redis: require('ioredis'), jose: require('jose') }, PG_POOL);
+  if (svc) {
+    const send = (reply, r) => reply.code(r.status).headers(r.headers).send(r.body);
+    const uuidParams = { type: 'object', properties: { id: str }, required: ['id'] };
+    app.get('/products/:id', { schema: { params: uuidParams } },
+      async (request, reply) => send(reply, await svc.product(request.params.id, true)));
+    app.get('/nocache/products/:id', { schema: { params: uuidParams } },
+      async (request, reply) => send(reply, await svc.product(request.params.id, false)));
+    const nullable = (type) => ({ type: [type, 'null'] });
+    app.get('/users/me', {
+      schema: {
+        response: {
+          200: {
+            type: 'object',
+            properties: {
+              id: str, email: str, name: str, role: str, phone: nullable('string'), address: {},
+              disabled: { type: 'boolean' }, created_at: str, updated_at: str,
+            },
+          },
+        },
+      },
+    }, async (request, reply) => send(reply, await svc.usersMe(request.headers.authorization)));
+  }
+
   app.listen({ port: PORT, host: '127.0.0.1' }).catch((err) => {
     console.error(`fastify: ${err.message}`);
     process.exit(1);
@@ -148,7 +178,7 @@ function runWorker() {
     if (stopping) return;
     stopping = true;
     setTimeout(() => process.exit(0), 1000).unref();
-    Promise.resolve(io && io.close()).catch(() => {}).finally(() => {
+    Promise.all([io && io.close(), svc && svc.close()]).catch(() => {}).finally(() => {
       if (!dest) process.exit(0);
       dest.end();
       dest.on('close', () => process.exit(0));
