@@ -40,9 +40,10 @@
 #   BENCH_PGBENCH            1 = the pg scenarios also run `pgbench -S -M prepared` (same client
 #                            count, capped by the free PostgreSQL connection slots) each round as
 #                            the database's own ceiling [1]
-#   BENCH_SVC                1 = also the service scenarios (issues 4 and 5, mercato only, run
-#                            last): the user and product services on scripts/ against throw-away
-#                            databases; see bench/services.sh for them and their BENCH_SVC_* [1];
+#   BENCH_SVC                1 = also the service scenarios (issues 4 and 5, run last, with
+#                            the Node peers on three of them): the user and product services on
+#                            scripts/ against throw-away databases; see bench/services.sh for
+#                            them and their BENCH_SVC_* [1];
 #                            with them, the gateway against nginx proxy_pass (bench/gateway.sh,
 #                            BENCH_GW_*)
 #   BENCH_ORDERS             1 = the order service's cart and checkout scenarios last
@@ -753,7 +754,8 @@ main() {
     done
     io_summary
   fi
-  # Services (issues 4 and 5): the user and product services themselves, mercato only.
+  # Services (issues 4 and 5): the user and product services themselves (needs mercato), with
+  # the Node peers beside them on GET /users/me and GET /products/{id}.
   if [[ $BENCH_SVC == 1 && " $BENCH_SERVERS " == *" mercato "* && -x $MERCATO ]]; then
     svc_run
   elif [[ $BENCH_SVC == 1 ]]; then
