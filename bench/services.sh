@@ -252,7 +252,7 @@ svc_same_doc() {
 # svc_bench_peers SCEN PATH WANT [TOKEN]: each Node peer checked (same document as mercato's) and
 # measured as scenario SCEN-<peer>.
 svc_bench_peers() {
-  local scen=$1 path=$2 want=$3 token=${4:-} name
+  local scen=$1 path=$2 want=$3 token=${4:-} name BENCH_SVC_WARMUP=$BENCH_NODE_WARMUP # V8's JIT: see run.sh
   for name in "${SVC_PEERS[@]}"; do
     svc_same_doc "$name" "$path" "$want" "$token"
     svc_bench "$scen-$name" "$name" "$path" "$BENCH_SVC_CONNECTIONS" bench/svc/wrk/request.lua
