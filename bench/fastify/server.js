@@ -9,7 +9,7 @@
 //   ACCESS_LOG       access log file ('' disables)                           default access.log
 //   DATABASE_URL     PostgreSQL of the I/O routes (unset: the I/O routes answer 503)
 //   REDIS_URL        Redis of the I/O routes (unset: likewise)
-//   PG_POOL          pg Pool size per process                                  default 64
+//   PG_POOL          pg Pool size per process                                  default 16
 //   PRODUCT_DATABASE_URL, USER_DATABASE_URL, SVC_REDIS_URL, JWT_PUBLIC_KEY_FILE (JWT_ISSUER,
 //   JWT_AUDIENCE, PRODUCT_CACHE_TTL): the service routes GET /products/{id},
 //                    /nocache/products/{id} and /users/me (bench/node/services.js); unset: none
@@ -29,7 +29,7 @@ const { runClustered } = require('../node/cluster');
 const PORT = parseInt(process.env.PORT || '58083', 10);
 const WORKERS = Math.max(1, parseInt(process.env.FASTIFY_WORKERS || '1', 10));
 const ACCESS_LOG = process.env.ACCESS_LOG === undefined ? 'access.log' : process.env.ACCESS_LOG;
-const PG_POOL = Math.max(1, parseInt(process.env.PG_POOL || '64', 10));
+const PG_POOL = Math.max(1, parseInt(process.env.PG_POOL || '16', 10));
 
 runClustered({ name: 'fastify', workers: WORKERS, pidFile: process.env.PID_FILE }, runWorker);
 
@@ -144,7 +144,7 @@ function runWorker() {
 
   // ---- service routes (bench/node/services.js: the product and user services' documents) ----
   const svc = require('../node/services').fromEnv(
-    { pg: require('pg'), Redis: require('ioredis'), jose: require('jose') }, PG_POOL);
+    () => ({ pg: require('pg'), Redis: require('ioredis'), jose: require('jose') }), PG_POOL);
   if (svc) {
     const send = (reply, r) => reply.code(r.status).headers(r.headers).send(r.body);
     const uuidParams = { type: 'object', properties: { id: str }, required: ['id'] };

@@ -16,14 +16,16 @@
 // createIo({ pg, Redis, databaseUrl, redisUrl, poolSize }) → { redis(id), pg(id), pgRedis(id), close() }
 //   pg          the `pg` module;  Redis  the `ioredis` class
 //   poolSize    the Pool's max open connections per process (bench/run.sh: BENCH_NODE_PG_POOL)
-// Idle pool connections close after 0.5 s, as nginx's cosocket pool does in the bench, so that
-// the runner's pgbench ceiling finds the connection slots free; a pool under load never idles.
+// Idle pool connections close after 2 s: the pool stays open over the runner's 1 s pause between
+// the warm-up and the measured run (mercato's stays open too; had it closed, every measured run
+// would start by opening its connections again — on this loaded machine, seconds), and is closed
+// by the time the next peer of the round opens its own (PostgreSQL's 200 slots).
 
 const ITEM_SQL = 'SELECT id, name, price_cents, currency FROM bench_items WHERE id = $1';
 const ITEM_QUERY = 'bench_item'; // the prepared statement's name on each connection
 
 function createIo({ pg, Redis, databaseUrl, redisUrl, poolSize }) {
-  const pool = new pg.Pool({ connectionString: databaseUrl, max: poolSize, idleTimeoutMillis: 500 });
+  const pool = new pg.Pool({ connectionString: databaseUrl, max: poolSize, idleTimeoutMillis: 2000 });
   // An idle client that errors (PostgreSQL restarted) is dropped by the Pool; without a
   // listener the 'error' event would kill the process.
   pool.on('error', (err) => console.error(`pg pool: ${err.message}`));

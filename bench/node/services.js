@@ -147,12 +147,14 @@ function createServices(o) {
   };
 }
 
-// fromEnv(modules): the services of the process environment, or null when it names no databases
-// (PRODUCT_DATABASE_URL, USER_DATABASE_URL, SVC_REDIS_URL, JWT_PUBLIC_KEY_FILE; JWT_ISSUER and
-// JWT_AUDIENCE default to mercato's "mercato", PRODUCT_CACHE_TTL to its 60 s).
-function fromEnv({ pg, Redis, jose }, poolSize) {
+// fromEnv(load, poolSize): the services of the process environment, or null when it names no
+// databases (PRODUCT_DATABASE_URL, USER_DATABASE_URL, SVC_REDIS_URL, JWT_PUBLIC_KEY_FILE; JWT_ISSUER
+// and JWT_AUDIENCE default to mercato's "mercato", PRODUCT_CACHE_TTL to its 60 s). load() gives
+// { pg, Redis, jose }, the peer's own modules, loaded only when the routes are on.
+function fromEnv(load, poolSize) {
   const e = process.env;
   if (!e.PRODUCT_DATABASE_URL || !e.USER_DATABASE_URL || !e.SVC_REDIS_URL || !e.JWT_PUBLIC_KEY_FILE) return null;
+  const { pg, Redis, jose } = load();
   const ttl = Number(e.PRODUCT_CACHE_TTL);
   return createServices({
     pg, Redis, jose, poolSize,
