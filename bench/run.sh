@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# bench/run.sh — side-by-side benchmark for `make bench`: mercato vs nginx+Lua vs Node/Express.
+# bench/run.sh — side-by-side benchmark for `make bench`: mercato vs nginx+Lua vs Node (Fastify at
+# 1 and 2 processes, Express).
 #
 # Starts every registered server on a private loopback port, checks that each answers each
 # scenario with the agreed payload, warms each up, then runs wrk against each, interleaved,
@@ -9,19 +10,24 @@
 # Env (defaults in brackets):
 #   MERCATO                  mercato binary [build/mercato]; not executable → peers only, warning
 #   BENCH_REQUIRE_MERCATO    1 = fail instead of warning when $MERCATO is missing [0]
-#   BENCH_SERVERS            which servers to run, space-separated [mercato nginx express]
+#   BENCH_SERVERS            which servers to run, space-separated [mercato nginx fastify express]
+#                            ("fastify" selects both Fastify ×1 and Fastify ×2)
 #   ROUNDS                   interleaved rounds [3]
 #   BENCH_DURATION           wrk -d per run [8s]
 #   BENCH_CONNECTIONS        wrk -c [64]
 #   BENCH_THREADS            wrk -t [2]
 #   BENCH_WARMUP             wrk -d of the warm-up run per server and scenario [2s]
+#   BENCH_NODE_WARMUP        the same for the Node peers, whose JIT needs longer (also in the
+#                            service scenarios) [5s]
 #   BENCH_PAUSE              seconds of idle between runs [1]
 #   BENCH_WORKERS            workers per server (mercato WORKERS, nginx worker_processes,
 #                            Express cluster workers) [2]
 #   BENCH_PORT_MERCATO / BENCH_PORT_NGINX / BENCH_PORT_EXPRESS   [28180 / 28181 / 28182]
+#   BENCH_PORT_FASTIFY       Fastify ×1; Fastify ×2 takes the next port [28183]
+#   BENCH_NODE_PG_POOL       the Node peers' pg Pool size per process [16]
 #   BENCH_DIR                run directory [.run/bench]
 #   BENCH_MERCATO_ENV        extra KEY=value words for mercato (overrides the dummies below)
-#   BENCH_IO                 1 = also the I/O scenarios (mercato and nginx): brings up the private
+#   BENCH_IO                 1 = also the I/O scenarios (every server): brings up the private
 #                            stack (scripts/dev/stack.sh up), gives the servers a fresh database
 #                            $BENCH_DB and the stack's Redis, seeds both [1]
 #   BENCH_DB                 the I/O scenarios' database, dropped and re-created [mercato_bench]
@@ -36,9 +42,10 @@
 #   BENCH_PGBENCH            1 = the pg scenarios also run `pgbench -S -M prepared` (same client
 #                            count, capped by the free PostgreSQL connection slots) each round as
 #                            the database's own ceiling [1]
-#   BENCH_SVC                1 = also the service scenarios (issues 4 and 5, mercato only, run
-#                            last): the user and product services on scripts/ against throw-away
-#                            databases; see bench/services.sh for them and their BENCH_SVC_* [1];
+#   BENCH_SVC                1 = also the service scenarios (issues 4 and 5, run last, with
+#                            the Node peers on three of them): the user and product services on
+#                            scripts/ against throw-away databases; see bench/services.sh for
+#                            them and their BENCH_SVC_* [1];
 #                            with them, the gateway against nginx proxy_pass (bench/gateway.sh,
 #                            BENCH_GW_*)
 #   BENCH_ORDERS             1 = the order service's cart and checkout scenarios last
@@ -56,12 +63,15 @@ cd "$ROOT"
 MERCATO=${MERCATO:-build/mercato}
 [[ $MERCATO == /* ]] || MERCATO=$ROOT/$MERCATO
 BENCH_REQUIRE_MERCATO=${BENCH_REQUIRE_MERCATO:-0}
-BENCH_SERVERS=${BENCH_SERVERS:-mercato nginx express}
+BENCH_SERVERS=${BENCH_SERVERS:-mercato nginx fastify express}
 ROUNDS=${ROUNDS:-3}
 BENCH_DURATION=${BENCH_DURATION:-8s}
 BENCH_CONNECTIONS=${BENCH_CONNECTIONS:-64}
 BENCH_THREADS=${BENCH_THREADS:-2}
 BENCH_WARMUP=${BENCH_WARMUP:-2s}
+# V8 optimises a hot path only after many calls: measured on this machine (load 12), Fastify's
+# pg route served 600 req/s in its first 4 s and 4.2-4.9 k req/s in the next ones.
+BENCH_NODE_WARMUP=${BENCH_NODE_WARMUP:-5s}
 BENCH_PAUSE=${BENCH_PAUSE:-1}
 BENCH_WORKERS=${BENCH_WORKERS:-2}
 # Express runs as one process, as the Node/Express services this design replaces were deployed
@@ -70,6 +80,7 @@ BENCH_EXPRESS_WORKERS=${BENCH_EXPRESS_WORKERS:-1}
 BENCH_PORT_MERCATO=${BENCH_PORT_MERCATO:-28180}
 BENCH_PORT_NGINX=${BENCH_PORT_NGINX:-28181}
 BENCH_PORT_EXPRESS=${BENCH_PORT_EXPRESS:-28182}
+BENCH_PORT_FASTIFY=${BENCH_PORT_FASTIFY:-28183}
 BENCH_DIR=${BENCH_DIR:-$ROOT/.run/bench}
 BENCH_MERCATO_ENV=${BENCH_MERCATO_ENV:-}
 BENCH_IO=${BENCH_IO:-1}
@@ -80,12 +91,17 @@ BENCH_WORKERS_IO=${BENCH_WORKERS_IO:-2}
 BENCH_PORT_MERCATO_IO=${BENCH_PORT_MERCATO_IO:-28190}
 BENCH_NGINX_REDIS_POOL=${BENCH_NGINX_REDIS_POOL:-256}
 BENCH_NGINX_PG_POOL=${BENCH_NGINX_PG_POOL:-64}
+# pg's default is 10; 16 connections (one query each at a time) carry 9.5 k queries/s from one
+# process here, more than a Node process serves, and leave PostgreSQL's slots to the others.
+BENCH_NODE_PG_POOL=${BENCH_NODE_PG_POOL:-16}
 BENCH_PGBENCH=${BENCH_PGBENCH:-1}
 NGINX_MODULES=${NGINX_MODULES:-/usr/lib/nginx/modules}
 
 # The payload every server must return for /bench/json (compared as parsed JSON, keys sorted).
 JSON_PAYLOAD='{"id":"7f1c2a9e-0d7b-4e8a-9b7c-2f1e5a6b8c9d","name":"Wireless Headphones","price_cents":12999,"currency":"usd","tags":["audio","wireless"],"stock":42}'
-BASELINE=nginx # the ratio column is req/s relative to this server
+BASELINE=nginx # the first ratio column is req/s relative to this server
+# further ratio columns, each shown when that server takes part in the scenario
+RATIO_PEERS=(fastify-x2 express)
 # /bench/pg-redis/42: bench_items row 42 (migration 001_bench_items.sql) plus stock from Redis.
 PG_REDIS_PAYLOAD='{"id":42,"name":"Item 42","price_cents":1042,"currency":"usd","stock":7}'
 MERCATO_DB_URL="" # unset unless BENCH_IO=1 (no database: no migrations at start-up)
@@ -244,17 +260,43 @@ start_nginx() {
   SERVER_PID[nginx]=$!
 }
 
+# node_deps DIR MODULE...: `npm ci` in DIR (pinned by its package-lock.json) when a MODULE is missing.
+node_deps() {
+  local dir=$1 m
+  shift
+  for m in "$@"; do
+    [[ -d $dir/node_modules/$m ]] && continue
+    log "npm ci in $dir"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) >&2 || die "npm ci in $dir failed"
+    return 0
+  done
+}
+
+# The Node peers get the I/O scenarios' database and Redis (unset without BENCH_IO: their I/O
+# routes then answer 503, and only the JSON scenario runs).
 start_express() {
   mkdir -p "$BENCH_DIR/express"
-  if [[ ! -d bench/express/node_modules/express ]]; then
-    log "npm ci in bench/express"
-    (cd bench/express && npm ci --no-audit --no-fund --loglevel=error) >&2 || die "npm ci failed"
-  fi
-  PORT=$BENCH_PORT_EXPRESS EXPRESS_WORKERS=$BENCH_EXPRESS_WORKERS NODE_ENV=production \
-    ACCESS_LOG="$BENCH_DIR/express/access.log" \
+  node_deps bench/express express pg ioredis
+  env -u DATABASE_URL -u REDIS_URL PORT="$BENCH_PORT_EXPRESS" EXPRESS_WORKERS="$BENCH_EXPRESS_WORKERS" NODE_ENV=production \
+    ACCESS_LOG="$BENCH_DIR/express/access.log" PG_POOL="$BENCH_NODE_PG_POOL" \
+    ${MERCATO_DB_URL:+DATABASE_URL="$MERCATO_DB_URL"} ${MERCATO_REDIS_URL:+REDIS_URL="$MERCATO_REDIS_URL"} \
     node bench/express/server.js >"$BENCH_DIR/express.out" 2>&1 &
   SERVER_PID[express]=$!
 }
+
+# start_fastify_as NAME WORKERS PORT
+start_fastify_as() {
+  local name=$1 workers=$2 port=$3
+  mkdir -p "$BENCH_DIR/$name"
+  node_deps bench/fastify fastify pino pg ioredis
+  env -u DATABASE_URL -u REDIS_URL PORT="$port" FASTIFY_WORKERS="$workers" NODE_ENV=production \
+    ACCESS_LOG="$BENCH_DIR/$name/access.log" PG_POOL="$BENCH_NODE_PG_POOL" \
+    ${MERCATO_DB_URL:+DATABASE_URL="$MERCATO_DB_URL"} ${MERCATO_REDIS_URL:+REDIS_URL="$MERCATO_REDIS_URL"} \
+    node bench/fastify/server.js >"$BENCH_DIR/$name.out" 2>&1 &
+  SERVER_PID[$name]=$!
+}
+start_fastify_x1() { start_fastify_as fastify-x1 1 "$BENCH_PORT_FASTIFY"; }
+start_fastify_x2() { start_fastify_as fastify-x2 2 $((BENCH_PORT_FASTIFY + 1)); }
 
 # setup_io: the private stack up, a fresh database $BENCH_DB (bench_items: migrated here with
 # the mercato migration, which mercato then finds applied or applies itself; pgbench_* for the
@@ -280,7 +322,7 @@ setup_io() {
   IO_REDIS_HOST=${hp%:*} IO_REDIS_PORT=${hp##*:}
   [[ $IO_REDIS_DB =~ ^[0-9]+$ ]] || IO_REDIS_DB=0
   [[ $IO_PG_USER != *:* && $hp != *@* ]] || die "the nginx peer supports trust auth without a password only"
-  # mercato applies the migration at start-up; without a mercato, apply it here for the peer
+  # mercato applies the migration at start-up; without a mercato, apply it here for the peers
   if [[ " ${SERVERS[*]} " != *" mercato"* ]]; then
     psql "$MERCATO_DB_URL" -qAtX -v ON_ERROR_STOP=1 \
       -f bench/scripts/services/product/migrations/001_bench_items.sql >/dev/null 2>&1 ||
@@ -388,8 +430,13 @@ pg_free_slots() {
 
 # pgbench_clients WANTED: WANTED, capped by the free slots less 10 for others' connections.
 pgbench_clients() {
-  local free
-  free=$(($(pg_free_slots) - 10))
+  local free i
+  # the servers' idle pool connections close 2 s after their run: wait for them (3 s at most)
+  for ((i = 0; i < 30; i++)); do
+    free=$(($(pg_free_slots) - 10))
+    (($1 > free)) || break
+    sleep 0.1
+  done
   if (($1 <= free)); then echo "$1"; elif ((free >= 1)); then echo "$free"; else echo 1; fi
 }
 
@@ -460,13 +507,15 @@ bench_scenario() {
 }
 
 run_scenario() {
-  local scen=$1 path=$2 expected=$3 name r i n=${#SERVERS[@]} out c
+  local scen=$1 path=$2 expected=$3 name r i n=${#SERVERS[@]} out c w
   mkdir -p "$BENCH_DIR/raw"
   for name in "${SERVERS[@]}"; do check_response "$name" "$path" "$expected"; done
   if [[ $BENCH_WARMUP != 0 && $BENCH_WARMUP != 0s ]]; then
     for name in "${SERVERS[@]}"; do
-      log "[$scen] warm-up ${SERVER_LABEL[$name]} ($BENCH_WARMUP)"
-      run_wrk "$BENCH_WARMUP" "${SERVER_URL[$name]}$path" "$BENCH_DIR/raw/$scen-$name-warmup.txt"
+      w=$BENCH_WARMUP
+      [[ $name != fastify-* && $name != express ]] || w=$BENCH_NODE_WARMUP
+      log "[$scen] warm-up ${SERVER_LABEL[$name]} ($w)"
+      run_wrk "$w" "${SERVER_URL[$name]}$path" "$BENCH_DIR/raw/$scen-$name-warmup.txt"
       sleep "$BENCH_PAUSE"
     done
   fi
@@ -486,7 +535,7 @@ run_scenario() {
     done
     if [[ $SCEN_CEILING == pgbench ]]; then
       # as many clients as wrk has connections, within the slots the servers left free (nginx's
-      # idle PostgreSQL connections close after 0.5 s; mercato's per-worker ones stay open)
+      # and the Node peers' idle PostgreSQL connections close after 2 s, waited for; mercato's per-worker ones stay open)
       c=$(pgbench_clients "$BENCH_CONNECTIONS")
       [[ " $PGBENCH_CLIENTS " == *" $c "* ]] || PGBENCH_CLIENTS+="${PGBENCH_CLIENTS:+/}$c"
       SERVER_LABEL[pgbench]="pgbench -S -M prepared -c$PGBENCH_CLIENTS (ceiling)"
@@ -522,8 +571,15 @@ summarize() {
   if [[ $SCEN_CEILING == pgbench ]]; then ceil=$(field_stats "$scen" pgbench 1 | cut -d' ' -f1); fi
   SCENARIOS+=("$scen")
 
-  local chdr="" csep=""
+  local chdr="" csep="" peer pbase=() peers=() pratio
   if [[ -n $ceil ]]; then chdr=" | vs pgbench -S" csep=" | ---:"; fi
+  # "vs Fastify ×2", "vs Express": req/s over that peer's, when it ran this scenario
+  for peer in "${RATIO_PEERS[@]}"; do
+    [[ " ${SERVERS[*]} " == *" $peer "* ]] || continue
+    peers+=("$peer")
+    pbase+=("$(field_stats "$scen" "$peer" 1 | cut -d' ' -f1)")
+    chdr+=" | vs ${SERVER_LABEL[$peer]}" csep+=" | ---:"
+  done
   RESULTS+=("### $scen: GET $path (wrk -c$BENCH_CONNECTIONS -d$BENCH_DURATION)" ""
     "| server | req/s (median of $ROUNDS) | req/s range | p50 ms | p99 ms | p99 range | vs ${SERVER_LABEL[$BASELINE]:-$BASELINE}$chdr | server CPU µs/req | ctx sw/req (vol+invol) |"
     "| --- | ---: | ---: | ---: | ---: | ---: | ---:$csep | ---: | ---: |")
@@ -533,6 +589,9 @@ summarize() {
     ratio="n/a" cratio=""
     if [[ -n $base ]]; then ratio=$(awk -v a="${rs%% *}" -v b="$base" 'BEGIN { printf "%.2fx", a / b }'); fi
     if [[ -n $ceil ]]; then cratio=" | $(awk -v a="${rs%% *}" -v b="$ceil" 'BEGIN { printf "%.0f %%", 100 * a / b }')"; fi
+    for pratio in "${pbase[@]}"; do
+      cratio+=" | $(awk -v a="${rs%% *}" -v b="$pratio" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else printf "n/a" }')"
+    done
     line=$(awk -v n="${SERVER_LABEL[$name]}" -v rs="$rs" -v ps="$ps" -v p9="$p9" -v cs="$cs" -v vs="$vs" -v ns="$ns" \
       -v ratio="$ratio" -v cr="$cratio" 'BEGIN {
         split(rs, R, " "); split(ps, P, " "); split(p9, Q, " "); split(cs, C, " "); split(vs, V, " "); split(ns, N, " ")
@@ -572,7 +631,7 @@ io_summary() {
   done
   RESULTS+=("### I/O summary (medians of $ROUNDS rounds, wrk -d$BENCH_IO_DURATION)" "" "$hdr" "$sep")
   for route in redis pg pg-redis; do
-    for name in "${IO_MERCATOS[@]}" nginx pgbench; do
+    for name in "${IO_MERCATOS[@]}" nginx fastify-x1 fastify-x2 express pgbench; do
       row="| $route | ${SERVER_LABEL[$name]:-$name} |" any=0
       if [[ $name == pgbench ]]; then row="| $route | pgbench -S -M prepared (ceiling) |"; fi
       for c in $BENCH_IO_CONNECTIONS; do
@@ -595,7 +654,7 @@ declare -A PGC=() # pgbench client count per pg scenario
 # io_pass CONNECTIONS WARMUP: the I/O scenarios at one wrk -c.
 io_pass() {
   local BENCH_CONNECTIONS=$1 BENCH_WARMUP=$2 BENCH_DURATION=$BENCH_IO_DURATION only
-  only="${IO_MERCATOS[*]} nginx"
+  only="${IO_MERCATOS[*]} nginx fastify-x1 fastify-x2 express"
   reseed_redis
   bench_scenario "redis-c$1" /bench/redis/42 "$REDIS_PAYLOAD" "$only"
   if [[ $BENCH_PGBENCH == 1 ]]; then SCEN_CEILING=pgbench; fi
@@ -604,6 +663,11 @@ io_pass() {
   SCEN_CEILING=""
   reseed_redis
   bench_scenario "pg-redis-c$1" /bench/pg-redis/42 "$PG_REDIS_PAYLOAD" "$only"
+}
+
+# node_ver PEER PACKAGE: the version of PACKAGE installed for bench/PEER ('?' when it is not).
+node_ver() {
+  node -p "require('./bench/$1/node_modules/$2/package.json').version" 2>/dev/null || echo '?'
 }
 
 write_results() {
@@ -619,15 +683,18 @@ write_results() {
     if [[ ${#IO_MERCATOS[@]} -gt 0 || -n ${SERVER_URL[nginx]:-} ]] && [[ $BENCH_IO == 1 ]]; then
       printf 'I/O scenarios: wrk -t%s -c{%s} -d%s; mercato WORKERS {%s} (handlers park on one async Redis connection and a pipelined PostgreSQL pool per worker, DB_POOL_SIZE default); ' \
         "$BENCH_THREADS" "${BENCH_IO_CONNECTIONS// /,}" "$BENCH_IO_DURATION" "${BENCH_WORKERS_IO// /,}"
-      printf 'nginx %s workers, cosocket pools of at most %s Redis / %s PostgreSQL connections per worker (bench/nginx/redis_mini.lua, pgmini.lua); database %s.\n' \
-        "$BENCH_WORKERS" "$BENCH_NGINX_REDIS_POOL" "$BENCH_NGINX_PG_POOL" "$BENCH_DB"
+      printf 'nginx %s workers, cosocket pools of at most %s Redis / %s PostgreSQL connections per worker (bench/nginx/redis_mini.lua, pgmini.lua); ' \
+        "$BENCH_WORKERS" "$BENCH_NGINX_REDIS_POOL" "$BENCH_NGINX_PG_POOL"
+      printf 'Fastify ×1/×2 and Express (%s process(es)): one ioredis connection and a pg Pool of at most %s connections per process (bench/node/io.js); database %s.\n' \
+        "$BENCH_EXPRESS_WORKERS" "$BENCH_NODE_PG_POOL" "$BENCH_DB"
       printf 'Server CPU µs/req: utime+stime of the server process (nginx: master + workers) over the run / requests; ctx sw/req: voluntary+involuntary context switches of all its threads / requests.\n'
     fi
     printf '\n'
-    printf 'Versions: %s; %s + lua-nginx-module %s; node %s + express %s%s.\n\n' \
+    printf 'Versions: %s; %s + lua-nginx-module %s; node %s + fastify %s (pino %s) / express %s, with pg %s and ioredis %s%s.\n\n' \
       "${mver:-mercato ${MERCATO#"$ROOT"/}}" "$(nginx -v 2>&1 | sed 's/^nginx version: //')" \
       "$(dpkg-query -W -f='${Version}' libnginx-mod-http-lua 2>/dev/null || echo '?')" \
-      "$(node -v)" "$(node -p 'require("./bench/express/node_modules/express/package.json").version')" \
+      "$(node -v)" "$(node_ver fastify fastify)" "$(node_ver fastify pino)" "$(node_ver express express)" \
+      "$(node_ver express pg)" "$(node_ver express ioredis)" \
       "$([[ " ${SERVERS[*]} " == *" mercato "* ]] || echo '; **mercato not benchmarked** (binary missing or deselected)')"
     printf '%s\n' "${RESULTS[@]}" "${RAW[@]}"
     printf 'Raw wrk output: %s/raw/\n' "${BENCH_DIR#"$ROOT"/}"
@@ -662,21 +729,24 @@ main() {
 
   register_server mercato "mercato"      "$BENCH_PORT_MERCATO" start_mercato
   register_server nginx   "nginx+Lua"    "$BENCH_PORT_NGINX"   start_nginx
-  register_server express "Node/Express" "$BENCH_PORT_EXPRESS" start_express
+  register_server fastify-x1 "Fastify ×1" "$BENCH_PORT_FASTIFY" start_fastify_x1
+  register_server fastify-x2 "Fastify ×2" $((BENCH_PORT_FASTIFY + 1)) start_fastify_x2
+  register_server express "Express" "$BENCH_PORT_EXPRESS" start_express
   if [[ $BENCH_IO == 1 ]]; then register_io_mercatos; fi
   ((${#SERVERS[@]} > 0)) || die "no server selected (BENCH_SERVERS='$BENCH_SERVERS')"
 
   mkdir -p "$BENCH_DIR"
   rm -rf "$BENCH_DIR/raw"
   local io=0
-  if [[ $BENCH_IO == 1 && ( " ${SERVERS[*]} " == *" mercato"* || " ${SERVERS[*]} " == *" nginx "* ) ]]; then
+  if [[ $BENCH_IO == 1 ]]; then
     setup_io
     io=1
   fi
-  local name port
+  local name port var
   for name in "${SERVERS[@]}"; do
     port=${SERVER_URL[$name]##*:}
-    port_free "$port" || die "port $port for $name is in use (set BENCH_PORT_${name^^}, or BENCH_PORT_MERCATO_IO)"
+    var=${name%%-*}
+    port_free "$port" || die "port $port for $name is in use (set BENCH_PORT_${var^^}, or BENCH_PORT_MERCATO_IO)"
   done
   for name in "${SERVERS[@]}"; do
     log "starting ${SERVER_LABEL[$name]} on ${SERVER_URL[$name]}"
@@ -685,9 +755,10 @@ main() {
   for name in "${SERVERS[@]}"; do wait_ready "$name" /bench/json; done
 
   # Scenarios: NAME PATH EXPECTED_JSON [SERVERS]. Every server listed must serve each PATH.
-  bench_scenario json /bench/json "$JSON_PAYLOAD" "mercato nginx express"
+  bench_scenario json /bench/json "$JSON_PAYLOAD" "mercato nginx fastify-x1 fastify-x2 express"
   # I/O (issue 6): one Redis HGETALL, one indexed PostgreSQL SELECT by primary key (with the
   # pgbench -S ceiling), one of each in sequence; mercato at each BENCH_WORKERS_IO vs nginx+Lua,
+  # Fastify ×1, Fastify ×2 and Express (pg + ioredis),
   # one pass per BENCH_IO_CONNECTIONS value (warm-ups in the first pass only).
   if ((io)); then
     local c warm=$BENCH_WARMUP
@@ -697,7 +768,8 @@ main() {
     done
     io_summary
   fi
-  # Services (issues 4 and 5): the user and product services themselves, mercato only.
+  # Services (issues 4 and 5): the user and product services themselves (needs mercato), with
+  # the Node peers beside them on GET /users/me and GET /products/{id}.
   if [[ $BENCH_SVC == 1 && " $BENCH_SERVERS " == *" mercato "* && -x $MERCATO ]]; then
     svc_run
   elif [[ $BENCH_SVC == 1 ]]; then

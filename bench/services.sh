@@ -1,6 +1,9 @@
 # shellcheck shell=bash disable=SC2004,SC2034 # sourced by bench/run.sh, whose arrays are associative
 # bench/services.sh — the service scenarios of `make bench` (issues 4 and 5), sourced by
-# bench/run.sh and run after its JSON and I/O scenarios, mercato only (no peers).
+# bench/run.sh and run after its JSON and I/O scenarios: mercato's user and product services, and
+# beside them (GET /users/me, GET /products/{id} cached and uncached) the Node peers of
+# BENCH_SERVERS — Fastify ×1, Fastify ×2, Express — serving the same documents from the same
+# databases (bench/node/services.js: pg, ioredis, jose), each measured right after mercato.
 #
 # Issue 4, the user service (scripts/services/user):
 #   login        POST /auth/login of one registered user at c=$BENCH_SVC_LOGIN_CONNECTIONS
@@ -24,7 +27,9 @@
 # RSA key pair made for the run (the user service signs with it; the product service verifies
 # with its public half, JWT_PUBLIC_KEY_FILE; bench/svc/tokens.lua mints the seller and inventory
 # tokens with jwt.sign). No AMQP_URL: the outbox rows stay in the bench databases, no event
-# reaches the shared RabbitMQ.
+# reaches the shared RabbitMQ. The Node peers take the ports after the product services'
+# (BENCH_PORT_SVC + 3, 4, 5) and read the same databases, the same Redis database (their cache
+# keys bench:node:product:v2:<id>) and the same public key.
 
 BENCH_SVC=${BENCH_SVC:-1}
 BENCH_SVC_ROUNDS=${BENCH_SVC_ROUNDS:-1}
@@ -50,6 +55,7 @@ SVC_RES_ERRS=0       # reservation requests that failed or timed out in wrk
 SVC_JWT_MICRO=""     # "ops wall cpu ops/wall ops/cpu" of micro.lua jwt
 SVC_ARGON2_MICRO=""
 SVC_ROWS4=() SVC_ROWS5=() SVC_CHECK=()
+SVC_PEERS=()         # the Node peers started for the service scenarios (svc-fastify-x1 ...)
 declare -A SVC_NOTE=()
 
 # svc_psql DB SQL...: psql on the stack's PostgreSQL, unaligned, tuples only.
@@ -201,6 +207,64 @@ svc_setup() {
   SVC_PRODUCT_ID=$(svc_psql "${BENCH_SVC_DB}_product" -c \
     "SELECT id FROM products WHERE name ILIKE '%headphones%' AND status = 'active' ORDER BY name LIMIT 1")
   [[ $SVC_PRODUCT_ID =~ ^[0-9a-f-]{36}$ ]] || die "no seeded headphones product in ${BENCH_SVC_DB}_product"
+  svc_start_peers $((p + 3))
+}
+
+# svc_start_peers PORT: the Node peers selected in BENCH_SERVERS, on PORT and the next ports,
+# with the service routes on the bench databases (their I/O routes off).
+svc_start_peers() {
+  local port=$1 name dir workers label
+  SVC_PEERS=()
+  for name in svc-fastify-x1 svc-fastify-x2 svc-express; do
+    case $name in
+      svc-fastify-x1) dir=fastify workers=1 label="Fastify ×1" ;;
+      svc-fastify-x2) dir=fastify workers=2 label="Fastify ×2" ;;
+      svc-express) dir=express workers=$BENCH_EXPRESS_WORKERS label="Express" ;;
+    esac
+    [[ " $BENCH_SERVERS " == *" $dir "* ]] || continue
+    port_free "$port" || die "port $port for $label is in use (set BENCH_PORT_SVC)"
+    node_deps "bench/$dir" pg ioredis jose
+    mkdir -p "$BENCH_DIR/$name"
+    env -u DATABASE_URL -u REDIS_URL -u JWT_ISSUER -u JWT_AUDIENCE -u PRODUCT_CACHE_TTL \
+      PORT="$port" FASTIFY_WORKERS="$workers" EXPRESS_WORKERS="$workers" NODE_ENV=production \
+      ACCESS_LOG="$BENCH_DIR/$name/access.log" PG_POOL="$BENCH_NODE_PG_POOL" \
+      PRODUCT_DATABASE_URL="${SVC_PG%/*}/${BENCH_SVC_DB}_product" USER_DATABASE_URL="${SVC_PG%/*}/${BENCH_SVC_DB}_user" \
+      SVC_REDIS_URL="$SVC_REDIS" JWT_PUBLIC_KEY_FILE="$SVC_DIR/jwt.pub" \
+      node "bench/$dir/server.js" >"$BENCH_DIR/$name.out" 2>&1 &
+    SERVER_PID[$name]=$!
+    SERVER_LABEL[$name]=$label
+    SERVER_URL[$name]="http://127.0.0.1:$port"
+    SVC_PEERS+=("$name")
+    port=$((port + 1))
+  done
+  for name in "${SVC_PEERS[@]}"; do wait_ready "$name" /bench/json; done
+}
+
+# svc_same_doc NAME PATH WANT [TOKEN]: NAME answers PATH 200 with the document WANT (as JSON, key
+# order ignored), or the run stops.
+svc_same_doc() {
+  local got
+  got=$(svc_expect "$1" 200 GET "$2" "${4:-}")
+  [[ $(jq -cS . <<<"$got") == "$(jq -cS . <<<"$3")" ]] ||
+    die "${SERVER_LABEL[$1]}: GET $2 differs from mercato's document: got $(jq -cS . <<<"$got"), want $(jq -cS . <<<"$3")"
+}
+
+# svc_bench_peers SCEN PATH WANT [TOKEN]: each Node peer checked (same document as mercato's) and
+# measured as scenario SCEN-<peer>.
+svc_bench_peers() {
+  local scen=$1 path=$2 want=$3 token=${4:-} name BENCH_SVC_WARMUP=$BENCH_NODE_WARMUP # V8's JIT: see run.sh
+  for name in "${SVC_PEERS[@]}"; do
+    svc_same_doc "$name" "$path" "$want" "$token"
+    svc_bench "$scen-$name" "$name" "$path" "$BENCH_SVC_CONNECTIONS" bench/svc/wrk/request.lua
+  done
+}
+
+# svc_peer_rows ISSUE SCEN LABEL NOTES: the rows of the Node peers measured as SCEN-<peer>.
+svc_peer_rows() {
+  local name
+  for name in "${SVC_PEERS[@]}"; do
+    svc_row "$1" "$2-$name" "$name" "$3 — ${SERVER_LABEL[$name]}" "$4" "$2"
+  done
 }
 
 svc_login_body() { printf '{"email":"%s","password":"%s"}' "$SVC_EMAIL" "$SVC_PASSWORD"; }
@@ -237,7 +301,7 @@ svc_bench() {
   local scen=$1 name=$2 path=$3 r out db pids a b
   local BENCH_CONNECTIONS=$4 WRK_SCRIPT=$5 BENCH_DURATION=$BENCH_SVC_DURATION
   db=${BENCH_SVC_DB}_product
-  [[ $name == svc-user ]] && db=${BENCH_SVC_DB}_user
+  [[ $name == svc-user || $scen == users-me* ]] && db=${BENCH_SVC_DB}_user
   mkdir -p "$BENCH_DIR/raw"
   if [[ $BENCH_SVC_WARMUP != 0 && $BENCH_SVC_WARMUP != 0s ]]; then
     log "[$scen] warm-up ${SERVER_LABEL[$name]} ($BENCH_SVC_WARMUP)"
@@ -259,19 +323,30 @@ svc_bench() {
 }
 SVC_WARM_REQS=0 SVC_WARM_ERRS=0 # 2xx responses and errors of the last warm-up
 
-# svc_row ISSUE SCEN NAME LABEL NOTES: one table row (medians over the rounds) and its raw lines.
+# svc_row ISSUE SCEN NAME LABEL NOTES [GROUP]: one table row (medians over the rounds) and its raw
+# lines. GROUP: the scenario the Node peers ran as GROUP-<peer>, for the "vs Fastify ×2" and
+# "vs Express" cells (req/s over that peer's); "–" without one.
 svc_row() {
-  local issue=$1 scen=$2 name=$3 label=$4 notes=$5 ROUNDS=$BENCH_SVC_ROUNDS rs ps p9 cs es line r pg
+  local issue=$1 scen=$2 name=$3 label=$4 notes=$5 grp=${6:-} ROUNDS=$BENCH_SVC_ROUNDS rs ps p9 cs es line r pg
+  local peer vs="" prps
+  for peer in svc-fastify-x2 svc-express; do
+    if [[ -n $grp && -n ${RES[$grp-$peer/$peer/1]:-} ]]; then
+      prps=$(field_stats "$grp-$peer" "$peer" 1 | cut -d' ' -f1)
+      vs+=$(awk -v a="$(field_stats "$scen" "$name" 1 | cut -d' ' -f1)" -v b="$prps" 'BEGIN { if (b > 0) printf "%.2fx | ", a / b; else printf "n/a | " }')
+    else
+      vs+="– | "
+    fi
+  done
   rs=$(field_stats "$scen" "$name" 1) ps=$(field_stats "$scen" "$name" 2) p9=$(field_stats "$scen" "$name" 3)
   cs=$(field_stats "$scen" "$name" 6)
   pg=$(for ((r = 1; r <= ROUNDS; r++)); do echo "${SVC_PGCPU[$scen/$r]:-0}"; done | median)
   es=$(for ((r = 1; r <= ROUNDS; r++)); do cut -d' ' -f4 <<<"${RES[$scen/$name/$r]}"; done | awk '{ s += $1 } END { print s + 0 }')
   ((es == 0)) || notes+="; **$es socket errors / non-2xx responses** (see raw)"
   MED[$scen/$name]="${rs%% *} ${ps%% *} ${p9%% *} ${cs%% *}"
-  line=$(awk -v l="$label" -v rs="$rs" -v ps="$ps" -v p9="$p9" -v cs="$cs" -v pg="$pg" -v n="$notes" -v rounds="$ROUNDS" 'BEGIN {
+  line=$(awk -v l="$label" -v rs="$rs" -v ps="$ps" -v p9="$p9" -v cs="$cs" -v pg="$pg" -v n="$notes" -v rounds="$ROUNDS" -v vs="$vs" 'BEGIN {
     split(rs, R, " "); split(ps, P, " "); split(p9, Q, " "); split(cs, C, " ")
     range = rounds > 1 ? sprintf(" (%.0f–%.0f)", R[2], R[3]) : ""
-    printf "| %s | %.0f%s | %.2f | %.2f | %.0f | %.0f | %s |", l, R[1], range, P[1], Q[1], C[1], pg, n }')
+    printf "| %s | %.0f%s | %.2f | %.2f | %.0f | %.0f | %s%s |", l, R[1], range, P[1], Q[1], C[1], pg, vs, n }')
   if [[ $issue == 4 ]]; then SVC_ROWS4+=("$line"); else SVC_ROWS5+=("$line"); fi
   RAW+=("### $scen: per round" "" "| round | req/s | p50 ms | p99 ms | errors | requests | server CPU µs/req | PostgreSQL CPU µs/req |" "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
   for ((r = 1; r <= ROUNDS; r++)); do
@@ -311,6 +386,7 @@ svc_issue4() {
   [[ $(jq -r .email <<<"$body") == "$SVC_EMAIL" ]] || die "GET /users/me: not the bench user: $body"
   export BENCH_METHOD=GET BENCH_BODY="" BENCH_TOKEN=$SVC_ACCESS
   svc_bench users-me svc-user /users/me "$BENCH_SVC_CONNECTIONS" bench/svc/wrk/request.lua
+  svc_bench_peers users-me /users/me "$body" "$SVC_ACCESS"
   unset BENCH_METHOD BENCH_BODY BENCH_TOKEN
 
   read -r _ _ _ _ m <<<"$SVC_ARGON2_MICRO"
@@ -324,12 +400,14 @@ svc_issue4() {
   svc_row 4 users-me svc-user "GET /users/me, c=$BENCH_SVC_CONNECTIONS" \
     "$(awk -v rps="$rps" -v cpu="$cpu" -v vc="$vcpu" 'BEGIN {
       printf "token verified in C (RS256) on every request, so %.0f verifications/s, + one indexed PostgreSQL read; %.0f requests (= verifications) per server CPU-second, i.e. per core, the verification being about %.0f %% of it (%.1f of %.0f µs)",
-        rps, 1e6 / cpu, 100 * (1e6 / vc) / cpu, 1e6 / vc, cpu }')"
+        rps, 1e6 / cpu, 100 * (1e6 / vc) / cpu, 1e6 / vc, cpu }')" users-me
+  svc_peer_rows 4 users-me "GET /users/me, c=$BENCH_SVC_CONNECTIONS" \
+    "jose jwtVerify (RS256, exp, iss, aud) + the same indexed PostgreSQL read with pg (bench/node/services.js); same document as mercato's"
   SVC_ROWS4+=("$(awk -v x="$SVC_JWT_MICRO" -v s="$BENCH_SVC_MICRO" 'BEGIN { split(x, a, " ")
-    printf "| jwt.verify micro-benchmark (`mercato lua bench/svc/micro.lua jwt %s`, 1 thread) | %.0f verifications/s per core | – | – | %.1f | – | %d verifications in %.2f s wall, %.2f s CPU: %.0f per wall-second, %.0f per CPU-second (the per-core figure); RS256, 2048-bit key |",
+    printf "| jwt.verify micro-benchmark (`mercato lua bench/svc/micro.lua jwt %s`, 1 thread) | %.0f verifications/s per core | – | – | %.1f | – | – | – | %d verifications in %.2f s wall, %.2f s CPU: %.0f per wall-second, %.0f per CPU-second (the per-core figure); RS256, 2048-bit key |",
       s, a[6], 1e6 / a[6], a[2], a[3], a[4], a[5], a[6] }')")
   SVC_ROWS4+=("$(awk -v x="$SVC_ARGON2_MICRO" 'BEGIN { split(x, a, " ")
-    printf "| argon2id micro-benchmark (`mercato lua bench/svc/micro.lua argon2 2`, 1 thread) | %.1f hashes/s per core | – | – | %.0f | – | %d verifications in %.2f s wall, %.2f s CPU |",
+    printf "| argon2id micro-benchmark (`mercato lua bench/svc/micro.lua argon2 2`, 1 thread) | %.1f hashes/s per core | – | – | %.0f | – | – | – | %d verifications in %.2f s wall, %.2f s CPU |",
       a[6], 1e6 / a[6], a[2], a[3], a[4] }')")
 }
 
@@ -359,6 +437,8 @@ svc_issue5() {
   unset BENCH_METHOD BENCH_BODY BENCH_TOKEN
   svc_bench product-get-cached svc-product "$path" "$BENCH_SVC_CONNECTIONS" bench/svc/wrk/request.lua
   svc_bench product-get-uncached svc-product-nocache "$path" "$BENCH_SVC_CONNECTIONS" bench/svc/wrk/request.lua
+  svc_bench_peers product-get-cached "$path" "$body"
+  svc_bench_peers product-get-uncached "/nocache$path" "$body"
 
   note_typo=$(svc_search_note svc-product "/products?q=wireles+hedphones")
   note_q=$(svc_search_note svc-product "/products?q=headphones&limit=20")
@@ -419,9 +499,13 @@ svc_issue5() {
   fi
 
   svc_row 5 product-get-cached svc-product "GET /products/{id}, cached, c=$BENCH_SVC_CONNECTIONS" \
-    "Redis read cache on (PRODUCT_CACHE_TTL default 60 s): one GET in Redis, the cached JSON sent as it is"
+    "Redis read cache on (PRODUCT_CACHE_TTL default 60 s): one GET in Redis, the cached JSON sent as it is" product-get-cached
+  svc_peer_rows 5 product-get-cached "GET /products/{id}, cached, c=$BENCH_SVC_CONNECTIONS" \
+    "the same cache logic with ioredis (the version and the JSON text under a key of its own, EX 60; on a hit the text is sent as it is)"
   svc_row 5 product-get-uncached svc-product-nocache "GET /products/{id}, uncached, c=$BENCH_SVC_CONNECTIONS" \
-    "PRODUCT_CACHE_TTL=0 (a second instance on the same database): PostgreSQL read + JSON encoding every time"
+    "PRODUCT_CACHE_TTL=0 (a second instance on the same database): PostgreSQL read + JSON encoding every time" product-get-uncached
+  svc_peer_rows 5 product-get-uncached "GET /products/{id}, uncached, c=$BENCH_SVC_CONNECTIONS" \
+    "GET /nocache/products/{id} on the same process: the same SELECT (products JOIN inventory by primary key) with pg + JSON.stringify every time"
   svc_row 5 search-typo svc-product "GET /products?q=wireles+hedphones, c=$BENCH_SVC_CONNECTIONS" \
     "PostgreSQL search (no ELASTICSEARCH_URL), two typos; $note_typo"
   svc_row 5 search svc-product "GET /products?q=headphones&limit=20, c=$BENCH_SVC_CONNECTIONS" "PostgreSQL search; $note_q"
@@ -432,7 +516,7 @@ svc_issue5() {
 SVC_FAILED=0
 
 svc_tables() {
-  local hdr="| scenario | req/s (median of $BENCH_SVC_ROUNDS) | p50 ms | p99 ms | server CPU µs/req | PostgreSQL CPU µs/req | notes |" sep="| --- | ---: | ---: | ---: | ---: | ---: | --- |"
+  local hdr="| scenario | req/s (median of $BENCH_SVC_ROUNDS) | p50 ms | p99 ms | server CPU µs/req | PostgreSQL CPU µs/req | vs Fastify ×2 | vs Express | notes |" sep="| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
   local cfg="wrk -t$BENCH_THREADS -d$BENCH_SVC_DURATION --latency after a $BENCH_SVC_WARMUP warm-up; mercato WORKERS=$BENCH_SVC_WORKERS per service"
   RESULTS+=("### Issue 4: user service ($cfg; own database ${BENCH_SVC_DB}_user, Redis db $BENCH_SVC_REDIS_DB; RATE_LIMIT_AUTH=$BENCH_SVC_RATE_LIMIT_AUTH)" "" "$hdr" "$sep" "${SVC_ROWS4[@]}" "")
   RESULTS+=("### Issue 5: product service ($cfg; own database ${BENCH_SVC_DB}_product with the demo catalogue, Redis db $BENCH_SVC_REDIS_DB, no Elasticsearch)" "" "$hdr" "$sep" "${SVC_ROWS5[@]}" "")
@@ -450,7 +534,7 @@ svc_run() {
   svc_issue4
   svc_issue5
   gw_run
-  svc_stop svc-user svc-product svc-product-nocache
+  svc_stop svc-user svc-product svc-product-nocache "${SVC_PEERS[@]}"
   svc_cleanup
   svc_tables
   write_results >/dev/null

@@ -1,52 +1,37 @@
 'use strict';
-// Node/Express peer for `make bench`: GET /bench/json, same payload as mercato and nginx+Lua.
+// Node/Express peer for `make bench`: GET /bench/json and the I/O routes /bench/redis/{id},
+// /bench/pg/{id}, /bench/pg-redis/{id}, same payloads as mercato and nginx+Lua; with the service
+// settings, the product and user service routes of the service scenarios.
 //
 // Env:
 //   PORT             listen port (127.0.0.1)               default 58082
 //   EXPRESS_WORKERS  node:cluster workers (2 = mercato WORKERS=2, nginx worker_processes 2)
 //                    1 runs a single process without cluster              default 2
 //   ACCESS_LOG       access log file ('' disables)          default access.log
+//   DATABASE_URL     PostgreSQL of the I/O routes (unset: the I/O routes answer 503)
+//   REDIS_URL        Redis of the I/O routes (unset: likewise)
+//   PG_POOL          pg Pool size per process               default 16
+//   PRODUCT_DATABASE_URL, USER_DATABASE_URL, SVC_REDIS_URL, JWT_PUBLIC_KEY_FILE (JWT_ISSUER,
+//   JWT_AUDIENCE, PRODUCT_CACHE_TTL): the service routes GET /products/{id},
+//                    /nocache/products/{id} and /users/me (bench/node/services.js); unset: none
 //   PID_FILE         pid file of the primary (optional)
 //
 // Fairness (see bench/README.md): X-Request-Id echoed or generated, a request counter and a
 // duration sum per route (like mercato's metrics), one JSON access log line per request written
 // through a 64 KiB / 1 s buffer (like nginx `access_log ... buffer=64k flush=1s`), no ETag.
+// The I/O routes use `pg` (a Pool, named prepared statement) and `ioredis`: bench/node/io.js,
+// shared with the Fastify peer.
 
-const cluster = require('node:cluster');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
+const { runClustered } = require('../node/cluster');
 
 const PORT = parseInt(process.env.PORT || '58082', 10);
 const WORKERS = Math.max(1, parseInt(process.env.EXPRESS_WORKERS || '2', 10));
 const ACCESS_LOG = process.env.ACCESS_LOG === undefined ? 'access.log' : process.env.ACCESS_LOG;
+const PG_POOL = Math.max(1, parseInt(process.env.PG_POOL || '16', 10));
 
-if (WORKERS > 1 && cluster.isPrimary) {
-  if (process.env.PID_FILE) fs.writeFileSync(process.env.PID_FILE, `${process.pid}\n`);
-  let stopping = false;
-  for (let i = 0; i < WORKERS; i++) cluster.fork();
-  cluster.on('exit', (worker, code, signal) => {
-    if (!stopping) {
-      console.error(`express: worker ${worker.process.pid} died (${signal || code}), stopping`);
-      stop();
-    } else if (Object.keys(cluster.workers).length === 0) {
-      process.exit(0);
-    }
-  });
-  const stop = () => {
-    if (stopping) return;
-    stopping = true;
-    for (const w of Object.values(cluster.workers)) w.process.kill('SIGTERM');
-    if (Object.keys(cluster.workers).length === 0) process.exit(0);
-    setTimeout(() => process.exit(0), 3000).unref();
-  };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
-} else {
-  if (WORKERS === 1 && process.env.PID_FILE) {
-    fs.writeFileSync(process.env.PID_FILE, `${process.pid}\n`);
-  }
-  runWorker();
-}
+runClustered({ name: 'express', workers: WORKERS, pidFile: process.env.PID_FILE }, runWorker);
 
 function runWorker() {
   const express = require('express');
@@ -124,17 +109,45 @@ function runWorker() {
     });
   });
 
+  // ---- I/O routes (bench/node/io.js: pg + ioredis) -----------------------------------------
+  const io = process.env.DATABASE_URL && process.env.REDIS_URL
+    ? require('../node/io').createIo({
+      pg: require('pg'), Redis: require('ioredis'),
+      databaseUrl: process.env.DATABASE_URL, redisUrl: process.env.REDIS_URL, poolSize: PG_POOL,
+    })
+    : null;
+  const noIo = { status: 503, body: { error: 'no DATABASE_URL/REDIS_URL' } };
+  const ioRoute = (path, fn) => app.get(path, (req, res, next) => {
+    (io ? fn(Number(req.params.id)) : Promise.resolve(noIo))
+      .then((r) => res.status(r.status).json(r.body), next);
+  });
+  ioRoute('/bench/redis/:id(\\d{1,9})', (id) => io.redis(id));
+  ioRoute('/bench/pg/:id(\\d{1,9})', (id) => io.pg(id));
+  ioRoute('/bench/pg-redis/:id(\\d{1,9})', (id) => io.pgRedis(id));
+
+  // ---- service routes (bench/node/services.js: the product and user services' documents) ----
+  const svc = require('../node/services').fromEnv(
+    () => ({ pg: require('pg'), Redis: require('ioredis'), jose: require('jose') }), PG_POOL);
+  if (svc) {
+    const send = (res, r) => (typeof r.body === 'string'
+      ? res.status(r.status).set(r.headers).send(r.body)
+      : res.status(r.status).set(r.headers).json(r.body));
+    const route = (path, fn) => app.get(path, (req, res, next) => { fn(req).then((r) => send(res, r), next); });
+    route('/products/:id', (req) => svc.product(req.params.id, true));
+    route('/nocache/products/:id', (req) => svc.product(req.params.id, false));
+    route('/users/me', (req) => svc.usersMe(req.headers.authorization));
+  }
+
   const server = app.listen(PORT, '127.0.0.1');
   server.keepAliveTimeout = 65000; // same as nginx keepalive_timeout
 
   const stop = () => {
-    if (logStream) {
+    setTimeout(() => process.exit(0), 1000).unref();
+    Promise.all([io && io.close(), svc && svc.close()]).catch(() => {}).finally(() => {
+      if (!logStream) process.exit(0);
       flushLog();
       logStream.end(() => process.exit(0));
-      setTimeout(() => process.exit(0), 1000).unref();
-    } else {
-      process.exit(0);
-    }
+    });
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
