@@ -2,7 +2,8 @@
 # bench/orders.sh — the order service's scenarios of `make bench` (issue 12): cart reads and
 # writes with wrk, and the checkout's synchronous part under a closed loop of buyers, against
 # real user, product, payment (Stripe stand-in) and order services (bench/svc/orders.lua).
-# Prints a markdown table. Env: BENCH_ORDERS_DURATION [5] (s per wrk run),
+# Then the payment and notification scenarios (bench/svc/events.lua): webhook verifications per
+# second in C, POST /webhooks/stripe, and an e-mail burst's latency. Prints markdown tables. Env: BENCH_ORDERS_DURATION [5] (s per wrk run),
 # BENCH_ORDERS_CONNECTIONS [64], BENCH_ORDERS_CHECKOUT_C [32], BENCH_ORDERS_CHECKOUT_S [10].
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -13,4 +14,6 @@ set -a
 . <(scripts/dev/stack.sh env)
 set +a
 export DATABASE_URL=$DATABASE_URL_PRODUCT MERCATO_BIN=$MERCATO
-exec "$MERCATO" lua bench/svc/orders.lua
+"$MERCATO" lua bench/svc/orders.lua
+printf '\n'
+exec "$MERCATO" lua bench/svc/events.lua

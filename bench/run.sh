@@ -48,8 +48,9 @@
 #                            them and their BENCH_SVC_* [1];
 #                            with them, the gateway against nginx proxy_pass (bench/gateway.sh,
 #                            BENCH_GW_*)
-#   BENCH_ORDERS             1 = the order service's cart and checkout scenarios last
-#                            (bench/orders.sh, BENCH_ORDERS_*) [1]
+#   BENCH_ORDERS             1 = the order service's cart and checkout scenarios last, then the
+#                            payment webhook and e-mail burst ones (bench/orders.sh, BENCH_ORDERS_*,
+#                            BENCH_EVENTS_BURST) [1]
 #
 # Adding a scenario: one `bench_scenario NAME PATH EXPECTED_JSON [SERVERS]` line in main() (every
 # server listed, all by default, must serve PATH with that payload: add the route to
@@ -780,7 +781,7 @@ main() {
   # The order service (issue 12): cart reads/writes and the checkout's synchronous part.
   if [[ ${BENCH_ORDERS:-1} == 1 && " $BENCH_SERVERS " == *" mercato "* && -x $MERCATO ]]; then
     log "order service scenarios (bench/orders.sh)"
-    { printf '\n### Order service (bench/orders.sh)\n\n'; MERCATO=$MERCATO bash "$ROOT/bench/orders.sh"; } | tee -a "$BENCH_DIR/results.md" ||
+    { printf '\n### Order, payment and notification services (bench/orders.sh)\n\n'; MERCATO=$MERCATO bash "$ROOT/bench/orders.sh"; } | tee -a "$BENCH_DIR/results.md" ||
       warn "order service scenarios failed"
   fi
 }
