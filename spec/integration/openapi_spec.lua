@@ -54,6 +54,28 @@ describe("OpenAPI documents", function()
     end
   end
 
+  it("resolve every $ref inside themselves (the five services and the gateway's merge)", function()
+    for _, name in ipairs { "user", "product", "order", "payment", "notification", "gateway" } do
+      local text = read("scripts/services/" .. name .. "/openapi.json")
+      if text then
+        local doc = assert(cjson.decode(text), name)
+        local function walk(v)
+          if type(v) ~= "table" then return end
+          for k, x in pairs(v) do
+            if k == "$ref" then
+              local node = doc
+              for part in x:gsub("^#/", ""):gmatch("[^/]+") do node = node and node[part] end
+              assert.is_table(node, name .. ": " .. x)
+            else
+              walk(x)
+            end
+          end
+        end
+        walk(doc)
+      end
+    end
+  end)
+
   it("of the gateway is the current merge of every service's public routes", function()
     local fresh = cjson.decode(sh((os.getenv("MERCATO_BIN") or "build/mercato") .. " lua scripts/dev/openapi_merge.lua -"))
     local committed = cjson.decode((assert(read("scripts/services/gateway/openapi.json"))))

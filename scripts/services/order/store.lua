@@ -153,19 +153,27 @@ local function event_data(row, extra)
   return d
 end
 
+-- The SET list of an UPDATE of orders: `sets` (already bound to args), then each column of `set`
+-- (names from this file only) bound as the next parameter, then the version bump.
+local function assignments(sets, args, set)
+  for col, v in pairs(set or {}) do
+    args[#args + 1] = v
+    sets[#sets + 1] = col .. " = $" .. #args
+  end
+  sets[#sets + 1] = "version = version + 1"
+  sets[#sets + 1] = "updated_at = now()"
+  return table.concat(sets, ", "), args
+end
+
 -- store.transition(order, to, opts) inside db.tx: status from order.status to `to` (only if
 -- the row still has order.status: a lost race is a conflict), history, and order.<to> in the
 -- outbox. opts: reason, actor, set = { column = value } (column names from this file only),
 -- event = extra event data. → the new row | nil, err, code
 function _M.transition(order, to, opts)
   opts = opts or {}
-  local sets, args = { "status = $3", "version = version + 1", "updated_at = now()" }, { order.id, order.status, to }
-  for col, v in pairs(opts.set or {}) do
-    args[#args + 1] = v
-    sets[#sets + 1] = col .. " = $" .. #args
-  end
-  local row, err, code = db.query_one("UPDATE orders SET " .. table.concat(sets, ", ") ..
-    " WHERE id = $1 AND status = $2 RETURNING " .. COLS, unpack(args))
+  local sets, args = assignments({ "status = $3" }, { order.id, order.status, to }, opts.set)
+  local row, err, code = db.query_one("UPDATE orders SET " .. sets .. " WHERE id = $1 AND status = $2 RETURNING " .. COLS,
+    unpack(args))
   if err then return nil, err, code end
   if not row then return nil, "the order changed meanwhile", "conflict" end
   local _
@@ -178,12 +186,8 @@ end
 
 -- Columns that change without a status change (saga bookkeeping).
 function _M.update(id, set)
-  local sets, args = { "version = version + 1", "updated_at = now()" }, { id }
-  for col, v in pairs(set) do
-    args[#args + 1] = v
-    sets[#sets + 1] = col .. " = $" .. #args
-  end
-  return db.query_one("UPDATE orders SET " .. table.concat(sets, ", ") .. " WHERE id = $1 RETURNING " .. COLS, unpack(args))
+  local sets, args = assignments({}, { id }, set)
+  return db.query_one("UPDATE orders SET " .. sets .. " WHERE id = $1 RETURNING " .. COLS, unpack(args))
 end
 
 -- ---- the jobs' scans --------------------------------------------------------------------------
