@@ -214,6 +214,76 @@ describe("e2e: a purchase through the gateway", function()
     assert.equal(4, call("GET", "/products/" .. product.id .. "/inventory").json.stock)
   end)
 
+  -- Every event a service consumes and every internal route, read from the services' own
+  -- declarations (consumers.lua, openapi.json — which openapi_spec proves equal to routes.lua),
+  -- must have taken part in the flows of this file, on the real JWKS and client_credentials: a
+  -- new binding or internal route that no end-to-end flow exercises fails here. Runs after the
+  -- flows above (busted keeps the file's order).
+  it("exercised every consumed event and every service-to-service route", function()
+    -- one flow more: an unpaid order cancelled by its buyer (the order cancels its payment)
+    local seller, buyer = account("seller"), account("buyer")
+    local product = call("POST", "/products", { name = "E2E unpaid mug", price_cents = 900, currency = "eur", stock = 3,
+      tags = cjson.empty_array }, seller.token).json
+    local order = buy(buyer, product, 1)
+    local res = call("POST", "/orders/" .. order.id .. "/cancel", nil, buyer.token)
+    assert.equal(200, res.status, res.body)
+    assert.equal(3, call("GET", "/products/" .. product.id .. "/inventory").json.stock)
+
+    local bindings = {}   -- { service, consumer, type }
+    local loading, saved_path = nil, package.path
+    package.path = "scripts/?.lua;" .. saved_path
+    package.loaded["lib.consumer"] = { define = function(spec)
+      for _, t in ipairs(spec.bindings) do bindings[#bindings + 1] = { service = loading, consumer = spec.name, type = t } end
+      return {}
+    end }
+    for _, s in ipairs { "user", "product", "order", "payment", "notification" } do
+      loading = s
+      assert(loadfile("scripts/services/" .. s .. "/consumers.lua"))()
+    end
+    package.loaded["lib.consumer"], package.path = nil, saved_path
+    assert.is_true(#bindings >= 10, "bindings: " .. #bindings)
+
+    local all = seen(function() return true end)
+    for _, b in ipairs(bindings) do
+      local ids = {}
+      for _, rec in ipairs(all[b.type] or {}) do ids[#ids + 1] = "'" .. rec.ev.id .. "'" end
+      assert.is_true(#ids > 0, b.type .. ": never published in these flows")
+      local handled = O.eventually(function()
+        return tonumber(O.psql(w[b.service], ("SELECT count(*) FROM inbox WHERE consumer = '%s' AND event_id IN (%s)")
+          :format(b.consumer, table.concat(ids, ",")))) > 0
+      end, 20)
+      assert.truthy(handled, ("%s (%s) never handled %s in these flows"):format(b.consumer, b.service, b.type))
+    end
+
+    local function counts(srv)
+      local out = {}
+      local m = assert(http.request { method = "GET", url = srv.url .. "/metrics" }).body
+      for route, method, status, n in m:gmatch('http_requests_total{route="([^"]+)",method="(%u+)",status="(%d+)"} (%d+)') do
+        if status:sub(1, 1) == "2" then out[method .. " " .. route] = (out[method .. " " .. route] or 0) + tonumber(n) end
+      end
+      return out
+    end
+    local internal = 0
+    for _, s in ipairs { "user", "product", "order", "payment", "notification" } do
+      local f = assert(io.open("scripts/services/" .. s .. "/openapi.json"))
+      local doc = cjson.decode(f:read("*a"))
+      f:close()
+      local served = counts(w[s])
+      for path, ops in pairs(doc.paths) do
+        if path:find("^/internal/") then
+          for method in pairs(ops) do
+            if method ~= "parameters" then
+              internal = internal + 1
+              local op = method:upper() .. " " .. path
+              assert.truthy(served[op], s .. ": " .. op .. " never answered 2xx in these flows")
+            end
+          end
+        end
+      end
+    end
+    assert.is_true(internal >= 7, "internal routes: " .. internal)
+  end)
+
   it("keeps /internal paths away from the outside (404 at the gateway)", function()
     assert.equal(404, call("POST", "/internal/reservations", { reservation_id = crypto.uuid4(), items = {} }).status)
     assert.equal(404, call("GET", "/internal/users/" .. crypto.uuid4()).status)
