@@ -13,6 +13,7 @@
 
 CC       ?= cc
 BUILD    ?= build
+JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
 PKGS     := luajit libmicrohttpd libpq hiredis librabbitmq libcurl libjwt openssl libargon2
 VERSION  := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
@@ -79,7 +80,7 @@ deps:
 	@scripts/dev/install-deps.sh
 
 test: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$(JOBS) all
 	@scripts/dev/test.sh
 
 test-unit: all
@@ -93,8 +94,10 @@ test-deploy: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/dev/test.sh deploy
 
-run: deps
-	@$(MAKE) --no-print-directory all
+# make run needs the binary and the stack's tools, not helm or the C tests.
+run:
+	@SKIP_HELM=1 scripts/dev/install-deps.sh
+	@$(MAKE) --no-print-directory -j$(JOBS) $(BUILD)/mercato
 	@scripts/dev/run.sh
 
 bench: deps
