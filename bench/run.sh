@@ -51,6 +51,8 @@
 #   BENCH_ORDERS             1 = the order service's cart and checkout scenarios last, then the
 #                            payment webhook and e-mail burst ones (bench/orders.sh, BENCH_ORDERS_*,
 #                            BENCH_EVENTS_BURST) [1]
+#   BENCH_FOOTPRINT          1 = then every service's idle RSS, RSS after 256 connections and
+#                            exec → first 200 (bench/footprint.sh) [1]
 #
 # Adding a scenario: one `bench_scenario NAME PATH EXPECTED_JSON [SERVERS]` line in main() (every
 # server listed, all by default, must serve PATH with that payload: add the route to
@@ -783,6 +785,12 @@ main() {
     log "order service scenarios (bench/orders.sh)"
     { printf '\n### Order, payment and notification services (bench/orders.sh)\n\n'; MERCATO=$MERCATO bash "$ROOT/bench/orders.sh"; } | tee -a "$BENCH_DIR/results.md" ||
       warn "order service scenarios failed"
+  fi
+  # Memory and start-up of every service (issue 17).
+  if [[ ${BENCH_FOOTPRINT:-1} == 1 && " $BENCH_SERVERS " == *" mercato "* && -x $MERCATO ]]; then
+    log "memory and start-up (bench/footprint.sh)"
+    { printf '\n### Memory and start-up per service (bench/footprint.sh)\n\n'; MERCATO=$MERCATO bash "$ROOT/bench/footprint.sh"; } |
+      tee -a "$BENCH_DIR/results.md" || warn "memory and start-up scenario failed"
   fi
 }
 

@@ -147,6 +147,9 @@ static int cmd_lua(const config_t *cfg, int argc, char **argv)
     return rc;
 }
 
+#define TRIM_CHECK_S 5         /* how often main looks at the connections that went */
+#define TRIM_AFTER_CLOSED 64   /* this many closed since its last look: trim the heap */
+
 static int cmd_serve(const config_t *cfg)
 {
     sigset_t set;
@@ -179,8 +182,16 @@ static int cmd_serve(const config_t *cfg)
     }
     log_info("%s listening on %s:%d with %d workers (version %s)", cfg->service, cfg->listen_addr, cfg->port,
              cfg->workers, MERCATO_VERSION);
-    int sig = 0;
-    sigwait(&set, &sig);
+    /* Main waits for SIGTERM or SIGINT. Meanwhile, once a crowd of connections has gone, it
+     * hands the heap's free pages back to the kernel: MHD's per-connection pools are malloc'd,
+     * and 256 connections left ~4 MB resident for good. */
+    int sig;
+    for (;;) {
+        struct timespec tick = { .tv_sec = TRIM_CHECK_S };
+        sig = sigtimedwait(&set, NULL, &tick);
+        if (sig > 0) break;
+        if (quota_connections_settled() >= TRIM_AFTER_CLOSED) malloc_trim(0);
+    }
     log_info("%s received, draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     server_stop(srv);
     runners_stop(runners);

@@ -39,6 +39,7 @@ static struct {
     size_t budget;
     int read_timeout_ms;
     _Atomic long conns;
+    _Atomic long peak;           /* the most open at once since quota_connections_settled() */
     _Atomic size_t body_bytes;
     pthread_mutex_t lock;        /* the per-IP table */
     ip_slot_t *table;
@@ -203,6 +204,13 @@ void quota_ip_add(const unsigned char key[9], int d)
     pthread_mutex_unlock(&g.lock);
 }
 
+long quota_connections_settled(void)
+{
+    long now = atomic_load_explicit(&g.conns, memory_order_relaxed);
+    long peak = atomic_exchange_explicit(&g.peak, now, memory_order_relaxed);
+    return peak > now ? peak - now : 0;
+}
+
 enum MHD_Result quota_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
 {
     (void)cls; (void)addrlen;
@@ -223,7 +231,10 @@ void quota_connection(void *cls, struct MHD_Connection *conn, void **socket_cont
 {
     (void)cls;
     int opened = code == MHD_CONNECTION_NOTIFY_STARTED;
-    atomic_fetch_add_explicit(&g.conns, opened ? 1 : -1, memory_order_relaxed);
+    long now = atomic_fetch_add_explicit(&g.conns, opened ? 1 : -1, memory_order_relaxed) + (opened ? 1 : -1);
+    long peak = atomic_load_explicit(&g.peak, memory_order_relaxed);
+    while (now > peak && !atomic_compare_exchange_weak_explicit(&g.peak, &peak, now, memory_order_relaxed,
+                                                                 memory_order_relaxed)) {}
     metrics_cell_add(g.open, opened ? 1 : -1);
     if (!g.per_ip) return;
     /* The socket context marks a connection counted per IP, so that only those are uncounted. */

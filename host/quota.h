@@ -25,6 +25,9 @@ void quota_free(void);
 /* The connection limit every daemon is given (each could hold them all). */
 unsigned quota_max_connections(void);
 
+/* How many connections closed since the last call: the most open at once in between minus the
+ * open now (the peak restarts from now). */
+long quota_connections_settled(void);
 /* MHD's accept policy: MHD_NO (the connection is closed at once) past MAX_CONNECTIONS in the
  * process, or past MAX_CONNECTIONS_PER_IP from one client address (IPv6 by its /64) unless it
  * is a trusted proxy (TRUSTED_PROXIES). */

@@ -1,4 +1,5 @@
-/* test_quota: the per-IP connection table (open addressing, removal without tombstones). */
+/* test_quota: the per-IP connection table (open addressing, removal without tombstones), and the
+ * count of connections gone since the last look (main trims the heap on it). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,9 +60,26 @@ TEST(a_removal_of_an_absent_key_changes_nothing)
     CHECK_INT(quota_ip_count(a), 0);
 }
 
+TEST(connections_settled_counts_the_crowd_that_went)
+{
+    config_t cfg = { .max_connections = 1000 };   /* no per-IP limit: no client address needed */
+    quota_init(&cfg);
+    void *ctx = NULL;
+    quota_connections_settled();
+    for (int i = 0; i < 300; i++) quota_connection(NULL, NULL, &ctx, MHD_CONNECTION_NOTIFY_STARTED);
+    for (int i = 0; i < 290; i++) quota_connection(NULL, NULL, &ctx, MHD_CONNECTION_NOTIFY_CLOSED);
+    CHECK_INT(quota_connections_settled(), 290);   /* peak 300, 10 open */
+    CHECK_INT(quota_connections_settled(), 0);     /* the peak restarted from 10 */
+    for (int i = 0; i < 5; i++) quota_connection(NULL, NULL, &ctx, MHD_CONNECTION_NOTIFY_STARTED);
+    for (int i = 0; i < 15; i++) quota_connection(NULL, NULL, &ctx, MHD_CONNECTION_NOTIFY_CLOSED);
+    CHECK_INT(quota_connections_settled(), 15);    /* peak 15, none open */
+    quota_free();
+}
+
 int main(void)
 {
     RUN(counts_follow_a_model_through_inserts_and_removals);
     RUN(a_removal_of_an_absent_key_changes_nothing);
+    RUN(connections_settled_counts_the_crowd_that_went);
     return test_done();
 }

@@ -32,6 +32,6 @@ if command -v clang-tidy >/dev/null; then
             "$f" -- -std=gnu11 -D_GNU_SOURCE -DMERCATO_VERSION='"lint"' -Ihost -Ibuild/gen $cflags || rc=1
     done
 fi
-step shellcheck scripts/dev/*.sh bench/run.sh bench/services.sh bench/gateway.sh bench/pg_outage.sh bench/orders.sh .ci/run
+step shellcheck scripts/dev/*.sh bench/run.sh bench/services.sh bench/gateway.sh bench/pg_outage.sh bench/orders.sh bench/footprint.sh .ci/run
 step shellcheck docker/*.sh docker/postgres/*.sh spec/support/deploy/*.sh
 exit $rc
