@@ -200,8 +200,10 @@ void db_worker_free(worker_t *w)
     w->binding[BIND_DB] = NULL;
 }
 
-/* The session runs in UTC with ISO dates and the statement timeout. Settings in the URL win
- * over these defaults (they come later in the expanded parameter list). */
+/* The session runs in UTC with ISO dates and the statement timeout. No GSSAPI encryption
+ * unless the URL asks for it (gssencmode=prefer, libpq's default, first loads Kerberos and asks
+ * the server for it: one round trip more on every connection, for a mode nobody here uses).
+ * Settings in the URL win over these defaults (they come later in the expanded parameter list). */
 void db_conn_params(const db_conn_t *c, db_params_t *p)
 {
     snprintf(p->connect_timeout, sizeof p->connect_timeout, "%d", db_settings.connect_timeout_s);
@@ -209,8 +211,10 @@ void db_conn_params(const db_conn_t *c, db_params_t *p)
     snprintf(p->app, sizeof p->app, "mercato-%s", c->app_name ? c->app_name : "host");
     snprintf(p->user_timeout, sizeof p->user_timeout, "%d", c->timeout_ms ? c->timeout_ms + 10000 : 0);
     const char *keys[] = { "connect_timeout", "options", "application_name", "client_encoding", "keepalives_idle",
-                           "keepalives_interval", "keepalives_count", "tcp_user_timeout", "dbname", NULL };
-    const char *vals[] = { p->connect_timeout, p->options, p->app, "UTF8", "30", "10", "3", p->user_timeout, c->url, NULL };
+                           "keepalives_interval", "keepalives_count", "tcp_user_timeout", "gssencmode", "dbname", NULL };
+    const char *vals[] = { p->connect_timeout, p->options, p->app, "UTF8", "30", "10", "3", p->user_timeout, "disable",
+                           c->url, NULL };
+    _Static_assert(sizeof keys <= sizeof p->keys && sizeof vals <= sizeof p->vals, "db_params_t is too small");
     memcpy(p->keys, keys, sizeof keys);
     memcpy(p->vals, vals, sizeof vals);
 }
