@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/dev/test.sh [all|unit|spec|deploy]: run every suite (TAP), print one line per suite and a
+# scripts/dev/test.sh [all|unit|fuzz|spec|deploy]: run every suite (TAP), print one line per suite and a
 # closing "N passed, N failed, N skipped" (pending specs: skipped, never passed); exit 0 only if nothing failed. Called by `make test`, which has
 # already installed the dependencies and built build/mercato and the C tests.
 #
@@ -68,13 +68,32 @@ fuzz_tap() {   # fuzz_tap TARGET: one libFuzzer target for FUZZ_TEST_SECONDS (30
     FUZZ_SECONDS=${FUZZ_TEST_SECONDS:-30} FUZZ_OUT=$out/fuzz scripts/dev/fuzz.sh "$1"
 }
 
+fuzz_replay() {   # fuzz_replay TARGET: a finished background run's TAP and exit status
+    cat "$out/fuzz/$1.run"
+    return "$(cat "$out/fuzz/$1.rc" 2>/dev/null || echo 1)"
+}
+
 fuzz_tier() {  # every tests/fuzz/fuzz_*.c target, built with clang -fsanitize=fuzzer,address,undefined
     if ! make --no-print-directory fuzz-build >"$out/fuzz-build.log" 2>&1; then
         suite "fuzz/build" sh -c "cat $out/fuzz-build.log; exit 1"
         return
     fi
-    for f in tests/fuzz/fuzz_*.c; do
-        suite "fuzz/$(basename "$f" .c)" fuzz_tap "$(basename "$f" .c)"
+    # A libFuzzer run is one thread: FUZZ_JOBS of them at once (default: the CPUs), each counted
+    # as a suite when it ends, in order (the suite's time is then the wait, not the run).
+    local names=() pids=() jobs=${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 2)} i next=0
+    for f in tests/fuzz/fuzz_*.c; do names+=("$(basename "$f" .c)"); done
+    mkdir -p "$out/fuzz"
+    start_fuzz() {
+        local t=${names[$1]}
+        rm -f "$out/fuzz/$t.rc"
+        (fuzz_tap "$t" >"$out/fuzz/$t.run" 2>&1; echo $? >"$out/fuzz/$t.rc") &
+        pids[$1]=$!
+    }
+    while [ "$next" -lt "${#names[@]}" ] && [ "$next" -lt "$jobs" ]; do start_fuzz "$next"; next=$((next + 1)); done
+    for i in "${!names[@]}"; do
+        wait "${pids[$i]}"
+        if [ "$next" -lt "${#names[@]}" ]; then start_fuzz "$next"; next=$((next + 1)); fi
+        suite "fuzz/${names[$i]}" fuzz_replay "${names[$i]}"
     done
 }
 
@@ -134,6 +153,7 @@ deploy_tier() {
 
 case "$mode" in
 unit) unit_tier ;;
+fuzz) fuzz_tier ;;
 spec) spec_tier ;;
 deploy) deploy_tier ;;
 all)
@@ -142,7 +162,7 @@ all)
     spec_tier
     ;;
 *)
-    echo "usage: $0 [all|unit|spec|deploy]" >&2
+    echo "usage: $0 [all|unit|fuzz|spec|deploy]" >&2
     exit 2
     ;;
 esac
