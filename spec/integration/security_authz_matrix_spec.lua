@@ -27,17 +27,15 @@ end
 local function run_cell(w, route, role, which)
   local p = policy.TABLE[route.key]
   local party
-  -- the caller's relation is known before anything is made: the expectation decides whether
-  -- the cell needs a resource (and a caller) of its own
-  local probe_rel = { owner = which == "own" and policy.OWNERS[p.kind or ""] ~= nil,
-    fulfiller = (p.kind == "order" or p.kind == "payment") and role == "seller" }
-  local expected = policy.expected(route, role, which, probe_rel)
+  -- the expectation comes first: it decides whether the cell needs a resource (and a caller)
+  -- of its own
+  local expected = policy.expected(route, role, policy.relation(p.kind, role, which))
   local succeeds = expected == p.ok and p.ok < 400
   if p.caller == "fresh" and succeeds and w.cast[role] then party = W.fresh_party(w, role) end
   local id = nil
   if p.kind then id = W.resource(w, p.kind, role, which, p.state, succeeds and is_write(route.method)) end
   local token = W.token(w, role, route, party)
-  local res = W.call(w, route, role, token, id)
+  local res = W.call(w, route, token, id)
   local note = ""
   if p.list and res.status == 200 and which == "own" then
     -- the other buyer's resource of that kind must never be listed to anyone but an admin

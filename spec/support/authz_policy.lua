@@ -7,7 +7,7 @@
 -- the gates (the ownership table). Expected statuses are derived here, never recorded.
 --
 --   local policy = require "support.authz_policy"
---   for _, r in ipairs(policy.routes()) do ... policy.expected(r, "buyer", "other", rel) ... end
+--   for _, r in ipairs(policy.routes()) do ... policy.expected(r, "buyer", rel) ... end
 local M = {}
 
 M.SERVICES = { "user", "product", "order", "payment", "notification" }
@@ -138,9 +138,14 @@ function M.applies(route, role, which)
   return true
 end
 
--- The expected status of one cell. rel = { owner = bool, fulfiller = bool, buyer = bool }: the
--- caller's relation to the resource the cell uses (the world module reports it).
-function M.expected(route, role, which, rel)
+-- The caller's relation to the resource of a cell: it owns its own ("own"), and the seller
+-- fulfils every order (the world fills each one with that seller's product).
+function M.relation(kind, role, which)
+  return { owner = which == "own" and M.OWNERS[kind or ""] ~= nil, fulfiller = kind == "order" and role == "seller" }
+end
+
+-- The expected status of one cell; rel = M.relation(...) of the resource the cell uses.
+function M.expected(route, role, rel)
   local p = M.TABLE[route.key]
   if p.rule == "unsigned" then return p.ok end
   -- the gates of routes.lua, in the host's order: a token, then its scope, then its role

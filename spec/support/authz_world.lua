@@ -8,8 +8,8 @@
 --
 --   local W = require "support.authz_world"
 --   local w = W.start()                 -- W.stop(w) in teardown
---   local req = W.request(w, route, role, which)   -- → { method, path, headers, body }, rel
-local cjson = require "cjson.safe"
+--   local id = W.resource(w, "order", "buyer", "other", "paid", true)
+--   local res = W.call(w, route, W.token(w, "buyer", route), id)
 local crypto = require "crypto"
 local O = require "support.order_helpers"
 local policy = require "support.authz_policy"
@@ -153,17 +153,16 @@ local function owner_of(w, kind, role, which)
   return w.cast.other_buyer
 end
 
--- The id (or key) a cell's path names, and the caller's relation to it. fresh: a resource of
--- its own (a call expected to change it); else one shared by the cells expected to be refused.
+-- The id (or key) a cell's path names. fresh: a resource of its own (a call expected to change
+-- it); else one shared by the cells expected to be refused (a refusal that changed it anyway
+-- fails its own cell).
 function M.resource(w, kind, role, which, state, fresh)
-  local ownerless = policy.OWNERS[kind] == nil
-  local owner = ownerless and { email = "-" } or owner_of(w, kind, role, which)
-  local rel = { owner = which == "own" and not ownerless, fulfiller = (kind == "order" or kind == "payment") and role == "seller" }
+  local owner = policy.OWNERS[kind] == nil and { email = "-" } or owner_of(w, kind, role, which)
   local key = table.concat({ kind, owner.email or "-", state or "" }, "|")
-  if not fresh and w.shared[key] then return w.shared[key], rel end
+  if not fresh and w.shared[key] then return w.shared[key] end
   local id = MAKE[kind](w, owner, state)
   if not fresh then w.shared[key] = id end
-  return id, rel
+  return id
 end
 
 -- ---- requests -----------------------------------------------------------------------------
@@ -248,7 +247,7 @@ M.PREPARE = {
 local function server_of(w, route) return w[route.service] end
 
 -- Send one cell's request. → the response, and the request as sent (for the report).
-function M.call(w, route, role, token, id)
+function M.call(w, route, token, id)
   local path = route.path:gsub("{[%w_]+%*?}", function() return id end)
   if M.PREPARE[route.key] then M.PREPARE[route.key](w, token) end
   local _, body, headers = M.BUILD[route.key](w)
@@ -272,6 +271,5 @@ end
 
 M.fresh_party = fresh_party
 M.owner_of = owner_of
-M.json = cjson
 
 return M
