@@ -22,7 +22,8 @@ local function hostile(w, field)
     product_id = "0190aaaa-bbbb-7ccc-8ddd-eeeeffff0001", total_cents = 1, items = { { product_id = "x", quantity = 1 } },
     payment = { id = "x" }, shipped_at = "2000-01-01T00:00:00Z", provider_id = "pi_evil", refunded_cents = 999999,
     client_secret = "evil", payment_id = "0190aaaa-bbbb-7ccc-8ddd-eeeeffff0002", expires_at = "2000-01-01T00:00:00Z",
-    committed = true, sub = "0190aaaa-bbbb-7ccc-8ddd-eeeeffff0003",
+    committed = true, sub = "0190aaaa-bbbb-7ccc-8ddd-eeeeffff0003", reason = "cancelled_by_admin", amount_cents = 1,
+    attempts = 0, recipient = "evil@example.com",
   })[field]
   assert(v ~= nil, "no hostile value for " .. field)
   return v
@@ -190,6 +191,28 @@ CASES["POST /orders/{id}/ship"] = order_case("/ship", "paid", { carrier = "DHL",
 CASES["POST /orders/{id}/cancel"] = order_case("/cancel", "created", {}, "cancelled")
 CASES["POST /orders/{id}/deliver"] = order_case("/deliver", "shipped", {}, "delivered")
 
+CASES["POST /internal/reservations/{id}/commit"] = {
+  attempt = function(w, f, v)
+    local id = W.resource(w, "reservation", "svc_scope", "own", nil, true)
+    return O.req(w.product, "POST", "/internal/reservations/" .. id .. "/commit", { [f] = v }, W.service_token(w, { "inventory" })), id
+  end,
+  proof = function(w, id)
+    assert.equal("reserved", O.psql(w.product, ("SELECT status FROM reservations WHERE id = '%s'"):format(id)))
+  end,
+}
+
+CASES["POST /notifications/{id}/retry"] = {
+  attempt = function(w, f, v)
+    local id = W.resource(w, "notification", "buyer", "other", "failed", true)
+    return O.req(w.notification, "POST", "/notifications/" .. id .. "/retry", { [f] = v }, w.cast.admin.token), id
+  end,
+  proof = function(w, id, f, v)
+    local now = O.req(w.notification, "GET", "/notifications/" .. id, nil, w.cast.admin.token).json
+    assert.equal("failed", now.status)
+    assert.not_equal(v, now[f])
+  end,
+}
+
 local function payments_token(w) return W.service_token(w, { "payments" }) end
 
 CASES["POST /internal/payments"] = {
@@ -201,6 +224,19 @@ CASES["POST /internal/payments"] = {
     local res = O.req(w.payment, "POST", "/internal/payments", doc, payments_token(w))
     assert.equal(201, res.status)
     assert.equal("0", O.psql(w.payment, ("SELECT refunded_cents FROM payments WHERE id = '%s'"):format(res.json.id)))
+  end,
+}
+
+CASES["POST /internal/payments/{id}/cancel"] = {
+  attempt = function(w, f, v)
+    local pid = W.resource(w, "payment", "buyer", "own", nil, true)
+    local before = O.req(w.payment, "GET", "/payments/" .. pid, nil, w.cast.admin.token).json
+    return O.req(w.payment, "POST", "/internal/payments/" .. pid .. "/cancel", { [f] = v }, payments_token(w)), before
+  end,
+  proof = function(w, before)
+    local now = O.req(w.payment, "GET", "/payments/" .. before.id, nil, w.cast.admin.token).json
+    assert.equal(before.status, now.status)
+    assert.equal(before.amount_cents, now.amount_cents)
   end,
 }
 

@@ -171,10 +171,10 @@ end
 
 -- Mass assignment: per write route, the fields a caller must never set, each with the decision
 -- taken from the contract. "refused" = 400 (CONTRACT §3: unknown/forbidden fields are 400, no
--- mass assignment), and the stored resource shows the value was not taken. "ignored" = the
--- route reads no such field (an action without a document, or a form whose extra parameters
--- RFC 6749 tells a server to ignore): the call succeeds and the stored resource still shows the
--- value was not taken.
+-- mass assignment) — JSON documents and the actions that take none alike (an action's body may
+-- be empty or {}, nothing else) — and the stored resource shows the value was not taken.
+-- "ignored" = a form whose extra parameters RFC 6749 §3.2 tells the server to ignore: the call
+-- succeeds and the token shows the value was not taken.
 M.FORBIDDEN = {
   ["POST /auth/register"] = { refused = { "id", "role", "disabled", "created_at", "password_hash", "email_verified" } },
   ["PATCH /users/me"] = { refused = { "id", "email", "role", "disabled", "created_at", "password_hash" } },
@@ -187,8 +187,11 @@ M.FORBIDDEN = {
   ["PUT /cart/items/{product_id}"] = { refused = { "price_cents", "unit_price_cents", "currency", "user_id", "product_id" } },
   ["POST /orders"] = { refused = { "id", "user_id", "status", "total_cents", "currency", "items", "payment", "created_at" } },
   ["POST /orders/{id}/ship"] = { refused = { "status", "user_id", "total_cents", "shipped_at" } },
-  ["POST /orders/{id}/cancel"] = { ignored = { "status", "total_cents", "refunded_cents" } },
-  ["POST /orders/{id}/deliver"] = { ignored = { "status", "total_cents" } },
+  ["POST /orders/{id}/cancel"] = { refused = { "status", "total_cents", "refunded_cents", "reason" } },
+  ["POST /orders/{id}/deliver"] = { refused = { "status", "total_cents" } },
+  ["POST /internal/reservations/{id}/commit"] = { refused = { "status", "items" } },
+  ["POST /internal/payments/{id}/cancel"] = { refused = { "status", "amount_cents" } },
+  ["POST /notifications/{id}/retry"] = { refused = { "status", "attempts", "recipient" } },
   ["POST /internal/payments"] = { refused = { "id", "status", "provider_id", "refunded_cents", "client_secret" } },
   ["POST /payments/{id}/refunds"] = { refused = { "id", "status", "payment_id", "refunded_cents", "provider_id" } },
   ["POST /internal/reservations"] = { refused = { "status", "expires_at", "committed" } },
@@ -202,12 +205,9 @@ M.NO_DOCUMENT = {
   ["POST /auth/logout"] = "names the refresh token to revoke; the caller's own (checked)",
   ["POST /users/me/password"] = "current and new password only",
   ["POST /oauth/revoke"] = "names a token to revoke (RFC 7009)",
-  ["POST /internal/reservations/{id}/commit"] = "an action on a reservation the path names",
-  ["POST /internal/payments/{id}/cancel"] = "an action on a payment the path names",
   ["POST /internal/payments/{id}/refunds"] = "the handler of POST /payments/{id}/refunds, whose fields are checked there",
   ["POST /payments/reconcile"] = "takes nothing but {} (lib.validate with an empty schema)",
   ["POST /products/{id}/images"] = "raw image bytes; the key is generated, never taken from the client",
-  ["POST /notifications/{id}/retry"] = "an action on a delivery the path names",
   ["POST /webhooks/stripe"] = "Stripe's signed event; only signature-verified bytes are read",
 }
 
