@@ -14,11 +14,14 @@ local REPORT = REPORT_DIR .. "/authz_matrix.md"
 
 local function is_write(method) return method ~= "GET" and method ~= "HEAD" end
 
--- The ids of a list answer's items.
+-- The ids of a list answer's items (a cart's lines by their product).
 local function ids_of(res)
   local set = {}
   for _, it in ipairs(type(res.json) == "table" and type(res.json.items) == "table" and res.json.items or {}) do
-    if type(it) == "table" and it.id then set[it.id] = true end
+    if type(it) == "table" then
+      if it.id then set[it.id] = true end
+      if it.product_id then set[it.product_id] = true end
+    end
   end
   return set
 end
@@ -35,13 +38,17 @@ local function run_cell(w, route, role, which)
   local id = nil
   if p.kind then id = W.resource(w, p.kind, role, which, p.state, succeeds and is_write(route.method)) end
   local token = W.token(w, role, route, party)
+  -- a list: the other buyer's resource of its kind exists before the call, and must not be in it
+  -- (and, as the control that the check can see anything, the buyer's own one must be)
+  local other = p.list and which == "own" and W.resource(w, p.list, "buyer", "other", nil, p.list == "cart")
+  local mine = p.list and p.list ~= "cart" and role == "buyer" and W.resource(w, p.list, "buyer", "own", nil, false)
   local res = W.call(w, route, token, id)
   local note = ""
-  if p.list and res.status == 200 and which == "own" then
-    -- the other buyer's resource of that kind must never be listed to anyone but an admin
-    local other = W.resource(w, p.list, "buyer", "other", nil, false)
-    if ids_of(res)[other] and role ~= "admin" then note = "LEAK: lists another user's " .. p.list end
+  local admin_sees_all = role == "admin" and p.list ~= "cart"
+  if other and res.status == 200 and ids_of(res)[other] and not admin_sees_all then
+    note = "LEAK: lists another user's " .. p.list
   end
+  if mine and res.status == 200 and not ids_of(res)[mine] then note = note .. "MISSING: the caller's own " .. p.list end
   return { expected = expected, got = res.status, note = note, body = res.body }
 end
 

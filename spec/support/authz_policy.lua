@@ -28,6 +28,7 @@ M.OWNERS = {
   order = { buyer = true, seller = true, other_seller = true, admin = true },
   payment = { buyer = true, seller = true, other_seller = true, admin = true },
   notification = { buyer = true, seller = true, other_seller = true },
+  cart = { buyer = true, seller = true, other_seller = true, admin = true },   -- no path names one: see `list`
 }
 
 -- The ownership table: per route, the resource its path names (kind; nil = none), the state it
@@ -42,7 +43,8 @@ M.OWNERS = {
 --               substitute — an unsigned delivery is 400 for every caller
 -- caller = "fresh": the call changes the caller's own session or credentials, so each cell that
 -- should succeed is made by a new account of that role (the matrix's cast keeps its tokens).
--- list = kind: a list whose answer must never hold another user's resource of that kind.
+-- list = kind: a list whose answer must never hold another user's resource of that kind (for
+-- the cart, whose path names nobody: the product only the other buyer's cart holds).
 M.TABLE = {
   ["POST /auth/register"] = { ok = 201, rule = "open" },
   ["POST /auth/login"] = { ok = 200, rule = "open" },
@@ -77,7 +79,7 @@ M.TABLE = {
   ["POST /products/{id}/images"] = { ok = 201, rule = "owner_403", kind = "product" },
   ["GET /images/{key*}"] = { ok = 200, rule = "open", kind = "image" },
 
-  ["GET /cart"] = { ok = 200, rule = "user" },
+  ["GET /cart"] = { ok = 200, rule = "user", list = "cart" },
   ["PUT /cart/items/{product_id}"] = { ok = 200, rule = "user", kind = "cart_item" },
   ["DELETE /cart/items/{product_id}"] = { ok = 204, rule = "user", kind = "cart_item" },
   ["DELETE /cart"] = { ok = 204, rule = "user" },

@@ -142,6 +142,13 @@ local MAKE = {
     return r.json.key
   end,
   cart_item = function(w) return w.stock_product.id end,
+  -- a product only this party's cart holds (put again each time: a checkout empties carts)
+  cart = function(w, party)
+    w.cart_marker = w.cart_marker or O.product(w, nil, w.cast.other_seller).id
+    local r = O.req(w.order, "PUT", "/cart/items/" .. w.cart_marker, { quantity = 1 }, party.token)
+    assert(r.status == 200, "cart marker: " .. r.status .. " " .. tostring(r.body))
+    return w.cart_marker
+  end,
 }
 
 -- The owner of the resource a cell uses: the caller itself ("own"), else another user — a
