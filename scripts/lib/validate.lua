@@ -200,6 +200,16 @@ function _M.body(req, schema, opts)
   return out
 end
 
+-- validate.empty(req) → true | nil, status, body, headers: the body of an action that takes
+-- no document (cancel, deliver, commit, retry...) — empty or {}; any field is 400, so nothing
+-- can be assigned through it (CONTRACT §3).
+local NO_FIELDS = {}
+function _M.empty(req)
+  local doc, status, body, headers = _M.body(req, NO_FIELDS, { optional = true })
+  if not doc then return nil, status, body, headers end
+  return true
+end
+
 local unescape = require("mercato.form").unescape   -- the host's decoder (host/lua/prelude.lua)
 
 -- validate.form(body) → table of application/x-www-form-urlencoded parameters, or nil, why and

@@ -109,10 +109,10 @@ describe("user service bearer tokens and /users/me", function()
       assert.equal(cjson.null, res.json.phone)
     end)
 
-    it("answers 404 for a service token, which has no profile", function()
+    it("answers 403 for a service token: /users/me is a user account's route (roles in routes.lua)", function()
       local t = U.post_form(svc, "/oauth/token", { grant_type = "client_credentials", client_id = U.CLIENT_ID,
         client_secret = U.CLIENT_SECRET }).json.access_token
-      assert.equal(404, me(t).status)
+      assert.equal(403, me(t).status)
     end)
   end)
 

@@ -67,6 +67,8 @@ end
 function _M.retry(req)
   local id = req.params.id
   if not events.valid_uuid(id) then return problem.not_found("notification", id) end
+  local empty, est, ebody, eheaders = validate.empty(req)
+  if not empty then return est, ebody, eheaders end
   local row, err, code = store.retry(id)
   if row == false then   -- err is its status
     return problem.new(409, "This notification was already sent; retrying it would send it twice.", { status = err })

@@ -127,6 +127,8 @@ end
 function _M.cancel(req)
   local id = req.params.id
   if not store.is_uuid(id) then return problem.not_found("order", id) end
+  local empty, est, ebody, eheaders = validate.empty(req)
+  if not empty then return est, ebody, eheaders end
   local reason = is_admin(req) and "cancelled_by_admin" or "cancelled_by_buyer"
   local row, why, detail = saga.cancel(id:lower(), reason, actor(req), owner_or_admin(req))
   return settle(id, row, why, detail)
@@ -148,6 +150,8 @@ end
 function _M.deliver(req)
   local id = req.params.id
   if not store.is_uuid(id) then return problem.not_found("order", id) end
+  local empty, est, ebody, eheaders = validate.empty(req)
+  if not empty then return est, ebody, eheaders end
   local row, why, detail = saga.advance(id:lower(), "shipped", "delivered", actor(req), fulfiller(req))
   return settle(id, row, why, detail)
 end

@@ -83,6 +83,8 @@ end
 function _M.cancel(req)
   local id = req.params.id
   if not valid_uuid(id) then return problem.not_found("payment", id) end
+  local empty, est, ebody, eheaders = validate.empty(req)
+  if not empty then return est, ebody, eheaders end
   local p, err, code = store.get(id)
   if err then return problem.from(code, err) end
   if not p then return problem.not_found("payment", id) end

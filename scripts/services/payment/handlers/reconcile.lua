@@ -8,8 +8,8 @@ local reconcile = require "services.payment.reconcile"
 local _M = {}
 
 function _M.run(req)
-  local doc, status, body, headers = validate.body(req, {}, { optional = true })   -- nothing but {} (or no body)
-  if not doc then return status, body, headers end
+  local empty, status, body, headers = validate.empty(req)   -- nothing but {} (or no body)
+  if not empty then return status, body, headers end
   local min_age = tonumber(req.query.min_age_s or "0")
   if not min_age or min_age < 0 or min_age > 86400 then
     return problem.bad_request("min_age_s must be 0 to 86400 seconds.", { { field = "min_age_s", message = "must be 0 to 86400" } })

@@ -180,6 +180,8 @@ end
 function _M.commit(req)
   local id = req.params.id
   if not is_uuid(id) then return problem.not_found("reservation", id) end
+  local empty, est, ebody, eheaders = validate.empty(req)
+  if not empty then return est, ebody, eheaders end
   id = id:lower()
   local ok, err, code = inventory.commit(id)
   if not ok and err then
