@@ -5,8 +5,8 @@
 --   - html mode: a variable never brings markup — the output has as many < > " ' as the same
 --     render with those characters removed from the data (they came from the template's text);
 --   - header mode: a variable never brings a control character (CR, LF, ...), counted alike;
---   - with data free of braces, no "{{" reaches the output (no tag leaks unrendered), unless a
---     string literal of the template itself holds a brace.
+--   - with data free of braces, no "{" reaches the output (no tag leaks unrendered) unless the
+--     templates' own text or string literals hold one.
 -- The input, cut at NUL bytes: the template's source, the source of partial "p", then data
 -- strings (a, b, n, cents, currency, when, flag, user.email; any other name one of them) and
 -- the list `items` (up to 4, one per data string). The mode is
@@ -90,6 +90,11 @@ return function(input)
   elseif mode == "header" then
     if count(raw, "%c") ~= count(clean, "%c") then fail("a variable brought a control character into a header: %q", raw) end
   end
-  local literal_brace = find(src .. "\0" .. (partial or ""), '"[^"]*[{}][^"]*"')
-  if not literal_brace and find(clean, "{{", 1, true) then fail("a tag leaked into the output: %q", clean) end
+  -- Braces in the output come from the templates' text or literals, never from a tag: when
+  -- neither has one (the text being what is left once every {{...}} is taken out), the render
+  -- of brace-free data has none. (Text braces may meet across a tag or a partial — "{" then
+  -- {{> p}} giving "{" — and make "{{" of trusted text: not a leak.)
+  local all = src .. "\0" .. (partial or "")
+  local text_brace = find((gsub(all, "{{.-}}", "")), "{", 1, true) or find(all, '"[^"]*{[^"]*"')
+  if not text_brace and find(clean, "{", 1, true) then fail("a tag leaked into the output: %q", clean) end
 end
