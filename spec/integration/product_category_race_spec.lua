@@ -5,6 +5,7 @@
 --   - two crossing moves (A under B, B under A) never both succeed: the tree never has a cycle;
 --   - a product created during its category's delete either fails with a 422 naming
 --     category_id, or keeps its category (and the delete is then refused with 409);
+--   - a product moved (PATCH category_id) during that category's delete: the same;
 --   - a sub-category created during its parent's delete: the same, for parent_id.
 --
 -- Run: set -a; . <(scripts/dev/stack.sh env); set +a
@@ -109,6 +110,32 @@ describe("category writes under concurrency", function()
     end
     assert.equal("0", sql("SELECT count(*) FROM products WHERE category_id IS NULL"), "a product without its category")
     print(("# %d rounds of create during delete: %d products kept their category (delete 409), %d refused (422)"):format(ROUNDS, kept, refused))
+  end)
+
+  it("keeps a product moved into a category during its delete there, or refuses the move with a 422", function()
+    local kept, refused = 0, 0
+    local product, etag = P.create(svc, seller)
+    for round = 1, ROUNDS do
+      local c = category()
+      local move = req("PATCH", "/products/" .. product.id, seller.token, { category_id = c.id })
+      move.headers["If-Match"] = etag
+      local patch, delete = race(round, move, req("DELETE", "/categories/" .. c.id, admin.token))
+      if patch.status == 200 then
+        kept = kept + 1
+        etag = patch.headers.etag
+        assert_problem(delete, 409, nil, round)
+        assert.equal(c.id, sql(("SELECT category_id FROM products WHERE id = '%s'"):format(product.id)), ("round %d: the product lost its category"):format(round))
+      else
+        refused = refused + 1
+        assert.equal(204, delete.status, ("round %d: patch %d, delete %d"):format(round, patch.status, delete.status))
+        assert_problem(patch, 422, "category_id", round)
+      end
+      -- back out of the category (so the next round's delete is not refused for it)
+      local back = P.patch(svc, "/products/" .. product.id, { category_id = cjson.null }, { token = seller.token, headers = { ["If-Match"] = etag } })
+      assert.equal(200, back.status, back.body)
+      etag = back.headers.etag
+    end
+    print(("# %d rounds of a product moved during its category's delete: %d kept (delete 409), %d refused (422)"):format(ROUNDS, kept, refused))
   end)
 
   it("keeps a sub-category created during its parent's delete under that parent, or refuses it with a 422", function()
