@@ -143,7 +143,7 @@ fuzz-build:
 
 fuzz-targets: $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 
-$(BUILD)/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz.h $(LIB)
+$(BUILD)/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz.h tests/fuzz/fuzz_lua.h $(LIB)
 	@mkdir -p $(@D)
 	@echo "  FUZZ    $@"
 	$(Q)$(CC) $(CFLAGS) -Itests/fuzz -o $@ $< $(LIB) $(LDFLAGS) $(LDLIBS)

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "hex.h"
+#include "utf8.h"
 
 /* ---- scanning --------------------------------------------------------------------------- */
 
@@ -31,13 +32,21 @@ static long hex4(const char *p)
     return v;
 }
 
-/* Past the string whose opening quote is at p, or NULL when it is malformed. */
+/* Past the string whose opening quote is at p, or NULL when it is malformed: a control
+ * character, a bad escape, or bytes that are not UTF-8 (RFC 8259 §8.1, as json.decode). Every
+ * entry point reads strings through here, so none lets such a string through. */
 static const char *skip_string(const char *p, const char *e)
 {
     for (p++; p < e; p++) {
         unsigned char c = (unsigned char)*p;
         if (c == '"') return p + 1;
         if (c < 0x20) return NULL;
+        if (c >= 0x80) {
+            size_t n = utf8_seq((const unsigned char *)p, (size_t)(e - p));
+            if (!n) return NULL;
+            p += n - 1;
+            continue;
+        }
         if (c != '\\') continue;
         if (++p >= e) return NULL;
         if (*p == 'u') {

@@ -1,7 +1,8 @@
 /* json_reader: a strict, allocation-free RFC 8259 reader over byte spans — just enough for JWT
  * headers, claims and JWK sets, so that the C checks and the Lua claims table come from one
  * parser (no parser differential between what C checked and what Lua sees). Duplicate object
- * members: the last one wins, everywhere. */
+ * members: the last one wins, everywhere. Strings are UTF-8 (a document with other bytes in a
+ * string is not valid), as json.decode requires of request bodies. */
 #ifndef MERCATO_JSON_READER_H
 #define MERCATO_JSON_READER_H
 

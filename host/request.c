@@ -4,7 +4,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "utf8.h"
+#include "../core/utf8.h"
 
 uint64_t request_now_ns(void)
 {

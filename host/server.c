@@ -32,7 +32,7 @@
 #include "../core/log.h"
 #include "../core/loop.h"
 #include "../core/metrics.h"
-#include "utf8.h"
+#include "../core/utf8.h"
 #include "worker.h"
 
 

@@ -176,6 +176,66 @@ TEST(garbage_is_refused_and_misuse_raises)
     CHECK(strstr(eval("return jwt.sign({}, { kid = 'a\"b' })"), "<error:") != NULL);
 }
 
+/* An RS256 token over exactly these header and claims bytes, signed with key A (what
+ * jwt_token_sign would refuse to make): malloc-ed, the caller frees. */
+static char *sign_raw(const char *header, const char *claims)
+{
+    size_t hn = strlen(header), cn = strlen(claims);
+    char *out = malloc(base64_encoded_len(hn, 1) + base64_encoded_len(cn, 1) + 1024);
+    size_t n = base64_encode(out, header, hn, 1);
+    out[n++] = '.';
+    n += base64_encode(out + n, claims, cn, 1);
+    unsigned char sig[512];
+    size_t siglen = sizeof sig;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    int ok = EVP_DigestSignInit(ctx, NULL, EVP_sha256(), NULL, key_a) == 1 &&
+             EVP_DigestSign(ctx, sig, &siglen, (const unsigned char *)out, n) == 1;
+    EVP_MD_CTX_free(ctx);
+    out[n++] = '.';
+    n += ok ? base64_encode(out + n, (const char *)sig, siglen, 1) : 0;
+    out[n] = 0;
+    return out;
+}
+
+/* JSON text is UTF-8 (RFC 8259 §8.1): a token signed by our own key whose header or claims
+ * carry other bytes in a string is not one we would ever have issued, and is refused. */
+TEST(a_token_whose_header_or_claims_are_not_utf8_is_refused)
+{
+    char kid[64], header[160], claims[256];
+    snprintf(kid, sizeof kid, "%s", eval("return jwt.kid()"));
+    long exp = (long)time(NULL) + 600;
+    const char *good_claims = "{\"sub\":\"u1\",\"name\":\"Cr\xc3\xa8me\",\"iss\":\"mercato\",\"aud\":\"mercato\",\"exp\":%ld}";
+    const char *bad_claims = "{\"sub\":\"u1\",\"name\":\"Cr\xe8me\",\"iss\":\"mercato\",\"aud\":\"mercato\",\"exp\":%ld}";
+    snprintf(header, sizeof header, "{\"alg\":\"RS256\",\"typ\":\"JWT\",\"kid\":\"%s\"}", kid);
+    snprintf(claims, sizeof claims, good_claims, exp);
+    char *t = sign_raw(header, claims);
+    lua_pushstring(L, t);
+    lua_setglobal(L, "RAW");
+    free(t);
+    CHECK_STR(eval("local c = assert(jwt.verify(RAW)) return c.name"), "Cr\xc3\xa8me");   /* the helper signs right */
+
+    snprintf(claims, sizeof claims, bad_claims, exp);
+    t = sign_raw(header, claims);
+    lua_pushstring(L, t);
+    lua_setglobal(L, "RAW");
+    free(t);
+    CHECK_STR(eval("return code_of(RAW)"), "invalid");
+
+    snprintf(header, sizeof header, "{\"alg\":\"RS256\",\"typ\":\"JWT\",\"kid\":\"%s\",\"x\":\"\xff\"}", kid);
+    snprintf(claims, sizeof claims, good_claims, exp);
+    t = sign_raw(header, claims);
+    lua_pushstring(L, t);
+    lua_setglobal(L, "RAW");
+    free(t);
+    CHECK_STR(eval("return code_of(RAW)"), "invalid");
+
+    /* and the signer never makes one */
+    snprintf(claims, sizeof claims, bad_claims, exp);
+    char out[4096];
+    const char *err = NULL;
+    CHECK_INT(jwt_token_sign(key_a, kid, claims, strlen(claims), out, sizeof out, &err), -1);
+}
+
 TEST(jwks_publishes_the_signing_key_modulus_and_exponent)
 {
     BIGNUM *n = NULL;
@@ -431,6 +491,7 @@ int main(void)
     RUN(audience_and_issuer_must_match);
     RUN(a_flipped_byte_anywhere_is_refused);
     RUN(garbage_is_refused_and_misuse_raises);
+    RUN(a_token_whose_header_or_claims_are_not_utf8_is_refused);
     RUN(jwks_publishes_the_signing_key_modulus_and_exponent);
     RUN(thumbprint_matches_rfc_7638_example);
     RUN(a_verifier_fetches_the_jwks_once_and_not_per_unknown_kid);

@@ -11,7 +11,6 @@ local function unescape(s)
   s = gsub(s, "+", " ")
   return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
 end
-package.preload["mercato.form"] = function() return { unescape = unescape } end
 
 -- Query strings: first value wins in `req.query`; `req:query_all(name)` lists every value.
 local function parse_query(qs)
@@ -24,6 +23,8 @@ local function parse_query(qs)
   end
   return q
 end
+-- (parse_query is shared too: tests/fuzz/fuzz_lua_form.c calls both on arbitrary bytes.)
+package.preload["mercato.form"] = function() return { unescape = unescape, parse_query = parse_query } end
 
 local methods = {}
 

@@ -8,7 +8,9 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HELM="$REPO/.tools/helm/helm"
-[ -x "$HELM" ] || SKIP_APT=1 SKIP_NPM=1 "$REPO/scripts/dev/install-deps.sh"
+# The install's messages go to stderr: stdout is the rendered YAML (a fresh checkout's first
+# `helm.sh template` otherwise began with "install-deps: installing helm ...").
+[ -x "$HELM" ] || SKIP_APT=1 SKIP_NPM=1 "$REPO/scripts/dev/install-deps.sh" >&2
 export HELM_CACHE_HOME="$REPO/.tools/helm/cache" HELM_CONFIG_HOME="$REPO/.tools/helm/config" \
        HELM_DATA_HOME="$REPO/.tools/helm/data"
 

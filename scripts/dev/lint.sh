@@ -6,7 +6,7 @@ cd "$(dirname "$0")/../.." || exit 1
 rc=0
 step() { echo "== $*"; "$@" || rc=1; }
 
-step luacheck --codes scripts spec bench/scripts bindings/lua
+step luacheck --codes scripts spec bench/scripts bindings/lua tests/fuzz
 # The layers: core/ includes nothing of host/ or bindings/, host/ nothing of bindings/.
 # shellcheck disable=SC2317 # called through step
 layers() {

@@ -74,5 +74,27 @@ function M.request(port, method, path, opts)
   return res, err
 end
 
+-- Send every request on its own connection first, then read every answer, so the service
+-- sees them at once. reqs = { { method, path, headers = {}, body = "" }, ... } → responses
+-- (each as read_response gives it), in the order of reqs.
+function M.concurrently(port, reqs)
+  local socks, out = {}, {}
+  for i, r in ipairs(reqs) do
+    local lines = { r.method .. " " .. r.path .. " HTTP/1.1", "Host: 127.0.0.1" }
+    for k, v in pairs(r.headers or {}) do lines[#lines + 1] = k .. ": " .. v end
+    local body = r.body or ""
+    lines[#lines + 1] = "Content-Length: " .. #body
+    lines[#lines + 1] = ""
+    lines[#lines + 1] = body
+    socks[i] = assert(M.connect(port, 30))
+    assert(socks[i]:send(table.concat(lines, "\r\n")))
+  end
+  for i, s in ipairs(socks) do
+    out[i] = assert(read_response(s))
+    s:close()
+  end
+  return out
+end
+
 M.read_response = read_response
 return M

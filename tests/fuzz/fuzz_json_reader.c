@@ -1,11 +1,13 @@
 /* fuzz_json_reader: core/json_reader.c on arbitrary bytes. Properties: json_reader_valid and
  * json_reader_push agree (push succeeds exactly on valid input and leaves the stack as it
  * says); member lookup, string unescaping, number and array iteration never read outside
- * the span, and an unescaped string always fits and is NUL-terminated. */
+ * the span, and an unescaped string always fits and is NUL-terminated; a valid document is
+ * UTF-8 throughout (strings included). */
 #include <lauxlib.h>
 #include <lualib.h>
 
 #include "../../core/json_reader.h"
+#include "../../core/utf8.h"
 #include "fuzz.h"
 
 static lua_State *L;
@@ -42,6 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int top = lua_gettop(L);
     int pushed = json_reader_push(L, s, size);
     FUZZ_ASSERT((pushed == 0) == (valid != 0));
+    if (valid) FUZZ_ASSERT(utf8_valid(s, size));
     FUZZ_ASSERT(lua_gettop(L) == top + (pushed == 0));
     lua_settop(L, top);
     if (valid) walk((json_span_t){ s, s + size }, 0);

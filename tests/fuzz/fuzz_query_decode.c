@@ -13,7 +13,7 @@
 
 #include "../../host/gateway.h"
 #include "../../host/request.h"
-#include "../../host/utf8.h"
+#include "../../core/utf8.h"
 #include "fuzz.h"
 
 /* Which forbidden segment kinds the decoded path d[0, n) holds: 1 internal, 2 dot segment. */

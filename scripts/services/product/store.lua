@@ -56,16 +56,33 @@ function _M.get_many(ids)
     "{" .. table.concat(ids, ",") .. "}")
 end
 
-function _M.category_exists(id)
-  local row, err, code = db.query_one("SELECT 1 AS x FROM categories WHERE id = $1", id)
+-- Inside the caller's db.tx: hold category `id` until the transaction ends, so it cannot be
+-- deleted meanwhile (FOR KEY SHARE, the lock a foreign key check takes: DELETE /categories locks
+-- the row FOR UPDATE, so it waits for this transaction and then sees what it wrote; a delete
+-- that locked first makes this wait and then find nothing). The wait parks the handler.
+-- → true | false (no such category) | nil, err, code
+function _M.hold_category(id)
+  local row, err, code = db.query_one("SELECT 1 AS x FROM categories WHERE id = $1 FOR KEY SHARE", id)
   if err then return nil, err, code end
   return row ~= nil
 end
 
+-- hold_category for a write that names one: → nil (held, or no category named) | a refusal
+-- { refused = "category" } | false, err, code.
+local function hold_named(id)
+  if type(id) ~= "string" then return nil end
+  local ok, err, code = _M.hold_category(id)
+  if ok == nil then return false, err, code end
+  if not ok then return { refused = "category" } end
+end
+
 -- Create a product and its inventory row in one transaction, with product.created in the
--- outbox. → the row, or nil, err, code.
+-- outbox; its category is held first (a concurrent delete of it waits, or wins and refuses
+-- this). → the row | { refused = "category" } | nil, err, code.
 function _M.create(id, seller_id, doc)
   return db.tx(function()
+    local held, herr, hcode = hold_named(doc.category_id)
+    if held ~= nil then return held or nil, herr, hcode end
     local n, err, code = db.exec([[INSERT INTO products (id, seller_id, name, description, price_cents, currency,
         category_id, category_text, tags)
       VALUES ($1, $2, $3, $4, $5, $6, $7::uuid, coalesce(category_path_text($7::uuid), ''),
@@ -95,8 +112,9 @@ local SETTERS = {
 local ORDER = { "name", "description", "price_cents", "currency", "category_id", "tags" }
 
 -- Update an active product if its version is still `version`, inside one transaction with
--- product.updated. check(row) runs on the locked row first and may refuse with a status.
--- → row | nil, err, code | false, "stale"|"gone"|"forbidden".
+-- product.updated. check(row) runs on the locked row first and may refuse with a status; a new
+-- category is held as in create.
+-- → row | nil, err, code | { refused = "stale"|"gone"|"forbidden"|"category" }.
 function _M.update(id, version, fields, check)
   return db.tx(function()
     local cur, err, code = db.query_one(
@@ -105,6 +123,8 @@ function _M.update(id, version, fields, check)
     if not cur then return { refused = "gone" } end
     if check and not check(cur) then return { refused = "forbidden" } end
     if version and cur.version ~= version then return { refused = "stale", current = cur.version } end
+    local held, herr, hcode = hold_named(fields.category_id)
+    if held ~= nil then return held or nil, herr, hcode end
     local sets, args = {}, { id }
     for _, k in ipairs(ORDER) do
       local v = fields[k]

@@ -60,10 +60,15 @@ function _M.show(req)
   return 200, public(row)
 end
 
-local function parent_problem(id)
-  local row, err, code = db.query_one("SELECT 1 AS x FROM categories WHERE id = $1", id)
-  if err then return problem.from(code, err) end
-  if not row then return problem.validation({ { field = "parent_id", message = "no such category" } }) end
+local function no_parent()
+  return problem.validation({ { field = "parent_id", message = "no such category" } })
+end
+
+-- The tree's shape changes one transaction at a time: a move takes this transaction-scoped
+-- advisory lock before it looks for a cycle, so two crossing moves (A under B, B under A) are
+-- checked one after the other and the second sees the first. The wait parks the handler.
+local function lock_tree()
+  return db.query_one("SELECT pg_advisory_xact_lock(hashtext('mercato.product.category_tree'))")
 end
 
 -- A slug the pattern let through but the table refuses ("a--b", "shoes-").
@@ -102,11 +107,7 @@ function _M.create(req)
   if not doc then return status, body, headers end
   local ss, sb, sh = slug_problem(doc.slug)
   if ss then return ss, sb, sh end
-  if type(doc.parent_id) == "string" then
-    doc.parent_id = doc.parent_id:lower()
-    local ps, pb, ph = parent_problem(doc.parent_id)
-    if ps then return ps, pb, ph end
-  end
+  if type(doc.parent_id) == "string" then doc.parent_id = doc.parent_id:lower() end
   local id = crypto.uuid7()
   local parent = type(doc.parent_id) == "string" and doc.parent_id or db.null
   local row, err, code, sqlstate
@@ -116,7 +117,16 @@ function _M.create(req)
       slug, err, code = derive_slug(doc.name)
       if not slug then return problem.from(code, err) end
     end
-    row, err, code, sqlstate = db.query_one(SQL_INSERT, id, slug, doc.name, parent)
+    -- The parent is held (store.hold_category) while the row goes in: its delete waits and
+    -- then counts this child, or deletes first and this finds no parent.
+    row, err, code, sqlstate = db.tx(function()
+      if parent ~= db.null then
+        local ok, herr, hcode = store.hold_category(parent)
+        if ok == nil then return nil, herr, hcode end
+        if not ok then return { refused = "parent" } end
+      end
+      return db.query_one(SQL_INSERT, id, slug, doc.name, parent)
+    end)
     if not (err and sqlstate == "23505" and not doc.slug) then break end
   end
   if err then
@@ -124,7 +134,40 @@ function _M.create(req)
     if st then return st, b, h end
     return problem.from(code, err)
   end
+  if row.refused then return no_parent() end
   return 201, public(row), { Location = "/categories/" .. id }
+end
+
+-- The update of PATCH /categories/{id}, in its transaction: a move takes the tree lock, holds
+-- the new parent and refuses a parent in the category's own subtree, all on what is committed
+-- once the lock is held. → row, touched product ids | { refused = "parent"|"cycle"|"gone" } | nil, err, code, sqlstate
+local function apply_update(id, doc)
+  local moving = type(doc.parent_id) == "string"
+  if moving then
+    local _, err, code = lock_tree()
+    if err then return nil, err, code end
+    local ok
+    ok, err, code = store.hold_category(doc.parent_id)
+    if ok == nil then return nil, err, code end
+    if not ok then return { refused = "parent" } end
+    local cyc
+    cyc, err, code = db.query_one([[WITH RECURSIVE sub(id) AS (SELECT $1::uuid UNION
+        SELECT c.id FROM categories c JOIN sub ON c.parent_id = sub.id) SELECT 1 AS x FROM sub WHERE id = $2::uuid]],
+      id, doc.parent_id)
+    if err then return nil, err, code end
+    if cyc then return { refused = "cycle" } end
+  end
+  local r, err, code, state = db.query_one([[UPDATE categories SET slug = coalesce($2, slug), name = coalesce($3, name),
+      parent_id = CASE WHEN $4 THEN $5::uuid ELSE parent_id END, updated_at = now() WHERE id = $1 RETURNING ]] .. COLUMNS,
+    id, doc.slug or db.null, doc.name or db.null, doc.parent_id ~= nil, moving and doc.parent_id or db.null)
+  if err then return nil, err, code, state end
+  if not r then return { refused = "gone" } end
+  local touched
+  if doc.name or doc.parent_id ~= nil then
+    touched, err, code = store.refresh_category_text(id)
+    if not touched then return nil, err, code end
+  end
+  return r, touched
 end
 
 -- PATCH /categories/{id} {slug?, name?, parent_id?}: a move under its own subtree is 422. A
@@ -137,57 +180,55 @@ function _M.update(req)
   local cur, err, code = find(req.params.id)
   if err then return problem.from(code, err) end
   if not cur then return problem.not_found("category", req.params.id) end
-  if type(doc.parent_id) == "string" then
-    doc.parent_id = doc.parent_id:lower()
-    local ps, pb, ph = parent_problem(doc.parent_id)
-    if ps then return ps, pb, ph end
-    local cyc
-    cyc, err, code = db.query_one([[WITH RECURSIVE sub(id) AS (SELECT $1::uuid UNION
-        SELECT c.id FROM categories c JOIN sub ON c.parent_id = sub.id) SELECT 1 AS x FROM sub WHERE id = $2::uuid]],
-      cur.id, doc.parent_id)
-    if err then return problem.from(code, err) end
-    if cyc then return problem.validation({ { field = "parent_id", message = "must not be the category itself or one below it" } }) end
-  end
-  local row, sqlstate, touched
-  row, err, code, sqlstate = db.tx(function()
-    local r, uerr, ucode, ustate = db.query_one([[UPDATE categories SET slug = coalesce($2, slug), name = coalesce($3, name),
-        parent_id = CASE WHEN $4 THEN $5::uuid ELSE parent_id END, updated_at = now() WHERE id = $1 RETURNING ]] .. COLUMNS,
-      cur.id, doc.slug or db.null, doc.name or db.null, doc.parent_id ~= nil,
-      type(doc.parent_id) == "string" and doc.parent_id or db.null)
-    if uerr then return nil, uerr, ucode, ustate end
-    if doc.name or doc.parent_id ~= nil then
-      local ids, rerr, rcode = store.refresh_category_text(cur.id)
-      if not ids then return nil, rerr, rcode end
-      touched = ids
-    end
-    return r
-  end)
-  if err then
-    local st, b, h = taken(err, sqlstate)
+  if type(doc.parent_id) == "string" then doc.parent_id = doc.parent_id:lower() end
+  local row, touched, sqlstate
+  row, touched, code, sqlstate = db.tx(apply_update, cur.id, doc)
+  if not row then
+    local st, b, h = taken(touched, sqlstate)
     if st then return st, b, h end
-    return problem.from(code, err)
+    return problem.from(code, touched)
   end
+  if row.refused == "parent" then return no_parent() end
+  if row.refused == "cycle" then
+    return problem.validation({ { field = "parent_id", message = "must not be the category itself or one below it" } })
+  end
+  if row.refused == "gone" then return problem.not_found("category", req.params.id) end
   -- The products' versions moved on: their cached reads would show the old ETag.
   for i = 1, #(touched or {}), 200 do pcache.invalidate(unpack(touched, i, math.min(i + 199, #touched))) end
   return 200, public(row)
 end
 
--- DELETE /categories/{id}: 409 while sub-categories or active products use it.
+-- DELETE /categories/{id}: 409 while sub-categories or active products use it. The row is
+-- locked FOR UPDATE before they are counted, in the same transaction as the delete: a product
+-- or sub-category being written under it holds it (store.hold_category) and is counted once it
+-- commits; one written after waits and finds it gone.
+local function apply_delete(id)
+  local row, err, code = db.query_one("SELECT id FROM categories WHERE id = $1 FOR UPDATE", id)
+  if err then return nil, err, code end
+  if not row then return { refused = "gone" } end
+  local used
+  used, err, code = db.query_one([[SELECT (SELECT count(*) FROM categories WHERE parent_id = $1) AS children,
+      (SELECT count(*) FROM products WHERE category_id = $1 AND status = 'active') AS products]], id)
+  if err then return nil, err, code end
+  if used.children > 0 or used.products > 0 then return { refused = "used", used = used } end
+  local n
+  n, err, code = db.exec("DELETE FROM categories WHERE id = $1", id)
+  if not n then return nil, err, code end
+  return {}
+end
+
 function _M.delete(req)
   local cur, err, code = find(req.params.id)
   if err then return problem.from(code, err) end
   if not cur then return problem.not_found("category", req.params.id) end
-  local used
-  used, err, code = db.query_one([[SELECT (SELECT count(*) FROM categories WHERE parent_id = $1) AS children,
-      (SELECT count(*) FROM products WHERE category_id = $1 AND status = 'active') AS products]], cur.id)
-  if err then return problem.from(code, err) end
-  if used.children > 0 or used.products > 0 then
+  local res
+  res, err, code = db.tx(apply_delete, cur.id)
+  if not res then return problem.from(code, err) end
+  if res.refused == "gone" then return problem.not_found("category", req.params.id) end
+  if res.refused == "used" then
     return problem.conflict(("The category still has %d sub-categories and %d products; move or delete them first.")
-      :format(used.children, used.products))
+      :format(res.used.children, res.used.products))
   end
-  local n
-  n, err, code = db.exec("DELETE FROM categories WHERE id = $1", cur.id)
-  if not n then return problem.from(code, err) end
   return 204
 end
 

@@ -33,10 +33,18 @@ local function full()
   return problem.conflict(("A product has at most %d images."):format(store.MAX_IMAGES))
 end
 
-local function media_type(req)
-  local ct = req:header("Content-Type")
+-- The media type of a Content-Type value ("Image/PNG; q=1" → "image/png"), or nil.
+function _M.media_type(ct)
   local m = ct and ct:match("^%s*([^;%s]+)")
   return m and m:lower()
+end
+
+-- Whether bytes start with the magic of the accepted media type (nil when it is not one):
+-- the sniffing behind the 415 (tests/fuzz/fuzz_lua_image.c checks it against a plain reading).
+function _M.sniff(media, bytes)
+  local t = TYPES[media or ""]
+  if not t then return nil end
+  return t.magic(bytes)
 end
 
 -- POST /products/{id}/images (raw image bytes) → 201 { key, url }. The product and its owner
@@ -53,21 +61,22 @@ function _M.upload(req)
   if not ownership.may_change(req.claims, row.seller_id) then
     return problem.forbidden("Only the product's seller or an admin may add images.")
   end
-  local t = TYPES[media_type(req) or ""]
+  local media = _M.media_type(req:header("Content-Type"))
+  local t = TYPES[media or ""]
   if not t then return problem.unsupported_media_type(ACCEPTED) end
   local body = req.body
   if #body == 0 then return problem.new(422, "The image is empty.") end
   if #body > _M.MAX_BYTES then return problem.new(413, "Images are limited to 5 MiB.") end
-  if not t.magic(body) then
+  if not _M.sniff(media, body) then
     return problem.new(415, "The bytes are not a " .. t.ext:upper() .. " image; Content-Type must be " .. ACCEPTED .. ".")
   end
   if row.n >= store.MAX_IMAGES then return full() end
   local key = ("products/%s/%s.%s"):format(id, crypto.uuid4(), t.ext)
-  local ok, perr, pcode = s3.put(key, body, media_type(req))
+  local ok, perr, pcode = s3.put(key, body, media)
   if not ok then return problem.from(pcode, perr) end
   -- Recorded on the product after the object is stored; if that fails the object goes again.
   local res
-  res, err, code = store.add_image(id, key, media_type(req), #body)
+  res, err, code = store.add_image(id, key, media, #body)
   if not res or res.refused then
     local dok, derr = s3.delete(key)
     if not dok then log.warn("image upload: an unrecorded object is left in the store", { key = key, error = tostring(derr) }) end

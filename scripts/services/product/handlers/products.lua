@@ -139,18 +139,22 @@ end
 
 -- ---- writes ----------------------------------------------------------------------------------
 
+-- Turn a store write's refusal into its problem.
+local function refused(res, id)
+  if res.refused == "category" then return problem.validation({ { field = "category_id", message = "no such category" } }) end
+  if res.refused == "gone" then return problem.not_found("product", id) end
+  if res.refused == "forbidden" then return problem.forbidden("Only the product's seller or an admin may change it.") end
+  return problem.new(412, "The product has changed since that version; fetch it again.", nil,
+    { ETag = etag(res.current) })
+end
+
 function _M.create(req)
   local doc, status, body, headers = validate.body(req, S.product_create)
   if not doc then return status, body, headers end
   local errors = S.check_product(doc, {})
   if #errors > 0 then return problem.validation(errors) end
-  if doc.category_id and doc.category_id ~= json.null then
-    doc.category_id = doc.category_id:lower()
-    local ok, err, code = store.category_exists(doc.category_id)
-    if ok == nil then return problem.from(code, err) end
-    if not ok then return problem.validation({ { field = "category_id", message = "no such category" } }) end
-  end
   if doc.category_id == json.null then doc.category_id = nil end
+  if doc.category_id then doc.category_id = doc.category_id:lower() end
   local seller = req.claims.sub
   if not uuid.valid(seller) then
     return problem.forbidden("Only a seller account (a token whose subject is a user id) can own products.")
@@ -158,15 +162,8 @@ function _M.create(req)
   local id = crypto.uuid7()
   local row, err, code = store.create(id, seller:lower(), doc)
   if not row then return problem.from(code, err) end
+  if row.refused then return refused(row, id) end
   return 201, store.public(row), doc_headers(row, { Location = "/products/" .. id })
-end
-
--- Turn a store write's refusal into its problem.
-local function refused(res, id)
-  if res.refused == "gone" then return problem.not_found("product", id) end
-  if res.refused == "forbidden" then return problem.forbidden("Only the product's seller or an admin may change it.") end
-  return problem.new(412, "The product has changed since that version; fetch it again.", nil,
-    { ETag = etag(res.current) })
 end
 
 function _M.update(req)
@@ -185,12 +182,7 @@ function _M.update(req)
   if not doc then return status, body, headers end
   local errors = S.check_product(doc, {})
   if #errors > 0 then return problem.validation(errors) end
-  if type(doc.category_id) == "string" then
-    doc.category_id = doc.category_id:lower()
-    local ok, cerr, ccode = store.category_exists(doc.category_id)
-    if ok == nil then return problem.from(ccode, cerr) end
-    if not ok then return problem.validation({ { field = "category_id", message = "no such category" } }) end
-  end
+  if type(doc.category_id) == "string" then doc.category_id = doc.category_id:lower() end
   -- A list naming the version just read is held to it (the store re-checks it on the locked row).
   local want = etag_versions(raw_if, false)
   local version = nil
