@@ -20,7 +20,7 @@
 
 #include "../host/bindings.h"
 #include "../core/buf.h"
-#include "../host/utf8.h"
+#include "../core/utf8.h"
 #include "../core/hex.h"
 
 #define MAX_DEPTH 64
