@@ -15,22 +15,24 @@ M.OUT = ".run/security/sqlmap"
 -- runs), so that its payload budget goes to the DBMS that is there.
 M.PROFILES = {
   quick = { "--level=1", "--risk=1", "--technique=BEU", "--dbms=PostgreSQL", "--threads=4", "--time-sec=1" },
-  full = { "--level=5", "--risk=3", "--technique=BEUSTQ", "--dbms=PostgreSQL", "--threads=4", "--time-sec=2" },
+  -- --union-cols bounds the UNION column search (an empty result page can make sqlmap walk
+  -- ORDER BY up to 999 columns for minutes per parameter)
+  full = { "--level=5", "--risk=3", "--technique=BEUSTQ", "--dbms=PostgreSQL", "--threads=4", "--time-sec=2",
+           "--union-cols=1-30" },
 }
 
 function M.profile() return os.getenv("SQLMAP_PROFILE") or "quick" end
 
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
--- What sqlmap prints when it has found (or its heuristics suspect) an injection; its notes that a
--- parameter "might not be" or "does not seem to be" injectable do not match.
+-- What sqlmap prints when it has found an injection (its final "identified the following
+-- injection point(s)" and "parameter '…' is vulnerable"), or when its heuristic saw a DBMS error
+-- in an answer ("might be injectable": SQL text must never reach a client). Its intermediate
+-- "appears to be … injectable" lines are not verdicts: it checks each for a false positive next.
 M.FOUND = {
   "identified the following injection point",
-  "parameter '[^']*' appears to be '.*' injectable",
-  "parameter '[^']*' is '.*' injectable",
+  "parameter '[^']*' is vulnerable",
   "parameter '[^']*' might be injectable",
-  "appears to be UNION injectable",
-  "is vulnerable",
 }
 
 -- The lines of sqlmap's output that say a parameter is (or looks) injectable.
