@@ -8,6 +8,7 @@
 #   make asan       the test build under AddressSanitizer + UBSan (build/asan/mercato)
 #   make valgrind   start/serve/stop under valgrind, failing on a leak
 #   make coverage   C (gcov/lcov) and Lua line coverage reports under build/coverage
+#   make security   the thorough sqlmap scan (level 5, risk 3, every technique) of every service
 #
 # Variables: CC, V=1 for full command lines, BUILD (default build).
 
@@ -120,6 +121,11 @@ valgrind: all
 
 coverage: deps
 	@scripts/dev/coverage.sh
+
+.PHONY: security
+security: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/dev/security.sh
 
 lint:
 	@scripts/dev/lint.sh

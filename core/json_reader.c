@@ -41,7 +41,7 @@ static const char *skip_string(const char *p, const char *e)
         unsigned char c = (unsigned char)*p;
         if (c == '"') return p + 1;
         if (c < 0x20) return NULL;
-        if (c >= 0x80) {
+        if (c >= 0x80) {   /* RFC 8259 §8.1: JSON text is UTF-8 */
             size_t n = utf8_seq((const unsigned char *)p, (size_t)(e - p));
             if (!n) return NULL;
             p += n - 1;
@@ -219,6 +219,32 @@ int json_reader_member(json_span_t obj, const char *name, json_span_t *val)
         if (p >= e) return -1;
         if (*p == '}') return found ? 0 : -1;
         if (*p != ',') return -1;
+        p = ws(p + 1, e);
+    }
+}
+
+int json_reader_unique(json_span_t obj)
+{
+    char keys[JSON_READER_MAX_MEMBERS][JSON_READER_MAX_KEY];
+    int n = 0;
+    const char *p = ws(obj.p, obj.end), *e = obj.end;
+    if (p >= e || *p != '{') return 0;
+    p = ws(p + 1, e);
+    if (p < e && *p == '}') return 1;
+    for (;;) {
+        const char *kend = p < e && *p == '"' ? skip_string(p, e) : NULL;
+        if (!kend || n == JSON_READER_MAX_MEMBERS || decode_string(p, kend, keys[n], sizeof keys[n], 0) < 0) return 0;
+        for (int i = 0; i < n; i++)
+            if (strcmp(keys[i], keys[n]) == 0) return 0;
+        n++;
+        p = ws(kend, e);
+        if (p >= e || *p != ':') return 0;
+        const char *vend = skip_value(p + 1, e, 1);
+        if (!vend) return 0;
+        p = ws(vend, e);
+        if (p >= e) return 0;
+        if (*p == '}') return 1;
+        if (*p != ',') return 0;
         p = ws(p + 1, e);
     }
 }

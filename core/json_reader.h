@@ -1,8 +1,9 @@
 /* json_reader: a strict, allocation-free RFC 8259 reader over byte spans — just enough for JWT
  * headers, claims and JWK sets, so that the C checks and the Lua claims table come from one
  * parser (no parser differential between what C checked and what Lua sees). Duplicate object
- * members: the last one wins, everywhere. Strings are UTF-8 (a document with other bytes in a
- * string is not valid), as json.decode requires of request bodies. */
+ * members: the last one wins, everywhere (and the token checks refuse them: json_reader_unique).
+ * Strings are UTF-8 (a document with other bytes in a string is not valid), as json.decode
+ * requires of request bodies. */
 #ifndef MERCATO_JSON_READER_H
 #define MERCATO_JSON_READER_H
 
@@ -10,6 +11,8 @@
 #include <stddef.h>
 
 #define JSON_READER_MAX_DEPTH 32
+#define JSON_READER_MAX_MEMBERS 64   /* json_reader_unique: members of one object */
+#define JSON_READER_MAX_KEY 128      /* json_reader_unique: bytes of one member name (NUL included) */
 
 typedef struct {
     const char *p, *end;    /* one JSON value, leading white space allowed */
@@ -26,6 +29,12 @@ int json_reader_valid(const char *s, size_t n);
 /* The value of member `name` of the object in obj (the last one when repeated): 0 and *val
  * set, or -1 when obj is not an object or has no such member. */
 int json_reader_member(json_span_t obj, const char *name, json_span_t *val);
+
+/* 1 when obj is an object whose member names (unescaped) are all different, at most
+ * JSON_READER_MAX_MEMBERS of them, each shorter than JSON_READER_MAX_KEY bytes; else 0. RFC 7519
+ * §4 lets a JWT reader refuse duplicate claim names, which the token checks do (RFC 7515 §5.2:
+ * no parser differential can then arise between readers that keep the first or the last). */
+int json_reader_unique(json_span_t obj);
 
 /* Unescape the string value v into out (capacity cap, NUL-terminated): 0, or -1 when v is not a
  * string, holds "\u0000", or does not fit. */

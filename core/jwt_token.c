@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "base64.h"
@@ -51,16 +52,31 @@ static int aud_matches(json_span_t aud, const char *want)
     return 0;
 }
 
-/* Check the JOSE header: alg exactly RS256, no crit, a usable kid copied out. 0 or -1 + err. */
+/* Whether typ names an access token (RFC 7519 §5.1 "JWT", RFC 9068 "at+jwt"; media types
+ * compare case-insensitively, the "application/" prefix may be left out). Explicit typing
+ * (RFC 8725 §3.11): a JWT of another kind (refresh, logout, DPoP proof …) is never an access token. */
+static int access_token_type(const char *typ)
+{
+    if (strncasecmp(typ, "application/", 12) == 0) typ += 12;
+    return strcasecmp(typ, "JWT") == 0 || strcasecmp(typ, "at+jwt") == 0;
+}
+
+/* Check the JOSE header: alg exactly RS256, members once each, an access-token typ, no crit,
+ * a usable kid copied out. 0 or -1 + err. */
 static int check_header(const char *b64, size_t n, char *kid, size_t kidlen, const char **err)
 {
-    char hdr[HEADER_MAX / 4 * 3 + 3], alg[16];
+    char hdr[HEADER_MAX / 4 * 3 + 3], alg[16], typ[32];
     json_span_t v;
     long hn = n <= HEADER_MAX ? base64_decode(hdr, b64, n, 1) : -1;
     json_span_t obj = { hdr, hdr + (hn > 0 ? hn : 0) };
     if (hn <= 0 || !json_reader_valid(hdr, (size_t)hn)) { *err = "malformed token header"; return -1; }
     if (json_reader_member(obj, "alg", &v) != 0 || json_reader_string(v, alg, sizeof alg) != 0 || strcmp(alg, "RS256") != 0) {
         *err = "token algorithm not allowed (only RS256)";
+        return -1;
+    }
+    if (!json_reader_unique(obj)) { *err = "token header repeats a member"; return -1; }
+    if (json_reader_member(obj, "typ", &v) != 0 || json_reader_string(v, typ, sizeof typ) != 0 || !access_token_type(typ)) {
+        *err = "token type not accepted (typ must be JWT or at+jwt)";
         return -1;
     }
     if (json_reader_member(obj, "crit", &v) == 0) { *err = "token has unsupported critical headers"; return -1; }
@@ -89,7 +105,11 @@ static int check_claims(const char *json, size_t n, const char *iss, const char 
     double exp, nbf;
     char s[256];
     time_t now = time(NULL);
-    if (!json_reader_valid(json, n) || json_reader_member(obj, "exp", &v) != 0 || json_reader_number(v, &exp) != 0) {
+    if (!json_reader_valid(json, n) || !json_reader_unique(obj) || memmem(json, n, "\\u0000", 6)) {
+        *err = "token claims are not one JSON object of distinct names";   /* RFC 7519 §4, RFC 7515 §5.2 */
+        return JWT_TOKEN_INVALID;
+    }
+    if (json_reader_member(obj, "exp", &v) != 0 || json_reader_number(v, &exp) != 0) {
         *err = "token has no valid exp claim";
         return JWT_TOKEN_INVALID;
     }

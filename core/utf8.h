@@ -1,4 +1,4 @@
-/* utf8: strict UTF-8 (RFC 3629) — what JSON text, paths and query values must be. Header only:
+/* utf8: strict UTF-8 (RFC 3629) — what JSON text, JWTs, paths and query values must be. Header only:
  * the JSON codec calls it per non-ASCII byte. */
 #ifndef MERCATO_UTF8_H
 #define MERCATO_UTF8_H

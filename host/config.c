@@ -88,7 +88,7 @@ int config_load(config_t *c, int need_service, char *err, size_t errlen)
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     long workers = cpus > 0 ? cpus : 2;
     long max_body = 1024L * 1024, shutdown_ms = 10000, hot = 0, access = 1;
-    long max_conns = 0, per_ip = 256, budget = 128L * 1024 * 1024, read_ms = 60000;
+    long max_conns = 0, per_ip = 256, budget = 128L * 1024 * 1024, read_ms = 60000, hsts = 0;
     if (env_int("PORT", 1, 65535, 0, &port, err, errlen) < 0 ||
         env_int("WORKERS", 1, 256, 0, &workers, err, errlen) < 0 ||
         env_int("MAX_BODY_BYTES", 1024, 1L << 30, 1, &max_body, err, errlen) < 0 ||
@@ -98,8 +98,10 @@ int config_load(config_t *c, int need_service, char *err, size_t errlen)
         env_int("MAX_CONNECTIONS", 1, 1000000, 0, &max_conns, err, errlen) < 0 ||
         env_int("MAX_CONNECTIONS_PER_IP", 0, 1000000, 0, &per_ip, err, errlen) < 0 ||
         env_int("BODY_BUFFER_BUDGET", 0, 1L << 40, 1, &budget, err, errlen) < 0 ||
-        env_int("REQUEST_READ_TIMEOUT_MS", 0, 3600000, 0, &read_ms, err, errlen) < 0)
+        env_int("REQUEST_READ_TIMEOUT_MS", 0, 3600000, 0, &read_ms, err, errlen) < 0 ||
+        env_int("HSTS_MAX_AGE", 0, 63072000, 0, &hsts, err, errlen) < 0)
         return 1;
+    c->hsts_max_age = hsts;
     c->max_connections = max_conns;
     c->max_connections_per_ip = per_ip;
     c->body_buffer_budget = (size_t)budget;

@@ -23,6 +23,7 @@ typedef struct config {
     long max_connections_per_ip;  /* MAX_CONNECTIONS_PER_IP, default 256; 0 = no limit */
     size_t body_buffer_budget;    /* BODY_BUFFER_BUDGET, default 128 MiB; 0 = no limit */
     int request_read_timeout_ms;  /* REQUEST_READ_TIMEOUT_MS, default 60000; 0 = none */
+    long hsts_max_age;            /* HSTS_MAX_AGE seconds, default 0 = no Strict-Transport-Security */
     const char *database_url;
     const char *redis_url;
     const char *amqp_url;

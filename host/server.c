@@ -29,6 +29,7 @@
 #include "dispatch.h"
 #include "gateway.h"
 #include "quota.h"
+#include "secure_headers.h"
 #include "../core/log.h"
 #include "../core/loop.h"
 #include "../core/metrics.h"
@@ -72,6 +73,7 @@ int server_stopping(void)
 int server_queue(request_t *r, int status, struct MHD_Response *resp, size_t len)
 {
     MHD_add_response_header(resp, "X-Request-Id", r->id);
+    secure_headers_add(resp, secure_headers_private(r->conn, r->method, status));
     if (atomic_load_explicit(&g_stopping, memory_order_relaxed))
         MHD_add_response_header(resp, "Connection", "close");
     if (r->park == REQ_PARKED) {
@@ -493,6 +495,7 @@ server_t *server_start(const config_t *cfg, char *err, size_t errlen)
     if (!s) { snprintf(err, errlen, "out of memory"); return NULL; }
     s->cfg = cfg;
     quota_init(cfg);
+    secure_headers_init(cfg);
     static const char *const builtin_paths[] = { "/health", "/ready", "/metrics", "/openapi.json" };
     for (int i = 0; i < 4; i++) g_builtin_slot[i] = metrics_route_slot("GET", builtin_paths[i]);
     pthread_mutex_init(&s->lock, NULL);

@@ -236,6 +236,68 @@ TEST(a_token_whose_header_or_claims_are_not_utf8_is_refused)
     CHECK_INT(jwt_token_sign(key_a, kid, claims, strlen(claims), out, sizeof out, &err), -1);
 }
 
+/* A token of header and claims (JSON texts, used verbatim) signed with key A; verify it and
+ * return the error text ("ok" when accepted). */
+static const char *verify_raw(const char *header, const char *claims)
+{
+    static char tok[4096], out[4096];
+    size_t n = base64_encode(tok, header, strlen(header), 1);
+    tok[n++] = '.';
+    n += base64_encode(tok + n, claims, strlen(claims), 1);
+    unsigned char sig[512];
+    size_t siglen = sizeof sig;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    int ok = EVP_DigestSignInit(ctx, NULL, EVP_sha256(), NULL, key_a) == 1 &&
+             EVP_DigestSign(ctx, sig, &siglen, (const unsigned char *)tok, n) == 1;
+    EVP_MD_CTX_free(ctx);
+    if (!ok) return "<sign failed>";
+    tok[n++] = '.';
+    n += base64_encode(tok + n, sig, siglen, 1);
+    const char *err = "ok";
+    size_t clen;
+    jwt_token_verify(tok, n, NULL, NULL, out, sizeof out, &clen, &err);
+    return err;
+}
+
+TEST(duplicate_names_bad_utf8_and_nul_in_claims_are_refused)
+{
+    char hdr[256], base[256], c[512];
+    snprintf(hdr, sizeof hdr, "{\"alg\":\"RS256\",\"typ\":\"JWT\",\"kid\":\"%s\"}", eval("return jwt.kid()"));
+    snprintf(base, sizeof base, "{\"sub\":\"u1\",\"role\":\"buyer\",\"iss\":\"mercato\",\"aud\":\"mercato\",\"exp\":%ld",
+             (long)time(NULL) + 600);
+    snprintf(c, sizeof c, "%s}", base);
+    CHECK_STR(verify_raw(hdr, c), "ok");
+    const char *bad[] = { ",\"role\":\"admin\"}", ",\"\\u0072ole\":\"admin\"}", ",\"name\":\"\xc0\xaf\"}",
+                          ",\"name\":\"\xed\xa0\x80\"}", ",\"name\":\"a\\u0000b\"}" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(c, sizeof c, "%s%s", base, bad[i]);
+        CHECK_STR(verify_raw(hdr, c), "token claims are not one JSON object of distinct names");
+    }
+    snprintf(c, sizeof c, "%s,\"name\":\"Zo\xc3\xab \xe2\x9c\x93\"}", base);   /* real UTF-8 is fine */
+    CHECK_STR(verify_raw(hdr, c), "ok");
+    snprintf(c, sizeof c, "%s}", base);
+    char dup[300];
+    snprintf(dup, sizeof dup, "%s", hdr);
+    snprintf(dup + strlen(dup) - 1, sizeof dup - strlen(dup) + 1, ",\"alg\":\"RS256\"}");
+    CHECK_STR(verify_raw(dup, c), "token header repeats a member");
+}
+
+TEST(only_access_token_types_are_accepted)
+{
+    char c[256], h[256];
+    snprintf(c, sizeof c, "{\"sub\":\"u1\",\"iss\":\"mercato\",\"aud\":\"mercato\",\"exp\":%ld}", (long)time(NULL) + 600);
+    const char *ok[] = { "JWT", "jwt", "at+jwt", "application/at+JWT" };
+    const char *bad[] = { "refresh+jwt", "dpop+jwt", "", "JWTX" };
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(h, sizeof h, "{\"alg\":\"RS256\",\"typ\":\"%s\",\"kid\":\"%s\"}", ok[i], eval("return jwt.kid()"));
+        CHECK_STR(verify_raw(h, c), "ok");
+        snprintf(h, sizeof h, "{\"alg\":\"RS256\",\"typ\":\"%s\",\"kid\":\"%s\"}", bad[i], eval("return jwt.kid()"));
+        CHECK_STR(verify_raw(h, c), "token type not accepted (typ must be JWT or at+jwt)");
+    }
+    snprintf(h, sizeof h, "{\"alg\":\"RS256\",\"kid\":\"%s\"}", eval("return jwt.kid()"));
+    CHECK_STR(verify_raw(h, c), "token type not accepted (typ must be JWT or at+jwt)");
+}
+
 TEST(jwks_publishes_the_signing_key_modulus_and_exponent)
 {
     BIGNUM *n = NULL;
@@ -492,6 +554,8 @@ int main(void)
     RUN(a_flipped_byte_anywhere_is_refused);
     RUN(garbage_is_refused_and_misuse_raises);
     RUN(a_token_whose_header_or_claims_are_not_utf8_is_refused);
+    RUN(duplicate_names_bad_utf8_and_nul_in_claims_are_refused);
+    RUN(only_access_token_types_are_accepted);
     RUN(jwks_publishes_the_signing_key_modulus_and_exponent);
     RUN(thumbprint_matches_rfc_7638_example);
     RUN(a_verifier_fetches_the_jwks_once_and_not_per_unknown_kid);

@@ -29,6 +29,7 @@ DEB_PACKAGES=(
   wrk lcov nginx-light libnginx-mod-http-lua valgrind cppcheck shellcheck
   pkg-config gcc make curl bc procps openssl clang-tidy
   unzip jq uuid-runtime clang
+  sqlmap
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
