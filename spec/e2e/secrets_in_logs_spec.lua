@@ -1,7 +1,8 @@
 -- luacheck: max line length 160
 -- Secrets never appear in logs (CONTRACT §2, issue 18): a whole `make run` (scripts/dev/run.sh)
 -- at LOG_LEVEL=debug, a purchase (paid through the Stripe stand-in's signed webhook), a failed
--- login, a refresh (and the reuse of the spent refresh token), a client_credentials grant, a refund, a forged webhook, a password change and a logout — and then
+-- login, a refresh (and the reuse of the spent refresh token), a client_credentials grant, a
+-- refund, a forged webhook, a password change and a logout — and then
 -- every line of every log the run produced (each service, the gateway, the seed, and what
 -- PostgreSQL, Redis, RabbitMQ and the SMTP sink appended meanwhile; the Stripe stand-in's log is a
 -- test tool's, left out) is searched for every secret of the run: passwords (right and wrong),
