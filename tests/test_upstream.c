@@ -1,6 +1,7 @@
 /* test_upstream: the gateway's keep-alive HTTP/1.1 client — framing (length, chunked, close),
  * interim answers, HEAD, connection reuse, a stale connection retried, deadlines, the cap on
- * connections, malformed and oversized answers, cancel. Against a scripted loopback server. */
+ * connections, malformed and oversized answers, cancel, a connect that fails at once or never
+ * completes. Against a scripted loopback server. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -16,6 +17,7 @@
 
 static int g_port;
 static int g_accepts;            /* connections the server accepted */
+static char g_huge_head[80 * 1024];   /* an answer whose head never ends within MAX_HEAD_BYTES */
 
 /* The scripted server: reads one request head, answers by its path, then either reads the
  * next request on the connection or closes it. */
@@ -34,6 +36,9 @@ static const char *answer_for(const char *path, int *close_after, int *delay_ms)
     if (!strncmp(path, "/bad", 4)) return "HTTX/9 what\r\n\r\n";
     if (!strncmp(path, "/big", 4)) return "HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n0123456789012345678901234567890123456789";
     if (!strncmp(path, "/short", 6)) { *close_after = 1; return "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"; }
+    if (!strncmp(path, "/badchunk", 9)) return "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n";
+    if (!strncmp(path, "/cut", 4)) { *close_after = 1; return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"; }
+    if (!strncmp(path, "/hugehead", 9)) return g_huge_head;
     return "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
 }
 
@@ -310,8 +315,104 @@ TEST(a_refused_connection_fails_from_the_loop)
     loop_free(l);
 }
 
+TEST(malformed_chunks_a_cut_head_and_a_huge_head_fail_unretried)
+{
+    loop_t *l = loop_new();
+    upstream_t *u = new_upstream(l, 4, 2000);
+    got_t g[3];
+    memset(g, 0, sizeof g);
+    int before = __atomic_load_n(&g_accepts, __ATOMIC_SEQ_CST);
+    send_get(u, "GET", "/badchunk", &g[0]);   /* chunk data not followed by CRLF */
+    send_get(u, "GET", "/cut", &g[1]);        /* the server closes in the middle of the head */
+    send_get(u, "GET", "/hugehead", &g[2]);   /* 80 KiB of head without its blank line */
+    run_until(l, g, 3);
+    for (int i = 0; i < 3; i++) {
+        CHECK_INT(g[i].done, 1);
+        CHECK_INT(g[i].err, UPSTREAM_UNAVAILABLE);
+    }
+    /* each on a connection of its own, none tried a second time (they were not idempotent
+     * failures of a reused connection) */
+    CHECK_INT(__atomic_load_n(&g_accepts, __ATOMIC_SEQ_CST) - before, 3);
+    /* the connection that carried a malformed answer is not kept for the next request */
+    got_t ok = { 0 };
+    send_get(u, "GET", "/len", &ok);
+    run_until(l, &ok, 1);
+    CHECK_INT(ok.err, UPSTREAM_OK);
+    CHECK_STR(ok.body, "hello");
+    upstream_free(u);
+    loop_free(l);
+}
+
+TEST(a_request_waiting_for_a_connection_keeps_its_deadline)
+{
+    loop_t *l = loop_new();
+    upstream_t *u = new_upstream(l, 1, 300);
+    got_t g[2];
+    memset(g, 0, sizeof g);
+    uint64_t t0 = loop_now_ns();
+    send_get(u, "GET", "/slow", &g[0]);   /* holds the one connection for 800 ms */
+    send_get(u, "GET", "/len", &g[1]);    /* waits for it, past its 300 ms */
+    run_until(l, g, 2);
+    uint64_t ms = (loop_now_ns() - t0) / 1000000;
+    CHECK_INT(g[0].err, UPSTREAM_TIMEOUT);
+    CHECK_INT(g[1].err, UPSTREAM_TIMEOUT);
+    CHECK(ms >= 290 && ms < 700);
+    upstream_free(u);
+    loop_free(l);
+}
+
+static upstream_t *upstream_to(loop_t *l, const struct sockaddr_in *to, long connect_ms)
+{
+    upstream_opts_t o = { .max_conns = 2, .timeout_ms = 3000, .connect_ms = connect_ms, .idle_ms = 1000 };
+    memcpy(&o.addr, to, sizeof *to);
+    o.addrlen = sizeof *to;
+    return upstream_new(l, &o);
+}
+
+TEST(a_connect_that_fails_at_once_or_never_completes_fails_in_time)
+{
+    loop_t *l = loop_new();
+    /* TCP to the limited broadcast address: connect() refuses at once (ENETUNREACH). */
+    struct sockaddr_in bc = { .sin_family = AF_INET, .sin_port = htons(80), .sin_addr.s_addr = htonl(INADDR_BROADCAST) };
+    upstream_t *u = upstream_to(l, &bc, 500);
+    got_t g = { 0 };
+    send_get(u, "GET", "/x", &g);
+    CHECK_INT(g.done, 0);   /* even so, called back from the loop */
+    run_until(l, &g, 1);
+    CHECK_INT(g.err, UPSTREAM_UNAVAILABLE);
+    CHECK_INT(upstream_connections(u), 0);
+    upstream_free(u);
+
+    /* A listener whose accept queue is full and never drained: the handshake never completes. */
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t alen = sizeof a;
+    CHECK(bind(lfd, (struct sockaddr *)&a, sizeof a) == 0 && listen(lfd, 0) == 0 &&
+          getsockname(lfd, (struct sockaddr *)&a, &alen) == 0);
+    int fill[4];
+    for (int i = 0; i < 4; i++) {   /* what the queue holds; the rest of the SYNs are dropped */
+        fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        (void)connect(fill[i], (struct sockaddr *)&a, sizeof a);
+    }
+    usleep(100000);
+    u = upstream_to(l, &a, 200);
+    got_t t = { 0 };
+    uint64_t t0 = loop_now_ns();
+    send_get(u, "GET", "/x", &t);
+    run_until(l, &t, 1);
+    uint64_t ms = (loop_now_ns() - t0) / 1000000;
+    CHECK_INT(t.err, UPSTREAM_TIMEOUT);
+    CHECK(ms >= 190 && ms < 1500);
+    upstream_free(u);
+    for (int i = 0; i < 4; i++) close(fill[i]);
+    close(lfd);
+    loop_free(l);
+}
+
 int main(void)
 {
+    size_t hl = (size_t)snprintf(g_huge_head, sizeof g_huge_head, "HTTP/1.1 200 OK\r\nX-Big: ");
+    memset(g_huge_head + hl, 'a', sizeof g_huge_head - hl - 1);
     int lfd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     socklen_t alen = sizeof a;
@@ -340,5 +441,8 @@ int main(void)
     RUN(a_cancelled_request_is_never_called_back);
     RUN(a_moved_origin_gets_the_new_connections);
     RUN(a_refused_connection_fails_from_the_loop);
+    RUN(malformed_chunks_a_cut_head_and_a_huge_head_fail_unretried);
+    RUN(a_request_waiting_for_a_connection_keeps_its_deadline);
+    RUN(a_connect_that_fails_at_once_or_never_completes_fails_in_time);
     return test_done();
 }

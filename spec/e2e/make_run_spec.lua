@@ -3,13 +3,13 @@
 -- demo data and accounts, writes a shell-quoted .run/env, the README's curl walk-through — taken
 -- from the README itself, so it cannot rot — buys a product as written, Ctrl-C stops everything
 -- with status 0, and a failed start exits non-zero naming what failed. The platform runs on
--- RUN_PORT_BASE=18080 (or the caller's RUN_PORT_BASE) beside the specs' own servers, on the private stack `make test` started
--- (KEEP_STACK=1: run.sh leaves it up).
+-- RUN_PORT_BASE (18080 unless set: engineers sharing a machine each set their own) beside the
+-- specs' own servers, on the private stack `make test` started (KEEP_STACK=1: run.sh leaves it up).
 local cjson = require "cjson.safe"
 local http = require "http"
 local socket = require "socket"
 
-local BASE = tonumber(os.getenv("RUN_PORT_BASE") or "") or 18080   -- a helper's own range when it sets one
+local BASE = tonumber(os.getenv("RUN_PORT_BASE") or "") or 18080
 
 local function sh(cmd)
   local p = assert(io.popen(cmd .. " 2>&1; echo \"rc=$?\""))

@@ -169,6 +169,74 @@ describe("the gateway", function()
     assert.is_nil(h.sanitizer_report(h.stop(gw)))
   end)
 
+  it("answers 502 for an upstream whose name does not resolve and serves the others", function()
+    local gw = h.start({ SERVICE = "gateway", WORKERS = 1, PRODUCT_SERVICE_URL = product.url,
+                         ORDER_SERVICE_URL = "http://no-such-service.invalid:8083" }, dir)
+    local res = http.get(gw.url .. "/orders")
+    assert.equal(502, res.status)
+    assert.equal("application/problem+json", res.headers["content-type"])
+    assert.equal("Bad Gateway", cjson.decode(res.body).title)
+    assert.not_matches("no%-such%-service", res.body)   -- upstream names stay in the log
+    assert.equal(200, http.get(gw.url .. "/products/1").status)
+    local log = h.stop(gw)
+    assert.matches("cannot resolve no%-such%-service%.invalid for the order service", log)
+    assert.is_nil(h.sanitizer_report(log))
+  end)
+
+  it("keeps its default deadline when GATEWAY_TIMEOUT_MS is not a positive number, and says so", function()
+    local gw = h.start({ SERVICE = "gateway", WORKERS = 1, PRODUCT_SERVICE_URL = product.url,
+                         GATEWAY_TIMEOUT_MS = "soon" }, dir)
+    local res = http.get(gw.url .. "/products/slow?s=0.6")   -- within the default 15 s
+    assert.equal(200, res.status)
+    local log = h.stop(gw)
+    assert.matches("GATEWAY_TIMEOUT_MS: expecting a positive number, got 'soon'; using 15000", log)
+  end)
+
+  -- An https upstream goes through libcurl, which verifies its certificate: a self-signed one
+  -- (openssl s_server here) is refused with a 502, and one that never finishes the handshake
+  -- is a 504 after GATEWAY_TIMEOUT_MS. Ports: RUN_PORT_BASE + 90/91 when set, else free ones.
+  it("refuses an https upstream whose certificate it cannot verify (502) and times out a silent one (504)", function()
+    local socket = require "socket"
+    local base = tonumber(os.getenv("RUN_PORT_BASE"))
+    local tls_port = base and base + 90 or h.closed_port()
+    local crt, key = dir .. "/upstream.crt", dir .. "/upstream.key"
+    assert(os.execute(("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 -keyout %s -out %s 2>/dev/null")
+      :format(key, crt)) == 0)
+    local p = io.popen(("openssl s_server -quiet -www -accept 127.0.0.1:%d -cert %s -key %s </dev/null >%s/s_server.log 2>&1 & "
+      .. "echo $!"):format(tls_port, crt, key, dir))
+    local tls_pid = p:read("*l")
+    p:close()
+    local silent = assert(socket.bind("127.0.0.1", base and base + 91 or 0))   -- accepts (kernel), never speaks
+    local _, silent_port = silent:getsockname()
+    local gw = h.start({ SERVICE = "gateway", WORKERS = 1, GATEWAY_TIMEOUT_MS = 400,
+                         PRODUCT_SERVICE_URL = "https://127.0.0.1:" .. tls_port,
+                         ORDER_SERVICE_URL = "https://127.0.0.1:" .. silent_port }, dir)
+    local ok, err = pcall(function()
+      local up
+      for _ = 1, 50 do   -- s_server listens a moment after it starts
+        up = socket.connect("127.0.0.1", tls_port)
+        if up then up:close() break end
+        socket.sleep(0.05)
+      end
+      assert(up, "openssl s_server did not listen")
+      local res = http.request { method = "POST", url = gw.url .. "/products", body = "{}",
+                                 headers = { ["Content-Type"] = "application/json" } }
+      assert.equal(502, res.status)
+      assert.equal("Bad Gateway", problem(res).title)
+      local t0 = host.now()
+      res = http.get(gw.url .. "/orders")
+      assert.equal(504, res.status)
+      assert.equal("Gateway Timeout", problem(res).title)
+      assert.is_true(host.now() - t0 < 2, "took " .. (host.now() - t0))
+    end)
+    os.execute("kill " .. tls_pid .. " 2>/dev/null")
+    silent:close()
+    local log = h.stop(gw)
+    assert(ok, err)
+    assert.matches('"upstream":"product","error":"SSL certificate problem', log, 1, true)
+    assert.is_nil(h.sanitizer_report(log))
+  end)
+
   it("carries on over new connections when an upstream restarts under its kept-alive ones", function()
     local up = h.start({ SERVICE = "product", SCRIPTS_DIR = h.fixtures, WORKERS = 1, FIXTURE_STATE_DIR = dir }, dir)
     local gw = h.start({ SERVICE = "gateway", WORKERS = 1, PRODUCT_SERVICE_URL = up.url }, dir)
