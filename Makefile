@@ -93,6 +93,11 @@ test-deploy: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/dev/test.sh deploy
 
+# The chaos tier: CHAOS_ROUNDS (50) seeded rounds of SIGKILLs under a purchase load (spec/chaos/).
+.PHONY: chaos
+chaos: all
+	@scripts/dev/test.sh chaos
+
 run: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/dev/run.sh
