@@ -1,3 +1,4 @@
+-- luacheck: max line length 160
 -- spec/chaos/invariants.lua's checks on a made-up settled round: silent when all is well, and each
 -- invariant fires when the one thing it guards is broken (so none of them is a check that cannot fail).
 local cjson = require "cjson.safe"
