@@ -140,7 +140,8 @@ for r = 1, ROUNDS do
     if rec.order_id then created = created + 1 end
   end
   local c = counts or { orders = 0, paid = 0, cancelled = 0, abandoned = 0, stock_before = 0, stock_after = 0, sold = 0, emails = 0, duplicate_emails = 0 }
-  local summary = ("kills %s; orders %d (paid %d, cancelled %d; %d checkouts undone or refused); stock %d→%d sold %d; e-mails %d (dup %d); settled in %.0f s, round %.0f s")
+  local summary = ("kills %s; orders %d (paid %d, cancelled %d; %d checkouts undone or refused); stock %d→%d sold %d; "
+    .. "e-mails %d (dup %d); settled in %.0f s, round %.0f s")
     :format(table.concat(kills, ", "), c.orders, c.paid, c.cancelled, c.abandoned, c.stock_before, c.stock_after, c.sold,
       c.emails, c.duplicate_emails, settle_s, socket.gettime() - t_round)
   if #failures == 0 then
