@@ -471,8 +471,10 @@ kill_tree() {
 
 pg_kill() {
   local pid
-  pid=$(pg_pid) || return 0
-  kill_tree postgres "$pid"
+  if pid=$(pg_pid); then kill_tree postgres "$pid"; fi
+  # Its lock files name a dead pid that a busy machine may already have given to another
+  # process: PostgreSQL would then refuse to start ("lock file already exists").
+  rm -f "$PG_DATA/postmaster.pid" "$PG_SOCK/.s.PGSQL.$PG_PORT" "$PG_SOCK/.s.PGSQL.$PG_PORT.lock"
 }
 
 redis_kill() {
