@@ -8,6 +8,7 @@
 #   make asan       the test build under AddressSanitizer + UBSan (build/asan/mercato)
 #   make valgrind   start/serve/stop under valgrind, failing on a leak
 #   make coverage   C (gcov/lcov) and Lua line coverage reports under build/coverage
+#   make chaos      the chaos tier: CHAOS_ROUNDS (50) seeded rounds of SIGKILLs under load
 #
 # Variables: CC, V=1 for full command lines, BUILD (default build).
 
