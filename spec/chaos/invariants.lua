@@ -4,7 +4,7 @@
 -- stand-in (the money's truth), RabbitMQ and the SMTP sink (maildev) — for the round's buyers
 -- and products only. Each check adds a line to `failures`; the counts go to the round's report.
 --
---   local snap = inv.snapshot(w, round)       -- round = { users, products = { {id, initial} }, notify_kills }
+--   local snap = inv.snapshot(w, round)   -- round = { users, products = { {id, initial} }, notify_kills, started }
 --   local settled = inv.settled(snap)         -- true once nothing is left in flight
 --   local counts, failures = inv.check(snap, round)
 local cjson = require "cjson.safe"
@@ -83,7 +83,8 @@ function M.snapshot(w, round)
     product = tonumber(P.psql(w.product.db_url, "SELECT count(*) FROM outbox WHERE sent_at IS NULL")),
     notifications = tonumber(P.psql(w.notification.db_url, "SELECT count(*) FROM notifications WHERE status = 'queued'")),
   }
-  s.stripe = get_json(w.standin.url .. "/_standin/events").data
+  -- (the round's events only: every round's would soon pass the http binding's 8 MiB answer cap)
+  s.stripe = get_json(w.standin.url .. "/_standin/events?created%5Bgte%5D=" .. math.floor(round.started or 0)).data
   s.mails = get_json(os.getenv("SMTP_API_URL"))
   s.emails_of = {}
   for _, e in ipairs(round.emails or {}) do s.emails_of[e] = true end
