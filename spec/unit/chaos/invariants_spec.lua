@@ -107,7 +107,7 @@ describe("chaos invariants", function()
     fires("still reserved", function(s) s.inventory[2].reserved = 1; s.inventory[2].ledger_last.reserved = 1 end)
     fires("paid order o%-paid: reservation released", function(s) s.reservations[1].status = "released" end)
     fires("its reservation is still held", function(s) s.reservations[2].status = "reserved" end)
-    fires("committed 2 times", function(s) s.reservations[1].commits = 2 end)
+    fires("an item of its reservation committed 2 times", function(s) s.reservations[1].commits = 2 end)
   end)
 
   it("fire when the ledger disagrees with the stock", function()
