@@ -9,6 +9,7 @@
 #   make valgrind   start/serve/stop under valgrind, failing on a leak
 #   make coverage   C (gcov/lcov) and Lua line coverage reports under build/coverage
 #   make security   the thorough sqlmap scan (level 5, risk 3, every technique) of every service
+#   make chaos      the chaos tier: CHAOS_ROUNDS (50) seeded rounds of SIGKILLs under load
 #
 # Variables: CC, V=1 for full command lines, BUILD (default build).
 
@@ -94,6 +95,11 @@ test-spec: all
 test-deploy: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/dev/test.sh deploy
+
+# The chaos tier: CHAOS_ROUNDS (50) seeded rounds of SIGKILLs under a purchase load (spec/chaos/).
+.PHONY: chaos
+chaos: all
+	@scripts/dev/test.sh chaos
 
 # make run needs the binary and the stack's tools, not helm or the C tests.
 run:

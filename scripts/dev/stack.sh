@@ -13,6 +13,9 @@
 #   stop|start|restart postgres|redis|rabbitmq|maildev
 #             stop and/or start one server, keeping its data (restart_spec.lua uses
 #             this to check that mercato reconnects; start waits until it is ready)
+#   kill postgres|redis|rabbitmq|maildev
+#             SIGKILL one server and its child processes (a crash: no shutdown, no
+#             flush), then start it again and wait until it is ready (the chaos tier)
 #   rabbitmqctl ARGS...  run rabbitmqctl against the private node
 #
 # Environment (defaults in brackets; the ports sit below Linux's ephemeral range, 32768-60999,
@@ -454,9 +457,50 @@ s3_stop() {
   rm -f "$S3_PID" "$RUN_DIR/s3rver.spawn.pid"
 }
 
+# ------------------------------------------------------------------ crashes
+
+# SIGKILL pid $2 (server $1) and its direct children at once, as a crash would leave them, and
+# wait until all are gone (PostgreSQL refuses to start while an old backend holds its memory).
+kill_tree() {
+  local name=$1 pid=$2 kids p
+  kids=$(ps -o pid= --ppid "$pid" 2>/dev/null | tr -d ' ' | tr '\n' ' ') || true
+  # shellcheck disable=SC2086 # one word per child pid
+  kill -KILL "$pid" $kids 2>/dev/null || true
+  for p in $pid $kids; do wait_for 10 pid_gone "$p" || log "$name: pid $p survived SIGKILL"; done
+}
+
+pg_kill() {
+  local pid
+  if pid=$(pg_pid); then kill_tree postgres "$pid"; fi
+  # Its lock files name a dead pid that a busy machine may already have given to another
+  # process: PostgreSQL would then refuse to start ("lock file already exists").
+  rm -f "$PG_DATA/postmaster.pid" "$PG_SOCK/.s.PGSQL.$PG_PORT" "$PG_SOCK/.s.PGSQL.$PG_PORT.lock"
+}
+
+redis_kill() {
+  local pid
+  pid=$(redis_pid) || return 0
+  kill_tree redis "$pid"
+  rm -f "$REDIS_PID"
+}
+
+rmq_kill() {
+  local pid wrapper
+  if pid=$(rmq_pid); then kill_tree rabbitmq "$pid"; fi
+  if wrapper=$(live_pid "$RMQ_WRAPPER_PID" rabbitmq-server); then kill_tree rabbitmq-server "$wrapper"; fi
+  rm -f "$RMQ_PID" "$RMQ_WRAPPER_PID"
+}
+
+maildev_kill() {
+  local pid
+  pid=$(maildev_pid) || return 0
+  kill_tree maildev "$pid"
+  rm -f "$MAILDEV_PID"
+}
+
 # ------------------------------------------------------------------ commands
 
-# cmd_one stop|start|restart postgres|redis|rabbitmq|maildev
+# cmd_one stop|start|restart|kill postgres|redis|rabbitmq|maildev
 cmd_one() {
   local action=$1 name=${2:-} fn
   case "$name" in
@@ -467,7 +511,8 @@ cmd_one() {
     *) die "$action: expecting postgres, redis, rabbitmq or maildev, got '$name'" ;;
   esac
   mkdir -p "$RUN_DIR" "$LOG_DIR"
-  if [ "$action" != start ]; then "${fn}_stop"; log "$name stopped"; fi
+  if [ "$action" = kill ]; then "${fn}_kill"; log "$name killed (SIGKILL)"
+  elif [ "$action" != start ]; then "${fn}_stop"; log "$name stopped"; fi
   if [ "$action" != stop ]; then
     "${fn}_start"
     "${fn}_wait"
@@ -566,7 +611,7 @@ usage() {
 # up, down and reset-db run one at a time per $RUN_DIR (flock in command mode
 # holds the lock itself, so the daemons started here do not inherit it).
 case "${1:-}" in
-  up | down | reset-db | stop | start | restart)
+  up | down | reset-db | stop | start | restart | kill)
     if [ -z "${MERCATO_STACK_LOCKED:-}" ] && command -v flock >/dev/null 2>&1; then
       mkdir -p "$RUN_DIR"
       MERCATO_STACK_LOCKED=1 exec flock -o "$RUN_DIR/.stack.lock" bash "$0" "$@"
@@ -580,7 +625,7 @@ case "${1:-}" in
   status) cmd_status ;;
   env) cmd_env ;;
   reset-db) pg_reset_dbs ;;
-  stop | start | restart) cmd_one "$1" "${2:-}" ;;
+  stop | start | restart | kill) cmd_one "$1" "${2:-}" ;;
   rabbitmqctl)
     shift
     rmq_env

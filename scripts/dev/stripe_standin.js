@@ -17,7 +17,8 @@
 // STRIPE_WEBHOOK_SECRET, STRIPE_STANDIN_DUPLICATE_RATE (0.2), STRIPE_STANDIN_MAX_DELAY_MS (200).
 // Test controls (not Stripe's): GET /_standin/health; POST /_standin/config with a JSON body
 // {webhooks: bool, duplicate_rate, max_delay_ms, fail_next: n (the next n API calls answer
-// 500)}; GET /_standin/events (every event made, oldest first, each with standin_deliveries:
+// 500)}; GET /_standin/events[?created[gte]=T] (every event made, or those made since unix
+// time T, oldest first, each with standin_deliveries:
 // {scheduled, done} — deliveries planned and answered 2xx); POST /_standin/events/{id}/resend.
 'use strict';
 const http = require('http');
@@ -243,10 +244,13 @@ function send(res, status, body, headers) {
   res.end(s);
 }
 
-function control(req, res, path, body) {
+function control(req, res, path, body, query) {
   if (path === '/_standin/health') return send(res, 200, { ok: true, stand_in: 'stripe' });
   if (path === '/_standin/events' && req.method === 'GET') {
-    return send(res, 200, { data: events.map((e) => Object.assign({ standin_deliveries: deliveries.get(e.id) }, e)) });
+    // ?created[gte]=<unix s>: only events made since then (Stripe's list-filter spelling)
+    const since = Number((query && query.get('created[gte]')) || 0);
+    return send(res, 200, { data: events.filter((e) => e.created >= since)
+      .map((e) => Object.assign({ standin_deliveries: deliveries.get(e.id) }, e)) });
   }
   let m;
   if (req.method === 'POST' && (m = path.match(/^\/_standin\/events\/([^/]+)\/resend$/))) {
@@ -275,7 +279,7 @@ const server = http.createServer((req, res) => {
   req.on('end', () => {
     const body = Buffer.concat(chunks).toString('utf8');
     const url = new URL(req.url, 'http://x');
-    if (url.pathname.startsWith('/_standin/')) return control(req, res, url.pathname, body);
+    if (url.pathname.startsWith('/_standin/')) return control(req, res, url.pathname, body, url.searchParams);
     const auth = req.headers.authorization || '';
     const key = (auth.match(/^Bearer (sk_test_\S+)$/) || [])[1];
     if (!key) {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/dev/test.sh [all|unit|fuzz|spec|deploy]: run every suite (TAP), print one line per suite and a
+# scripts/dev/test.sh [all|unit|fuzz|spec|deploy|chaos]: run every suite (TAP), print one line per suite and a
 # closing "N passed, N failed, N skipped" (pending specs: skipped, never passed); exit 0 only if nothing failed. Called by `make test`, which has
 # already installed the dependencies and built build/mercato and the C tests.
 #
@@ -7,7 +7,9 @@
 #   unit  C unit tests (build/tests/*), the same under ASan/UBSan, Lua unit specs, luacheck, make lint
 #   spec  the private stack (PostgreSQL, Redis, RabbitMQ, SMTP, S3) with fresh databases, then
 #         every spec/integration/*_spec.lua against the real build/mercato, the host specs again
-#         and the db pool and yield-boundary specs again under ASan, and a valgrind start/serve/stop leak check
+#         and the db pool and yield-boundary specs again under ASan, and a valgrind start/serve/stop leak check;
+#         and the chaos tier, short (CHAOS_TEST_ROUNDS, 2 rounds of 10 s)
+#   chaos the chaos tier alone (make chaos): CHAOS_ROUNDS (50) rounds, per-round table in .run/chaos/report.md
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 
@@ -134,6 +136,9 @@ spec_tier() {
     for f in spec/e2e/*_spec.lua; do   # the platform end to end, through the gateway
         [ -f "$f" ] && suite "e2e/${f#spec/e2e/}" busted_spec "$f"
     done
+    # the chaos tier, short: CHAOS_TEST_ROUNDS (2) rounds of 10 s (make chaos runs 50)
+    suite "chaos/short" env CHAOS_ROUNDS="${CHAOS_TEST_ROUNDS:-2}" CHAOS_LOAD_S="${CHAOS_TEST_LOAD_S:-10}" \
+        "${MERCATO_BIN:-build/mercato}" lua spec/chaos/run.lua
     if [ -x build/asan/mercato ]; then
         for f in spec/integration/host_spec.lua spec/integration/host_lifecycle_spec.lua spec/integration/db_pool_spec.lua \
                  spec/integration/yield_boundary_spec.lua; do
@@ -142,6 +147,21 @@ spec_tier() {
         done
     fi
     suite "valgrind/start-serve-stop" scripts/dev/valgrind.sh
+}
+
+chaos_tier() {   # `make chaos`: CHAOS_ROUNDS (50) seeded rounds of kills under load on the private stack
+    if ! scripts/dev/stack.sh status >/dev/null 2>&1; then trap 'scripts/dev/stack.sh down >/dev/null 2>&1' EXIT; fi
+    if ! scripts/dev/stack.sh up >"$out/stack.log" 2>&1; then
+        suite "stack" sh -c "cat $out/stack.log; exit 1"
+        return
+    fi
+    set -a
+    # shellcheck disable=SC1090
+    . <(scripts/dev/stack.sh env)
+    set +a
+    export DATABASE_URL=${DATABASE_URL_PRODUCT:-}
+    suite "chaos/rounds" "${MERCATO_BIN:-build/mercato}" lua spec/chaos/run.lua   # TAP, one line per round
+    echo "    (per-round table: .run/chaos/report.md)"
 }
 
 deploy_tier() {
@@ -156,13 +176,14 @@ unit) unit_tier ;;
 fuzz) fuzz_tier ;;
 spec) spec_tier ;;
 deploy) deploy_tier ;;
+chaos) chaos_tier ;;
 all)
     unit_tier
     deploy_tier
     spec_tier
     ;;
 *)
-    echo "usage: $0 [all|unit|fuzz|spec|deploy]" >&2
+    echo "usage: $0 [all|unit|fuzz|spec|deploy|chaos]" >&2
     exit 2
     ;;
 esac

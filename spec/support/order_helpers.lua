@@ -35,13 +35,13 @@ local function wait_ready(srv)
   error("service on " .. srv.url .. " never became ready:\n" .. srv:log())
 end
 
--- Start one service on its own fresh database.
-function M.service(name, env)
+-- Start one service on its own fresh database (on port, or a free one).
+function M.service(name, env, port)
   local db, url = fresh_db("mercato_" .. name .. "_spec_")
   local e = { DATABASE_URL = url, REDIS_URL = os.getenv("REDIS_URL"), AMQP_URL = os.getenv("AMQP_URL") or false,
     ELASTICSEARCH_URL = false }
   for k, v in pairs(env or {}) do e[k] = v end
-  local ok, srv = pcall(server.start, { service = name, scripts = "scripts", env = e, timeout = 20 })
+  local ok, srv = pcall(server.start, { service = name, scripts = "scripts", env = e, timeout = 20, port = port })
   if not ok then P.psql(P.db_url("postgres"), "DROP DATABASE IF EXISTS " .. db .. " WITH (FORCE)") error(srv, 2) end
   srv.url = "http://127.0.0.1:" .. srv.port
   srv.db_name, srv.db_url, srv.env = db, url, e
@@ -58,23 +58,31 @@ end
 
 -- The world: user, product and order services; opts.payment: the payment service and its
 -- Stripe stand-in (w.pay = { svc, standin }); opts.notification: the notification service on the
--- stack's SMTP sink; opts.gateway: a gateway in front of them all (w.gateway); opts.order_env.
+-- stack's SMTP sink; opts.gateway: a gateway in front of them all (w.gateway); opts.order_env;
+-- opts.ports = { user =, product =, order =, payment =, notification =, gateway =, standin = }
+-- (unset: free ports); opts.env = { <service> = { NAME = value } } more env per service.
 function M.start(opts)
   opts = opts or {}
   local w = {}
+  local ports, env = opts.ports or {}, opts.env or {}
+  local function with(name, e)
+    for k, v in pairs(env[name] or {}) do e[k] = v end
+    return e
+  end
   local udb, uurl = fresh_db("mercato_user_spec_")
-  w.user = U.start({ DATABASE_URL = uurl })
+  w.user = U.start(with("user", { DATABASE_URL = uurl }), { port = ports.user })
   w.user.db_name, w.user.db_url = udb, uurl
   wait_ready(w.user)
   local jwks = w.user.url .. "/.well-known/jwks.json"
-  w.product = M.service("product", { JWKS_URL = jwks })
+  w.product = M.service("product", with("product", { JWKS_URL = jwks }), ports.product)
   if opts.payment then
-    w.pay = PAY.start { env = { JWT_PUBLIC_KEY_FILE = false, JWKS_URL = jwks }, standin = { duplicate_rate = 0.2 } }
+    w.pay = PAY.start { env = with("payment", { JWT_PUBLIC_KEY_FILE = false, JWKS_URL = jwks }),
+      standin = { duplicate_rate = 0.2, port = ports.standin }, port = ports.payment }
     w.payment = w.pay.svc
   end
   if opts.notification then
-    w.notification = M.service("notification", { JWKS_URL = jwks, SMTP_URL = os.getenv("SMTP_URL"),
-      NOTIFY_QUEUE = "notification.events." .. crypto.hex(crypto.random(4)) })
+    w.notification = M.service("notification", with("notification", { JWKS_URL = jwks, SMTP_URL = os.getenv("SMTP_URL"),
+      NOTIFY_QUEUE = "notification.events." .. crypto.hex(crypto.random(4)) }), ports.notification)
     w.notify_queue = w.notification.env.NOTIFY_QUEUE
   end
   local e = {
@@ -84,15 +92,15 @@ function M.start(opts)
     ORDER_PAYMENTS_QUEUE = "order.payments." .. crypto.hex(crypto.random(4)),
   }
   for k, v in pairs(opts.order_env or {}) do e[k] = v end
-  w.order = M.service("order", e)
+  w.order = M.service("order", with("order", e), ports.order)
   w.queue = e.ORDER_PAYMENTS_QUEUE
   if opts.gateway then
-    local g = server.start { service = "gateway", scripts = "scripts", timeout = 20, env = {
+    local g = server.start { service = "gateway", scripts = "scripts", timeout = 20, port = ports.gateway, env = with("gateway", {
       USER_SERVICE_URL = w.user.url, PRODUCT_SERVICE_URL = w.product.url, ORDER_SERVICE_URL = w.order.url,
       PAYMENT_SERVICE_URL = w.payment and w.payment.url or e.PAYMENT_SERVICE_URL,
       NOTIFICATION_SERVICE_URL = w.notification and w.notification.url or ("http://127.0.0.1:" .. server.free_port()),
       RATE_LIMIT_GLOBAL = "off", REDIS_URL = os.getenv("REDIS_URL"),
-    } }
+    }) }
     g.url = "http://127.0.0.1:" .. g.port
     w.gateway = g
   end

@@ -99,11 +99,11 @@ function M.stripe(s, method, path, form)
 end
 
 -- Start the payment service and a stand-in wired to each other. opts.env overrides,
--- opts.standin = stand-in options.
+-- opts.standin = stand-in options (its .port too), opts.port = the service's port (free if nil).
 function M.start(opts)
   opts = opts or {}
   local _, pub = P.keys()
-  local port = server.free_port()
+  local port = opts.port or server.free_port()
   local standin = M.start_standin("http://127.0.0.1:" .. port .. "/webhooks/stripe", opts.standin)
   local name = "mercato_payment_spec_" .. crypto.hex(crypto.random(4))
   local admin = P.db_url("postgres")

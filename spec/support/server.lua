@@ -74,12 +74,25 @@ function Server:stop(sig)
   return status
 end
 
+-- Stop (SIGTERM, or sig: "KILL" for a crash) and start again with the same options on the same
+-- port; waits for it to listen. → the old process's exit status (nil if killed)
+function Server:restart(sig)
+  local status = self:stop(sig)
+  local opts = {}
+  for k, v in pairs(self.opts) do opts[k] = v end
+  opts.port = self.port
+  local fresh = M.start(opts)
+  self.pid = fresh.pid
+  return status
+end
+
 function M.start(opts)
   local port = opts.port or M.free_port()
   local dir = ".run/test/servers"
   os.execute("mkdir -p " .. dir)
   local tag = opts.tag or ((opts.service or "lua") .. "-" .. port)   -- opts.tag: two processes on one port
   local self = setmetatable({
+    opts = opts,
     port = port,
     log_path = dir .. "/" .. tag .. ".log",
     status_path = dir .. "/" .. tag .. ".status",
