@@ -355,7 +355,11 @@ TEST(a_request_waiting_for_a_connection_keeps_its_deadline)
     run_until(l, g, 2);
     uint64_t ms = (loop_now_ns() - t0) / 1000000;
     CHECK_INT(g[0].err, UPSTREAM_TIMEOUT);
-    CHECK_INT(g[1].err, UPSTREAM_TIMEOUT);
+    /* Both deadlines fall at the same moment (one timeout for the upstream, sent together): the
+     * waiter either times out while it waits or is answered on the connection the holder's
+     * timeout freed, microseconds before its own deadline — ASan's slower loop saw the second.
+     * What must hold is that it never waits past its deadline for the holder. */
+    CHECK(g[1].err == UPSTREAM_TIMEOUT || g[1].err == 0);
     CHECK(ms >= 290 && ms < 700);
     upstream_free(u);
     loop_free(l);

@@ -202,23 +202,32 @@ describe("the gateway", function()
     local crt, key = dir .. "/upstream.crt", dir .. "/upstream.key"
     assert(os.execute(("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 -keyout %s -out %s 2>/dev/null")
       :format(key, crt)) == 0)
-    local p = io.popen(("openssl s_server -quiet -www -accept 127.0.0.1:%d -cert %s -key %s </dev/null >%s/s_server.log 2>&1 & "
-      .. "echo $!"):format(tls_port, crt, key, dir))
-    local tls_pid = p:read("*l")
-    p:close()
+    -- s_server on tls_port (a new free port for each try: one a moment ago free may be taken),
+    -- until it listens; its log goes into the failure message
+    local tls_pid, listening
+    for try = 1, 3 do
+      if try > 1 then tls_port = h.closed_port() end
+      local p = io.popen(("openssl s_server -quiet -www -accept 127.0.0.1:%d -cert %s -key %s </dev/null >%s/s_server.log 2>&1 & "
+        .. "echo $!"):format(tls_port, crt, key, dir))
+      tls_pid = p:read("*l")
+      p:close()
+      for _ = 1, 100 do
+        local up = socket.connect("127.0.0.1", tls_port)
+        if up then up:close(); listening = true; break end
+        socket.sleep(0.05)
+      end
+      if listening then break end
+      os.execute("kill " .. tls_pid .. " 2>/dev/null")
+    end
+    local f = io.open(dir .. "/s_server.log")
+    assert(listening, "openssl s_server did not listen: " .. (f and f:read("*a") or ""))
+    if f then f:close() end
     local silent = assert(socket.bind("127.0.0.1", base and base + 91 or 0))   -- accepts (kernel), never speaks
     local _, silent_port = silent:getsockname()
     local gw = h.start({ SERVICE = "gateway", WORKERS = 1, GATEWAY_TIMEOUT_MS = 400,
                          PRODUCT_SERVICE_URL = "https://127.0.0.1:" .. tls_port,
                          ORDER_SERVICE_URL = "https://127.0.0.1:" .. silent_port }, dir)
     local ok, err = pcall(function()
-      local up
-      for _ = 1, 50 do   -- s_server listens a moment after it starts
-        up = socket.connect("127.0.0.1", tls_port)
-        if up then up:close() break end
-        socket.sleep(0.05)
-      end
-      assert(up, "openssl s_server did not listen")
       local res = http.request { method = "POST", url = gw.url .. "/products", body = "{}",
                                  headers = { ["Content-Type"] = "application/json" } }
       assert.equal(502, res.status)
