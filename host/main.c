@@ -215,11 +215,6 @@ int main(int argc, char **argv)
     int is_lua = cmd && strcmp(cmd, "lua") == 0;
 
     signal(SIGPIPE, SIG_IGN);
-    /* Blocks of 1 MiB and more (argon2id's 19 MiB work area, one per hash) come from the kernel
-     * and go back to it when freed. glibc's dynamic threshold would otherwise raise itself after
-     * the first such free and keep every later one in the heap: a user service went from 16 to
-     * 36 MB resident after its first logins, for good. */
-    mallopt(M_MMAP_THRESHOLD, 1 << 20);
     quota_raise_nofile();   /* connections are descriptors: the service's, and `mercato lua` load specs' */
     config_t cfg;
     char err[512];
