@@ -118,18 +118,24 @@ unit_tier() {
     fuzz_tier
 }
 
-spec_tier() {
-    # A stack this run starts is stopped at the end; one that was already up is left up.
+# stack_env [reset-db]: the private stack up (its databases fresh with reset-db) and its env
+# exported for the specs; a stack this run starts is stopped at the end, one that was already up
+# is left up. Non-zero (counted as the failed suite "stack") when it cannot come up.
+stack_env() {
     if ! scripts/dev/stack.sh status >/dev/null 2>&1; then trap 'scripts/dev/stack.sh down >/dev/null 2>&1' EXIT; fi
-    if ! scripts/dev/stack.sh up >"$out/stack.log" 2>&1 || ! scripts/dev/stack.sh reset-db >>"$out/stack.log" 2>&1; then
+    if ! scripts/dev/stack.sh up >"$out/stack.log" 2>&1 || { [ "${1:-}" = reset-db ] && ! scripts/dev/stack.sh reset-db >>"$out/stack.log" 2>&1; }; then
         suite "stack" sh -c "cat $out/stack.log; exit 1"
-        return
+        return 1
     fi
     set -a
     # shellcheck disable=SC1090
     . <(scripts/dev/stack.sh env)
     set +a
     export DATABASE_URL=${DATABASE_URL_PRODUCT:-}
+}
+
+spec_tier() {
+    stack_env reset-db || return
     for f in spec/integration/*_spec.lua; do
         [ -f "$f" ] && suite "spec/${f#spec/integration/}" busted_spec "$f"
     done
@@ -150,16 +156,7 @@ spec_tier() {
 }
 
 chaos_tier() {   # `make chaos`: CHAOS_ROUNDS (50) seeded rounds of kills under load on the private stack
-    if ! scripts/dev/stack.sh status >/dev/null 2>&1; then trap 'scripts/dev/stack.sh down >/dev/null 2>&1' EXIT; fi
-    if ! scripts/dev/stack.sh up >"$out/stack.log" 2>&1; then
-        suite "stack" sh -c "cat $out/stack.log; exit 1"
-        return
-    fi
-    set -a
-    # shellcheck disable=SC1090
-    . <(scripts/dev/stack.sh env)
-    set +a
-    export DATABASE_URL=${DATABASE_URL_PRODUCT:-}
+    stack_env || return
     suite "chaos/rounds" "${MERCATO_BIN:-build/mercato}" lua spec/chaos/run.lua   # TAP, one line per round
     echo "    (per-round table: .run/chaos/report.md)"
 }
