@@ -37,6 +37,19 @@ local CURRENCIES = {
   bhd = { "BHD ", 3 }, kwd = { "KWD ", 3 },
 }
 
+-- A value as the output shows it: strings as they are, integers without ".0", nil, json null and
+-- tables (and functions) as nothing — never Lua's "table: 0x...", an address that differs per render.
+local function to_text(v)
+  local tv = type(v)
+  if tv == "string" then return v end
+  if tv == "number" then
+    if v == math.floor(v) and math.abs(v) < 2 ^ 53 then return ("%d"):format(v) end
+    return ("%.14g"):format(v)
+  end
+  if tv == "boolean" then return tostring(v) end
+  return ""   -- nil, json null, tables
+end
+
 local function group_thousands(digits)
   local out = digits:reverse():gsub("(%d%d%d)", "%1,"):reverse()
   return (out:gsub("^,", ""))
@@ -45,7 +58,7 @@ end
 -- money(12999, "usd") → "$129.99"; money(1500, "jpy") → "¥1,500"; unknown currency "129.99 XYZ".
 function _M.money(cents, currency)
   if type(cents) ~= "number" or cents ~= math.floor(cents) or cents ~= cents or math.abs(cents) >= 2 ^ 53 then
-    return cents == nil and "" or tostring(cents)
+    return to_text(cents)
   end
   local cur = type(currency) == "string" and currency:lower() or ""
   local c = CURRENCIES[cur]
@@ -71,14 +84,14 @@ end
 -- date("2026-12-03T16:00:00Z") → "3 December 2026" (UTC); datetime → "3 December 2026, 16:00 UTC".
 function _M.date(t)
   local e = to_epoch(t)
-  if not e then return t == nil and "" or tostring(t) end
+  if not e then return to_text(t) end
   local d = os.date("!*t", math.floor(e))
   return ("%d %s %d"):format(d.day, MONTHS[d.month], d.year)
 end
 
 function _M.datetime(t)
   local e = to_epoch(t)
-  if not e then return t == nil and "" or tostring(t) end
+  if not e then return to_text(t) end
   local d = os.date("!*t", math.floor(e))
   return ("%d %s %d, %02d:%02d UTC"):format(d.day, MONTHS[d.month], d.year, d.hour, d.min)
 end
@@ -100,16 +113,6 @@ _M.helpers = {
 local HTML = { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;", ["'"] = "&#39;" }
 function _M.escape_html(s) return (s:gsub("[&<>\"']", HTML)) end
 
-local function to_text(v)
-  local tv = type(v)
-  if tv == "string" then return v end
-  if tv == "number" then
-    if v == math.floor(v) and math.abs(v) < 2 ^ 53 then return ("%d"):format(v) end
-    return ("%.14g"):format(v)
-  end
-  if tv == "boolean" then return tostring(v) end
-  return ""   -- nil, json null, tables
-end
 
 local ESCAPERS = {
   html = _M.escape_html,

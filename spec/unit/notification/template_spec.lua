@@ -115,6 +115,19 @@ describe("lib.template", function()
     assert.equal("on 3 December 2026", render("on {{ date occurred_at }}", { occurred_at = "2026-12-03T16:00:00Z" }))
   end)
 
+  -- Found by fuzz_lua_template (the input: tests/fuzz/corpus/fuzz_lua_template/helper_table_arg):
+  -- a helper given a table wrote Lua's "table: 0x..." — an address in an e-mail, new on every render.
+  it("renders a helper's non-scalar argument as empty, as a plain variable renders it", function()
+    local item = { name = "x" }
+    assert.equal("", template.money(item, "usd"))
+    assert.equal("", template.date(item))
+    assert.equal("", template.datetime(function() end))
+    assert.equal("true", template.money(true, "usd"))
+    assert.equal("[] [] []", render("[{{ money item currency }}] [{{ date item }}] [{{ datetime item }}]",
+      { item = item, currency = "usd" }))
+    assert.equal("[]", render("[{{ default item.missing item }}]", { item = item }))
+  end)
+
   it("offers a default for empty values", function()
     assert.equal("there", render("{{ default name \"there\" }}", {}))
     assert.equal("Ann", render("{{ default name \"there\" }}", { name = "Ann" }))
