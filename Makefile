@@ -142,6 +142,7 @@ clean:
 # ---- fuzzing (libFuzzer) ------------------------------------------------------------------
 # make fuzz            every tests/fuzz/fuzz_*.c target for FUZZ_SECONDS (default 1800) each,
 #                      one after the other, on its corpus under tests/fuzz/corpus/<target>/
+#                      (FUZZ_CPU_SECONDS=N: a budget of N seconds of each target's own CPU)
 # make fuzz-build      only build them (build/fuzz/fuzz/<target>; clang, ASan + UBSan)
 # The library is rebuilt with clang under BUILD=build/fuzz so that the code under test carries
 # the fuzzer's coverage instrumentation; scripts/dev/fuzz.sh runs the targets.
