@@ -457,7 +457,7 @@ static int db_ready(worker_t *w, char *why, size_t whylen)
 /* The strong definition (host/bindings.c has a weak one for builds without a database). It
  * lives here, not in db_migrate.c: the linker takes an archive member only for a symbol still
  * undefined, and the weak default already defines this one. */
-int bindings_migrate(const struct config *cfg) { return db_migrate(cfg); }
+int bindings_migrate(const struct config *cfg, const migrate_gate_t *gate) { return db_migrate(cfg, gate); }
 
 /* db.in_tx() → whether this request (or, off the loop, this worker) is inside db.tx
  * (outbox.add refuses to run outside one). */

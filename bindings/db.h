@@ -230,6 +230,7 @@ struct config;
 
 /* Apply the service's migrations (bindings_migrate, defined in db.c so that linking the db
  * binding brings it in); the exit status. */
-int db_migrate(const struct config *cfg);
+struct migrate_gate;
+int db_migrate(const struct config *cfg, const struct migrate_gate *gate);
 
 #endif

@@ -2,7 +2,9 @@
  * SCRIPTS_DIR/services/<service>/migrations/NNN_name.sql in numeric order, each file in its
  * own transaction, under a session advisory lock (replicas starting together wait for each
  * other), recorded in schema_migrations with the file's SHA-256. An applied file that has
- * changed stops everything: write a new migration instead of editing an old one. */
+ * changed stops everything: write a new migration instead of editing an old one. At start-up
+ * it runs beside the script build (a migrate_gate_t): it connects and checks meanwhile, and
+ * applies pending files only once the scripts have loaded. */
 #include <stdarg.h>
 #include <dirent.h>
 #include <errno.h>
@@ -158,8 +160,9 @@ __attribute__((format(printf, 2, 3))) static int refuse(const char *service, con
     return 1;
 }
 
-/* Apply what is pending on an open session holding the lock. The exit status. */
-static int apply(db_conn_t *c, const char *service, const char *dir, migration_set_t *set)
+/* Apply what is pending on an open session holding the lock, once the gate (if any) lets it.
+ * The exit status. */
+static int apply(db_conn_t *c, const char *service, const char *dir, migration_set_t *set, const migrate_gate_t *gate)
 {
     db_error_t err;
     if (db_conn_command(c, "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -188,6 +191,10 @@ static int apply(db_conn_t *c, const char *service, const char *dir, migration_s
     }
     PQclear(applied);
     if (rc) return rc;
+    if (done < set->n && gate && !gate->may_apply(gate->ctx)) {
+        log_warn("migrate: %s: %d pending migration(s) not applied: the scripts did not load", service, set->n - done);
+        return 1;
+    }
 
     int count = 0;
     for (int i = 0; i < set->n; i++) {
@@ -248,7 +255,15 @@ static void check_connection_budget(db_conn_t *c, const config_t *cfg)
                  per_thread * workers, per_thread, left);
 }
 
-int db_migrate(const config_t *cfg)
+/* The gate learns the schema's verdict once, whichever way db_migrate ends. */
+static int schema_ready(const migrate_gate_t *gate, int *told, int rc)
+{
+    if (gate && !*told) gate->schema_ready(gate->ctx, rc);
+    *told = 1;
+    return rc;
+}
+
+static int migrate(const config_t *cfg, const migrate_gate_t *gate, int *told)
 {
     if (!cfg->service) return 0;
     char dir[1024];
@@ -287,8 +302,8 @@ int db_migrate(const config_t *cfg)
             rc = refuse(cfg->service, "cannot take the migration lock: %s", e.msg);
         } else {
             PQclear(res);
-            rc = apply(c, cfg->service, dir, &set);
-            if (rc == 0) check_connection_budget(c, cfg);
+            rc = schema_ready(gate, told, apply(c, cfg->service, dir, &set, gate));
+            if (rc == 0) check_connection_budget(c, cfg);   /* a warning only: after the verdict */
         }
         c->tx_depth = 0;
     }
@@ -296,4 +311,10 @@ int db_migrate(const config_t *cfg)
     free(c);
     set_free(&set);
     return rc;
+}
+
+int db_migrate(const config_t *cfg, const migrate_gate_t *gate)
+{
+    int told = 0;
+    return schema_ready(gate, &told, migrate(cfg, gate, &told));
 }

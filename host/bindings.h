@@ -42,8 +42,18 @@ void bindings_request_end(struct worker *w, struct request *r);
  * members to out. Returns the number that are down. */
 int bindings_ready(struct worker *w, buf_t *out);
 
-/* `mercato migrate`: apply the service's migrations; the exit status. */
-int bindings_migrate(const struct config *cfg);
+/* Where a start-up migration meets the script build running beside it (host/start_migration.c).
+ * may_apply waits for the scripts' verdict and says whether pending files may be applied (a
+ * release whose scripts do not load changes no schema); schema_ready is called once, when the
+ * schema is current (rc 0) or cannot be (rc 1), before the migration's last checks. */
+typedef struct migrate_gate {
+    int (*may_apply)(void *ctx);
+    void (*schema_ready)(void *ctx, int rc);
+    void *ctx;
+} migrate_gate_t;
+
+/* Apply the service's migrations; the exit status. gate NULL (`mercato migrate`): apply at once. */
+int bindings_migrate(const struct config *cfg, const migrate_gate_t *gate);
 
 /* Process-wide set-up and tear-down of the libraries (curl_global_init, ...). */
 int bindings_global_init(void);

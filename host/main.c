@@ -18,6 +18,7 @@
 #include "runner.h"
 #include "server.h"
 #include "snapshot.h"
+#include "start_migration.h"
 #include "worker.h"
 
 #ifndef MERCATO_VERSION
@@ -158,22 +159,30 @@ static int cmd_serve(const config_t *cfg)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);   /* threads inherit it; main waits below */
 
-    if (load_scripts(cfg) < 0 || check_required_env(cfg) < 0) return 1;
-    /* A service with a database brings its schema up to date before it takes traffic. */
-    if (cfg->database_url && bindings_migrate(cfg) != 0) return 1;
+    /* A service with a database brings its schema up to date before it takes traffic; the
+     * migration connects and checks while the scripts build, and applies only if they load. */
+    start_migration_t *mig = start_migration_begin(cfg);
+    int scripts_ok = load_scripts(cfg) == 0 && check_required_env(cfg) == 0;
+    if (start_migration_verdict(mig, cfg, scripts_ok) != 0 || !scripts_ok) {
+        start_migration_end(mig);
+        return 1;
+    }
     char err[1024];
     reloader_t *rl = NULL;
     if (cfg->hot_reload && !(rl = reload_start(cfg, err, sizeof err))) {
         fprintf(stderr, "mercato: %s\n", err);
+        start_migration_end(mig);
         return 1;
     }
     server_t *srv = server_start(cfg, err, sizeof err);
     if (!srv) {
         fprintf(stderr, "mercato: %s\n", err);
+        start_migration_end(mig);
         reload_stop(rl);
         return 1;
     }
     runners_t *runners = runners_start(cfg, err, sizeof err);
+    start_migration_end(mig);
     if (!runners) {
         fprintf(stderr, "mercato: %s\n", err);
         server_stop(srv);
@@ -230,7 +239,7 @@ int main(int argc, char **argv)
     }
     if (!cmd) rc = cmd_serve(&cfg);
     else if (strcmp(cmd, "check") == 0) rc = cmd_check(&cfg);
-    else if (strcmp(cmd, "migrate") == 0) rc = bindings_migrate(&cfg);
+    else if (strcmp(cmd, "migrate") == 0) rc = bindings_migrate(&cfg, NULL);
     else rc = cmd_lua(&cfg, argc - 2, argv + 2);
     teardown();
     return rc;

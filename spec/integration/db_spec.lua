@@ -595,6 +595,41 @@ describe("db", function()
       assert(ok, err)
     end)
 
+    -- The start-up migration runs beside the script build; a release whose scripts do not load
+    -- must leave the schema as it was (the old replicas keep serving on it).
+    it("applies no pending migration when the scripts do not load, and all of them once they do", function()
+      local dir = sh("mktemp -d /tmp/mercato-db-spec.XXXXXX"):match("%S+")
+      sh("cp -r spec/fixtures/db/scripts/. " .. q(dir))
+      local handlers = dir .. "/services/product/handlers.lua"
+      local f = assert(io.open(handlers))
+      local src = f:read("*a")
+      f:close()
+      write(handlers, "local = 1\n" .. src)
+      local function serve()
+        return sh(("SCRIPTS_DIR=%s SERVICE=product DATABASE_URL=%s PORT=1 timeout 20 %s")
+          :format(q(dir), q(spec_url), BIN))
+      end
+      local function psql(sql) return (sh(("psql %s -AtXc %s"):format(q(spec_url), q(sql))):gsub("%s+$", "")) end
+      local function versions()
+        return psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations")
+      end
+      db.exec("DROP DATABASE IF EXISTS " .. dbname .. " WITH (FORCE)")
+      assert(db.exec("CREATE DATABASE " .. dbname))
+      local out, rc = serve()
+      assert.are.equal(1, rc, out)
+      assert.matches("failed to load", out)
+      assert.matches("handlers.lua:1:", out)
+      assert.are.equal("none", psql("SELECT coalesce(to_regclass('widgets')::text, 'none')"))
+      -- the scripts fixed, the next start applies both files before it serves
+      write(handlers, src)
+      local srv = server.start { service = "product", scripts = dir, workers = 1, bin = BIN, env = { DATABASE_URL = spec_url } }
+      local res = raw_http.request(srv.port, "GET", "/widgets")
+      srv:stop()
+      sh("rm -rf " .. q(dir))
+      assert.are.equal(200, res.status)
+      assert.are.equal("1,2", versions())
+    end)
+
     it("reports the database down on /ready and answers unavailable when it cannot connect", function()
       local dir = sh("mktemp -d /tmp/mercato-db-spec.XXXXXX"):match("%S+")
       sh("cp -r spec/fixtures/db/scripts/. " .. q(dir) .. " && rm -r " .. q(dir .. "/services/product/migrations"))
