@@ -107,7 +107,7 @@ static int l_sign(lua_State *L)
     else if (pem && jwt_keys_thumbprint(key, kid, sizeof kid) != 0) kid[0] = 0;
     long n = kid[0] ? jwt_token_sign(key, kid, json, jlen, out, cap, &err) : (err = "cannot derive a key id", -1);
     EVP_PKEY_free(key);
-    if (n < 0) return fail(L, err, "unavailable");
+    if (n < 0) return fail(L, err, strncmp(err, "claims", 6) == 0 ? "invalid" : "unavailable");
     lua_pushlstring(L, out, (size_t)n);
     return 1;
 }

@@ -13,7 +13,7 @@
 enum { JWT_TOKEN_OK, JWT_TOKEN_INVALID, JWT_TOKEN_EXPIRED, JWT_TOKEN_UNAVAILABLE };
 
 #define JWT_CLOCK_SKEW 60          /* seconds of leeway on exp and nbf */
-#define JWT_MAX_TOKEN 8192         /* longer bearer tokens are refused unread */
+#define JWT_MAX_TOKEN 8192         /* longer bearer tokens are refused unread (and never signed) */
 #define JWT_KID_MAX 128
 
 /* ---- keyset (jwt_keys.c) ---------------------------------------------------------------- */

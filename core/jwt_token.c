@@ -166,6 +166,9 @@ int jwt_token_verify(const char *token, size_t len, const char *iss, const char 
     return code;
 }
 
+#define TEXT_OF_(x) #x
+#define TEXT_OF(x) TEXT_OF_(x)   /* a number macro as a string literal */
+
 size_t jwt_token_sign_cap(size_t claims_len)
 {
     return base64_encoded_len(JWT_KID_MAX + 64, 1) + base64_encoded_len(claims_len, 1) + SIG_MAX + 3;
@@ -183,6 +186,12 @@ long jwt_token_sign(EVP_PKEY *key, const char *kid, const char *claims_json, siz
     int hn = snprintf(hdr, sizeof hdr, "{\"alg\":\"RS256\",\"typ\":\"JWT\",\"kid\":\"%s\"}", kid);
     if (strlen(kid) >= JWT_KID_MAX || cap < jwt_token_sign_cap(len) || EVP_PKEY_get_size(key) > 1024) {
         *err = "key id too long, key too large or buffer too small";
+        return -1;
+    }
+    /* Never make a token that verifiers refuse unread (longer than JWT_MAX_TOKEN). */
+    if (base64_encoded_len((size_t)hn, 1) + base64_encoded_len(len, 1) +
+            base64_encoded_len((size_t)EVP_PKEY_get_size(key), 1) + 2 > JWT_MAX_TOKEN) {
+        *err = "claims too large: the token would be longer than " TEXT_OF(JWT_MAX_TOKEN) " bytes";
         return -1;
     }
     size_t n = base64_encode(out, hdr, (size_t)hn, 1);

@@ -79,6 +79,18 @@ TEST(sign_then_verify_round_trips_with_defaults_filled)
     CHECK_STR(eval("local t = jwt.sign({ sub = 'x' }, { ttl = 60 }) local c = jwt.verify(t) return c.exp - c.iat"), "60");
 }
 
+/* Found by fuzz_jwt (tests/fuzz/corpus/fuzz_jwt/too_long_to_verify): claims of a few KiB made a
+ * token longer than JWT_MAX_TOKEN, which every verifier refuses as malformed. */
+TEST(a_token_too_long_to_verify_is_never_signed)
+{
+    CHECK_STR(eval("local t, err, code = jwt.sign(claims({ pad = string.rep('x', 6500) })) "
+                   "return tostring(t) .. '|' .. tostring(code) .. '|' .. tostring(err)"),
+              "nil|invalid|claims too large: the token would be longer than 8192 bytes");
+    CHECK_STR(eval("local t = assert(jwt.sign(claims({ pad = string.rep('x', 5000) }))) local c, err = jwt.verify(t) "
+                   "return tostring(#t <= 8192) .. ' ' .. tostring(c and #c.pad) .. ' ' .. tostring(err)"),
+              "true 5000 nil");
+}
+
 TEST(libjwt_verifies_our_tokens_with_the_public_pem)
 {
     const char *t = eval("return T");
@@ -544,6 +556,7 @@ int main(void)
     if (luaL_dostring(L, lua_prelude) != 0) { printf("# %s\n", lua_tostring(L, -1)); return 1; }
 
     RUN(sign_then_verify_round_trips_with_defaults_filled);
+    RUN(a_token_too_long_to_verify_is_never_signed);
     RUN(libjwt_verifies_our_tokens_with_the_public_pem);
     RUN(alg_none_is_refused);
     RUN(hs256_signed_with_the_public_key_pem_is_refused);
