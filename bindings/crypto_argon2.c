@@ -23,7 +23,6 @@
  * caller's job lives on that caller's stack. One mutex guards every job's state and the queue. */
 #include <argon2.h>
 #include <errno.h>
-#include <malloc.h>
 #include <lauxlib.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
@@ -32,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -42,6 +42,7 @@
 #include "../core/metrics.h"
 #include "../host/request.h"
 #include "../host/worker.h"
+#include "argon2_phc.h"
 #include "crypto.h"
 
 /* OWASP password storage cheat sheet, argon2id: m = 19 MiB, t = 2, p = 1. */
@@ -53,10 +54,7 @@
 #define ARGON2_MAX_M_KIB (256UL * 1024)   /* refuse to verify hashes asking for more memory */
 #define ENCODED_MAX 128
 #define POOL_MAX_THREADS 64
-/* A hash's 19 MiB work area stays in its thread's malloc arena once freed (glibc keeps a chunk
- * that size), which spares the next hash faulting it in again — faulting it per hash took the
- * request threads' p99 during logins from 1 to 55 ms. After this long without a job the pool
- * gives it back (malloc_trim), so an idle service does not keep 19 MiB per hashing thread. */
+/* A hashing thread unmaps its work area after this long without a job (see area_alloc). */
 #define TRIM_IDLE_MS 1000
 
 enum { JOB_HASH, JOB_VERIFY, JOB_DUMMY };
@@ -130,14 +128,63 @@ static void settings_load(void)
 
 /* ---- the computation (pool threads) ----------------------------------------------------------- */
 
+/* ---- the work area --------------------------------------------------------------------------- */
+
+/* Each hashing thread's argon2 work area (m KiB: 19 MiB for ours), mapped on its first hash and
+ * kept while hashes keep coming — faulting 19 MiB in per hash took the request threads' p99
+ * during logins from 1 to 55 ms — and unmapped after TRIM_IDLE_MS without a job, so an idle
+ * service does not keep it. (Through malloc it stayed in the thread's arena for good, merged
+ * into its top chunk where malloc_trim does not reach.) */
+static __thread uint8_t *t_area;
+static __thread size_t t_area_len;
+
+static int area_alloc(uint8_t **memory, size_t n)
+{
+    if (n > t_area_len) {
+        if (t_area) munmap(t_area, t_area_len);
+        t_area_len = 0;
+        t_area = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (t_area == MAP_FAILED) { t_area = NULL; return ARGON2_MEMORY_ALLOCATION_ERROR; }
+        t_area_len = n;
+    }
+    *memory = t_area;
+    return ARGON2_OK;
+}
+
+static void area_keep(uint8_t *memory, size_t n) { (void)memory; (void)n; }   /* wiped by argon2 */
+
+static void area_release(void)
+{
+    if (t_area) munmap(t_area, t_area_len);
+    t_area = NULL;
+    t_area_len = 0;
+}
+
+/* The argon2id computation of h's parameters and salt over pw into out (outlen bytes), in this
+ * thread's work area. An argon2 status. */
+static int compute_ctx(const phc_t *h, const char *pw, size_t pwlen, uint8_t *out, size_t outlen, int verify)
+{
+    argon2_context ctx = {
+        .out = out, .outlen = (uint32_t)outlen,
+        .pwd = (uint8_t *)pw, .pwdlen = (uint32_t)pwlen,
+        .salt = (uint8_t *)h->salt, .saltlen = (uint32_t)h->saltlen,
+        .t_cost = h->t, .m_cost = h->m_kib, .lanes = h->p, .threads = h->p,
+        .version = h->version,
+        .allocate_cbk = area_alloc, .free_cbk = area_keep,
+        .flags = ARGON2_DEFAULT_FLAGS,
+    };
+    return verify ? argon2_verify_ctx(&ctx, (const char *)h->hash, Argon2_id) : argon2_ctx(&ctx, Argon2_id);
+}
+
 /* Hash pw with fresh salt into out (capacity outlen); 0, or -1 with err set. */
 static int hash_into(const char *pw, size_t pwlen, char *out, size_t outlen, const char **err)
 {
-    unsigned char salt[ARGON2_SALT_LEN];
-    if (RAND_bytes(salt, sizeof salt) != 1) { *err = "random generator failed"; return -1; }
-    int rc = argon2id_hash_encoded(ARGON2_T, ARGON2_M_KIB, ARGON2_P, pw, pwlen, salt, sizeof salt,
-                                   ARGON2_HASH_LEN, out, outlen);
+    phc_t h = { .version = ARGON2_VERSION_13, .m_kib = ARGON2_M_KIB, .t = ARGON2_T, .p = ARGON2_P,
+                .saltlen = ARGON2_SALT_LEN, .hashlen = ARGON2_HASH_LEN };
+    if (RAND_bytes(h.salt, ARGON2_SALT_LEN) != 1) { *err = "random generator failed"; return -1; }
+    int rc = compute_ctx(&h, pw, pwlen, h.hash, h.hashlen, 0);
     if (rc != ARGON2_OK) { *err = argon2_error_message(rc); return -1; }
+    if (phc_encode(out, outlen, &h) < 0) { *err = "argon2 hash too long"; return -1; }
     return 0;
 }
 
@@ -170,7 +217,9 @@ static void compute(job_t *j)
         if (!g_dummy_hash[0]) { j->result = R_FAILED; j->err = "argon2 unavailable"; return; }
         encoded = g_dummy_hash;
     }
-    int rc = argon2id_verify(encoded, j->pw, j->pwlen);
+    phc_t h;
+    uint8_t out[PHC_MAX_HASH];
+    int rc = phc_decode(encoded, &h) == 0 ? compute_ctx(&h, j->pw, j->pwlen, out, h.hashlen, 1) : ARGON2_DECODING_FAIL;
     j->result = rc == ARGON2_OK ? (j->kind == JOB_DUMMY ? R_MISMATCH : R_MATCH)
                 : rc == ARGON2_VERIFY_MISMATCH ? R_MISMATCH : R_MALFORMED;
 }
@@ -205,15 +254,15 @@ static void *pool_main(void *arg)
         log_debug("argon2: cannot lower the hashing thread's priority: %s", strerror(errno));
     /* Before any job: the first unknown-user login must cost what the others do. */
     pthread_once(&g_dummy_once, dummy_hash_init);
-    int holding = 1;   /* a work area may sit in this thread's malloc arena (the dummy's) */
+    int holding = 1;   /* this thread may hold a work area (the dummy hash's) */
     pthread_mutex_lock(&g.lock);
     for (;;) {
         while (!g.head && !g.stop) {
             if (!holding) { pthread_cond_wait(&g.work, &g.lock); continue; }
             if (idle_wait(TRIM_IDLE_MS) != ETIMEDOUT || g.head || g.stop) continue;
             holding = 0;
-            pthread_mutex_unlock(&g.lock);
-            malloc_trim(0);
+            pthread_mutex_unlock(&g.lock);   /* unmapping 19 MiB is not free: others may submit */
+            area_release();
             pthread_mutex_lock(&g.lock);
         }
         job_t *j = g.head;
@@ -244,6 +293,7 @@ static void *pool_main(void *arg)
         pthread_cond_broadcast(&g.done);
     }
     pthread_mutex_unlock(&g.lock);
+    area_release();
     return NULL;
 }
 
