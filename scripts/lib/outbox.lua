@@ -116,9 +116,13 @@ end
 -- Publish one row without waiting for its confirm → its tag for queue.confirms, or nil, err,
 -- code (a raise in the binding is a failure too).
 local function publish(row)
+  -- An envelope without them (written by other code than outbox.add) has SQL NULLs here, which
+  -- come as db.null, not nil: sent as such they would fail the row on every pass.
+  local correlation_id = type(row.correlation_id) == "string" and row.correlation_id or nil
+  local traceparent = type(row.traceparent) == "string" and row.traceparent or nil
   local ok, res, err, code = pcall(queue.publish, row.type, row.body, {
-    message_id = row.id, type = row.type, correlation_id = row.correlation_id,
-    headers = row.traceparent and { traceparent = row.traceparent } or nil, wait = false,
+    message_id = row.id, type = row.type, correlation_id = correlation_id,
+    headers = traceparent and { traceparent = traceparent } or nil, wait = false,
   })
   if not ok then return nil, tostring(res), "invalid" end
   if not res then return nil, err, code end

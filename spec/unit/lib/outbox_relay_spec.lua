@@ -32,6 +32,11 @@ local function new_world(rows, plan)
   w.queue = {
     publish = function(rk, body, opts)
       assert.are.equal(false, opts.wait, "the relay must not wait for each confirm")
+      -- as the binding does: a property or header that is not a string is misuse
+      if opts.correlation_id ~= nil and type(opts.correlation_id) ~= "string" then error("correlation_id must be a string") end
+      for _, v in pairs(opts.headers or {}) do
+        if type(v) ~= "string" then error("headers must map string names to strings, numbers or booleans") end
+      end
       w.calls[#w.calls + 1] = "publish " .. opts.message_id
       local p = plan[opts.message_id]
       if p == "raise" then error("queue.publish: message_id is longer than 255 bytes") end
@@ -182,6 +187,23 @@ describe("lib.outbox relay pass", function()
     assert.are.equal("b", failed[1][1])
     assert.matches("longer than 255 bytes.*%(invalid%)$", failed[1][2])
     assert.are.same({ "c", "refused (invalid)" }, failed[2])
+  end)
+
+  it("publishes a row whose traceparent and correlation_id are SQL NULL without them", function()
+    local sql_null = newproxy and newproxy() or setmetatable({}, {})   -- stands for db.null (a lightuserdata)
+    local bare = row("a")
+    bare.traceparent, bare.correlation_id = sql_null, sql_null
+    local full = row("b")
+    full.traceparent, full.correlation_id = "00-" .. ("ab"):rep(16) .. "-" .. ("cd"):rep(8) .. "-01", "corr-1"
+    local w = new_world({ bare, full }, {})
+    local outbox = load_outbox(w)
+    local n, err = outbox.relay_once(100)
+    assert.is_nil(err)
+    assert.are.equal(2, n)
+    assert.is_nil(w.published[1].correlation_id)
+    assert.is_nil(w.published[1].headers)
+    assert.are.equal("corr-1", w.published[2].correlation_id)
+    assert.are.equal(full.traceparent, w.published[2].headers.traceparent)
   end)
 
   it("takes at most limit rows, and neither publishes nor waits when there is nothing to send", function()
