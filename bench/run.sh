@@ -49,8 +49,9 @@
 #                            with them, the gateway against nginx proxy_pass (bench/gateway.sh,
 #                            BENCH_GW_*)
 #   BENCH_ORDERS             1 = the order service's cart and checkout scenarios last, then the
-#                            payment webhook and e-mail burst ones (bench/orders.sh, BENCH_ORDERS_*,
-#                            BENCH_EVENTS_BURST) [1]
+#                            event ones: outbox relay delay and event latency, payment webhook,
+#                            e-mail burst (bench/orders.sh → bench/events.sh, BENCH_ORDERS_*,
+#                            BENCH_EVENTS_*) [1]
 #   BENCH_FOOTPRINT          1 = then every service's idle RSS, RSS after 256 connections and
 #                            exec → first 200 (bench/footprint.sh) [1]
 #

@@ -1,5 +1,8 @@
 /* queue: RabbitMQ for Lua — confirmed publishes to mercato.events and a poll-style consumer.
  *   assert(queue.publish("order.created", json, { message_id = id, type = "order.created" }))
+ *   -- a batch: publish without waiting, then one wait for all the confirms
+ *   local tag = assert(queue.publish("order.created", json, { message_id = id, wait = false }))
+ *   local confirmed, failed = queue.confirms(2000)   -- confirmed[tag] = true, or failed[tag] = { error, code }
  *   queue.declare_consumer_queue("notification", { bindings = { "order.*" }, prefetch = 20, delivery_limit = 5 })
  *   while running do
  *     local m, err, code = queue.next("notification", 1000)   -- nil on timeout
@@ -18,6 +21,7 @@
 #include "queue.h"
 
 #define MAX_SHORTSTR 255
+#define PUBLISH_TAG_SCALE 4294967296.0   /* a publish's Lua tag = connection epoch * 2^32 + sequence number */
 
 /* ---- AMQP values → Lua -------------------------------------------------------------------- */
 
@@ -173,8 +177,9 @@ static lua_Number opt_number(lua_State *L, int opts, const char *field, lua_Numb
 
 /* ---- Lua bindings ------------------------------------------------------------------------- */
 
-/* queue.publish(routing_key, body, { message_id, type, correlation_id, headers, timeout_ms })
- * → true once the broker confirmed it, or nil, err, code. */
+/* queue.publish(routing_key, body, { message_id, type, correlation_id, headers, timeout_ms, wait })
+ * → true once the broker confirmed it, or nil, err, code. With wait = false it returns as soon
+ * as the message is sent: its tag (a number), which a later queue.confirms reports. */
 static int l_publish(lua_State *L)
 {
     size_t rklen, bodylen, len;
@@ -198,6 +203,14 @@ static int l_publish(lua_State *L)
         *(amqp_bytes_t *)((char *)&props + fields[i].off) = (amqp_bytes_t){ .len = len, .bytes = (void *)s };
     }
     int wait_ms = (int)opt_number(L, 3, "timeout_ms", 0, 0, 600000);
+    int wait = 1;
+    if (!lua_isnoneornil(L, 3)) {
+        lua_getfield(L, 3, "wait");
+        int t = lua_type(L, -1);
+        if (t != LUA_TNIL && t != LUA_TBOOLEAN) return luaL_argerror(L, 3, "wait must be a boolean");
+        wait = t == LUA_TNIL || lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
     int nheaders = 0, hidx = 0;
     if (!lua_isnoneornil(L, 3)) {
         lua_getfield(L, 3, "headers");
@@ -245,12 +258,56 @@ static int l_publish(lua_State *L)
     }
     props._flags |= AMQP_BASIC_TIMESTAMP_FLAG;
     props.timestamp = (uint64_t)time(NULL);
-    int rc = queue_publish(q, (amqp_bytes_t){ .len = rklen, .bytes = (void *)rk },
-                           (amqp_bytes_t){ .len = bodylen, .bytes = (void *)body }, &props, wait_ms, &e);
+    amqp_bytes_t rkb = { .len = rklen, .bytes = (void *)rk }, bodyb = { .len = bodylen, .bytes = (void *)body };
+    uint32_t epoch = 0;
+    uint64_t seq = 0;
+    int rc = wait ? queue_publish(q, rkb, bodyb, &props, wait_ms, &e)
+                  : queue_publish_nowait(q, rkb, bodyb, &props, &epoch, &seq, &e);
     free(entries);
     if (rc < 0) return fail(L, &e);
-    lua_pushboolean(L, 1);
+    if (wait) lua_pushboolean(L, 1);
+    else lua_pushnumber(L, (lua_Number)epoch * PUBLISH_TAG_SCALE + (lua_Number)seq);
     return 1;
+}
+
+/* queue.confirms(timeout_ms) → confirmed, failed: waits until every publish made with
+ * wait = false and not reported yet has its confirm (or timeout_ms passes; default
+ * AMQP_TIMEOUT_MS), and reports each exactly once: confirmed[tag] = true, or failed[tag] =
+ * { error = ..., code = ... } — code "unavailable" for a nack (the broker refused it) or a lost
+ * connection, "timeout" when no confirm came in time. A failed message may still have been
+ * queued: publish it again (consumers drop duplicates by id); it was never confirmed. */
+static int l_confirms(lua_State *L)
+{
+    lua_Number ms = luaL_optnumber(L, 1, 0);
+    if (!(ms >= 0 && ms <= 600000)) return luaL_argerror(L, 1, "timeout_ms must be from 0 to 600000");
+    worker_t *w = upworker(L, "confirms");
+    queue_ctx_t *q = w->binding[BIND_QUEUE];
+    queue_confirm_t *out = NULL;
+    size_t n = 0;
+    char why[512] = "";
+    queue_err_t e;
+    if (q && queue_confirms(q, (int)ms, &out, &n, why, sizeof why, &e) < 0) return fail(L, &e);
+    lua_createtable(L, 0, (int)n);
+    lua_createtable(L, 0, 0);
+    for (size_t i = 0; i < n; i++) {
+        lua_pushnumber(L, (lua_Number)out[i].epoch * PUBLISH_TAG_SCALE + (lua_Number)out[i].seq);
+        if (out[i].status == QUEUE_CONFIRM_ACK) {
+            lua_pushboolean(L, 1);
+            lua_rawset(L, -4);
+            continue;
+        }
+        lua_createtable(L, 0, 2);
+        switch (out[i].status) {
+        case QUEUE_CONFIRM_NACK: lua_pushstring(L, "amqp publish: the broker refused the message (nack)"); break;
+        default: lua_pushstring(L, why[0] ? why : "amqp publish: no confirm"); break;
+        }
+        lua_setfield(L, -2, "error");
+        lua_pushstring(L, out[i].status == QUEUE_CONFIRM_TIMEOUT ? "timeout" : "unavailable");
+        lua_setfield(L, -2, "code");
+        lua_rawset(L, -3);
+    }
+    free(out);
+    return 2;
 }
 
 /* queue.declare_consumer_queue(name, { bindings = {...}, prefetch = 20, delivery_limit = 5 })
@@ -359,7 +416,7 @@ static int queue_ready(worker_t *w, char *why, size_t whylen)
 int luaopen_queue(lua_State *L)
 {
     static const luaL_Reg fns[] = {
-        { "publish", l_publish }, { "declare_consumer_queue", l_declare_consumer_queue }, { "next", l_next },
+        { "publish", l_publish }, { "confirms", l_confirms }, { "declare_consumer_queue", l_declare_consumer_queue }, { "next", l_next },
         { "ack", l_ack }, { "nack", l_nack }, { "reset", l_reset }, { NULL, NULL },
     };
     lua_newtable(L);

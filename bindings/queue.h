@@ -49,6 +49,35 @@ typedef struct queue_err {
 int queue_publish(queue_ctx_t *q, amqp_bytes_t rk, amqp_bytes_t body, amqp_basic_properties_t *props,
                   int timeout_ms, queue_err_t *e);
 
+/* The same publish without waiting for its confirm: 0 with *seq, the publish's sequence number
+ * on this connection (1, 2, ...) and *epoch, the connection's (bumped at every open, so a
+ * number of a closed connection never matches a new one); -1 with e. Every publish made so is
+ * reported exactly once by a later queue_confirms, which a waiting queue_publish never steals. */
+int queue_publish_nowait(queue_ctx_t *q, amqp_bytes_t rk, amqp_bytes_t body, amqp_basic_properties_t *props,
+                         uint32_t *epoch, uint64_t *seq, queue_err_t *e);
+
+/* How a publish made with queue_publish_nowait ended. */
+typedef enum {
+    QUEUE_CONFIRM_ACK = 0,    /* the broker confirmed it: the message is queued (or unroutable) */
+    QUEUE_CONFIRM_NACK,       /* the broker refused it (basic.nack: overflow, internal error) */
+    QUEUE_CONFIRM_LOST,       /* the connection closed before its confirm: it may or may not be queued */
+    QUEUE_CONFIRM_TIMEOUT,    /* no confirm before the deadline (the connection is closed: as LOST) */
+} queue_confirm_status_t;
+
+typedef struct queue_confirm {
+    uint32_t epoch;
+    uint64_t seq;
+    queue_confirm_status_t status;
+} queue_confirm_t;
+
+/* Wait up to timeout_ms (<= 0: AMQP_TIMEOUT_MS) until every publish not yet reported has its
+ * confirm, then hand them over: *out (caller frees; NULL when *n is 0) gets *n outcomes, in the
+ * order they were settled. A publish still without a confirm at the deadline is reported TIMEOUT and the
+ * connection closed (a late confirm would name a number nobody waits for). When a connection
+ * was lost, *why says why (empty otherwise). 0; -1 with e only when out of memory. */
+int queue_confirms(queue_ctx_t *q, int timeout_ms, queue_confirm_t **out, size_t *n, char *why, size_t whylen,
+                   queue_err_t *e);
+
 /* Declare the durable quorum queue name (delivery limit, dead-lettered to QUEUE_DLX into
  * "<name>.dlq"), bind it to QUEUE_EXCHANGE with each key, and remember prefetch for it. */
 int queue_declare_consumer(queue_ctx_t *q, const char *name, const char *const *keys, int nkeys,

@@ -38,6 +38,12 @@ struct queue_ctx {
     char *url;
     char name[96];           /* connection_name client property prefix, seen in rabbitmqctl */
     qconn_t pub, sub;
+    /* Publishes made without waiting (queue_publish_nowait), on the pub connection: */
+    uint64_t *unconfirmed;   /* their sequence numbers in the current pub epoch, ascending */
+    size_t nunconfirmed, capunconfirmed;
+    queue_confirm_t *settled;   /* outcomes not yet handed to queue_confirms (owned) */
+    size_t nsettled, capsettled;
+    char lost_why[512];      /* why the last connection with unconfirmed publishes closed */
     decl_t *decl;            /* queues declared here: their prefetch */
     int ndecl;
     consumer_t *cons;        /* basic.consume registrations on the sub connection */
@@ -153,6 +159,59 @@ int queue_url_parse(const char *url, queue_url_t *u, char *err, size_t errlen)
     return 0;
 }
 
+/* ---- confirms of publishes made without waiting ---------------------------------------------- */
+
+static int settle_push(queue_ctx_t *q, uint32_t epoch, uint64_t seq, queue_confirm_status_t st)
+{
+    if (q->nsettled == q->capsettled) {
+        size_t cap = q->capsettled ? q->capsettled * 2 : 64;
+        queue_confirm_t *s = realloc(q->settled, cap * sizeof *s);
+        if (!s) return -1;
+        q->settled = s;
+        q->capsettled = cap;
+    }
+    q->settled[q->nsettled++] = (queue_confirm_t){ .epoch = epoch, .seq = seq, .status = st };
+    return 0;
+}
+
+/* Move the unconfirmed publishes a basic.ack/nack covers (tag, or every one up to tag when
+ * multiple) to the settled list. Out of memory: the rest stay unconfirmed, reported later. */
+static void confirm_apply(queue_ctx_t *q, uint64_t tag, int multiple, queue_confirm_status_t st)
+{
+    size_t keep = 0;
+    for (size_t i = 0; i < q->nunconfirmed; i++) {
+        uint64_t s = q->unconfirmed[i];
+        if ((s == tag || (multiple && s < tag)) && settle_push(q, q->pub.epoch, s, st) == 0) continue;
+        q->unconfirmed[keep++] = s;
+    }
+    q->nunconfirmed = keep;
+}
+
+/* Every unconfirmed publish ends with st (the connection is closing, or the wait gave up). */
+static void confirm_all(queue_ctx_t *q, queue_confirm_status_t st)
+{
+    for (size_t i = 0; i < q->nunconfirmed; i++)
+        if (settle_push(q, q->pub.epoch, q->unconfirmed[i], st) < 0) break;   /* out of memory: forgotten, never ACKed */
+    q->nunconfirmed = 0;
+}
+
+/* A confirm frame on the pub connection: applied; 1 when f was one. */
+static int confirm_frame(queue_ctx_t *q, const amqp_frame_t *f)
+{
+    if (f->frame_type != AMQP_FRAME_METHOD) return 0;
+    if (f->payload.method.id == AMQP_BASIC_ACK_METHOD) {
+        const amqp_basic_ack_t *a = f->payload.method.decoded;
+        confirm_apply(q, a->delivery_tag, a->multiple, QUEUE_CONFIRM_ACK);
+        return 1;
+    }
+    if (f->payload.method.id == AMQP_BASIC_NACK_METHOD) {
+        const amqp_basic_nack_t *n = f->payload.method.decoded;
+        confirm_apply(q, n->delivery_tag, n->multiple, QUEUE_CONFIRM_NACK);
+        return 1;
+    }
+    return 0;
+}
+
 /* ---- connections -------------------------------------------------------------------------- */
 
 static void sub_forget(queue_ctx_t *q)
@@ -175,6 +234,18 @@ static void conn_close(queue_ctx_t *q, qconn_t *k, int polite)
     k->confirming = k->exchange_declared = 0;
     k->seq = 0;
     if (k == &q->sub) sub_forget(q);
+    if (k == &q->pub && q->nunconfirmed) {
+        /* Their confirms can no longer come: reported LOST (republishing is the caller's call). */
+        if (!q->lost_why[0]) snprintf(q->lost_why, sizeof q->lost_why, "the publishing connection closed before the broker confirmed");
+        confirm_all(q, QUEUE_CONFIRM_LOST);
+    }
+}
+
+/* Close the pub connection after a failure e describes (kept as the reason for lost confirms). */
+static void pub_drop(queue_ctx_t *q, const queue_err_t *e)
+{
+    if (q->nunconfirmed) snprintf(q->lost_why, sizeof q->lost_why, "%s", e->msg);
+    conn_close(q, &q->pub, 0);
 }
 
 /* Open k (channel CHANNEL ready) unless an earlier failure's backoff has not expired. */
@@ -227,8 +298,9 @@ static int conn_open(queue_ctx_t *q, qconn_t *k, int heartbeat, queue_err_t *e)
 }
 
 /* Before sending on an idle connection: read what the broker sent meanwhile (heartbeats, a
- * connection.close from close_all_connections or a restart). False if it is gone. */
-static int conn_alive(qconn_t *k)
+ * connection.close from close_all_connections or a restart; on pub, confirms of publishes made
+ * without waiting, which are applied). False if it is gone. */
+static int conn_alive(queue_ctx_t *q, qconn_t *k)
 {
     for (;;) {
         if (!amqp_frames_enqueued(k->c) && !amqp_data_in_buffer(k->c)) {
@@ -242,6 +314,7 @@ static int conn_alive(qconn_t *k)
         int st = amqp_simple_wait_frame_noblock(k->c, &f, &zero);
         if (st == AMQP_STATUS_TIMEOUT) return 1;
         if (st != AMQP_STATUS_OK) return 0;
+        if (k == &q->pub && confirm_frame(q, &f)) continue;
         if (f.frame_type == AMQP_FRAME_METHOD &&
             (f.payload.method.id == AMQP_CONNECTION_CLOSE_METHOD || f.payload.method.id == AMQP_CHANNEL_CLOSE_METHOD))
             return 0;
@@ -252,17 +325,20 @@ static int conn_alive(qconn_t *k)
 static int pub_ready(queue_ctx_t *q, queue_err_t *e)
 {
     qconn_t *k = &q->pub;
-    if (k->c && !conn_alive(k)) conn_close(q, k, 0);
+    if (k->c && !conn_alive(q, k)) {
+        snprintf(q->lost_why, sizeof q->lost_why, "amqp: the broker closed the publishing connection");
+        conn_close(q, k, 0);
+    }
     if (!k->c && conn_open(q, k, 0, e) < 0) return -1;
     if (!k->confirming) {
-        if (!amqp_confirm_select(k->c, CHANNEL)) { rpc_err(amqp_get_rpc_reply(k->c), "confirm.select", e); conn_close(q, k, 0); return -1; }
+        if (!amqp_confirm_select(k->c, CHANNEL)) { rpc_err(amqp_get_rpc_reply(k->c), "confirm.select", e); pub_drop(q, e); return -1; }
         k->confirming = 1;
     }
     if (!k->exchange_declared) {
         if (!amqp_exchange_declare(k->c, CHANNEL, amqp_cstring_bytes(QUEUE_EXCHANGE), amqp_cstring_bytes("topic"),
                                    0, 1, 0, 0, amqp_empty_table)) {
             rpc_err(amqp_get_rpc_reply(k->c), "exchange.declare " QUEUE_EXCHANGE, e);
-            conn_close(q, k, 0);
+            pub_drop(q, e);
             return -1;
         }
         k->exchange_declared = 1;
@@ -299,6 +375,8 @@ void queue_ctx_free(queue_ctx_t *q)
     free(q->cons);
     free(q->pending);
     free(q->unacked);
+    free(q->unconfirmed);
+    free(q->settled);
     free(q->url);
     free(q);
 }
@@ -313,54 +391,133 @@ int queue_probe(queue_ctx_t *q, char *why, size_t whylen)
 
 /* ---- publish ------------------------------------------------------------------------------ */
 
-int queue_publish(queue_ctx_t *q, amqp_bytes_t rk, amqp_bytes_t body, amqp_basic_properties_t *props,
-                  int wait_ms, queue_err_t *e)
+/* Send one persistent basic.publish on the ready pub connection; its sequence number in *seq. */
+static int publish_send(queue_ctx_t *q, amqp_bytes_t rk, amqp_bytes_t body, amqp_basic_properties_t *props,
+                        uint64_t *seq, queue_err_t *e)
 {
-    if (pub_ready(q, e) < 0) return -1;
     qconn_t *k = &q->pub;
+    if (k->c && k->seq >= UINT32_MAX) {
+        /* The numbers go into a Lua tag of 32 bits: start a new connection (billions of publishes on). */
+        snprintf(q->lost_why, sizeof q->lost_why, "amqp: publish sequence exhausted; reconnected");
+        conn_close(q, k, 1);
+    }
+    if (pub_ready(q, e) < 0) return -1;
     props->_flags |= AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
     props->content_type = amqp_cstring_bytes("application/json");
     props->delivery_mode = AMQP_DELIVERY_PERSISTENT;
     int st = amqp_basic_publish(k->c, CHANNEL, amqp_cstring_bytes(QUEUE_EXCHANGE), rk, 0, 0, props, body);
     if (st != AMQP_STATUS_OK) {
-        conn_close(q, k, 0);
-        return seterr(e, "unavailable", "amqp publish: %s", amqp_error_string2(st));
+        seterr(e, "unavailable", "amqp publish: %s", amqp_error_string2(st));
+        pub_drop(q, e);
+        return -1;
     }
-    uint64_t seq = ++k->seq;
+    *seq = ++k->seq;
+    return 0;
+}
+
+int queue_publish_nowait(queue_ctx_t *q, amqp_bytes_t rk, amqp_bytes_t body, amqp_basic_properties_t *props,
+                         uint32_t *epoch, uint64_t *seq, queue_err_t *e)
+{
+    /* Room first: a publish sent but not tracked could never be reported. */
+    if (q->nunconfirmed == q->capunconfirmed) {
+        size_t cap = q->capunconfirmed ? q->capunconfirmed * 2 : 64;
+        uint64_t *u = realloc(q->unconfirmed, cap * sizeof *u);
+        if (!u) return seterr(e, "unavailable", "queue: out of memory");
+        q->unconfirmed = u;
+        q->capunconfirmed = cap;
+    }
+    if (publish_send(q, rk, body, props, seq, e) < 0) return -1;
+    q->unconfirmed[q->nunconfirmed++] = *seq;
+    *epoch = q->pub.epoch;
+    return 0;
+}
+
+/* Read one frame from the pub connection within deadline: 1 read (confirms applied into *f),
+ * 0 timeout, -1 the connection failed or was closed by the broker (e filled, connection closed). */
+static int pub_read(queue_ctx_t *q, int64_t deadline, amqp_frame_t *f, const char *what, queue_err_t *e)
+{
+    qconn_t *k = &q->pub;
+    int64_t left = deadline - now_ms();
+    if (left <= 0) return 0;
+    struct timeval tv = tv_of((int)left);
+    amqp_maybe_release_buffers(k->c);
+    int st = amqp_simple_wait_frame_noblock(k->c, f, &tv);
+    if (st == AMQP_STATUS_TIMEOUT) return 0;
+    if (st != AMQP_STATUS_OK) {
+        seterr(e, "unavailable", "amqp %s: %s", what, amqp_error_string2(st));
+        pub_drop(q, e);
+        return -1;
+    }
+    confirm_frame(q, f);
+    if (f->frame_type == AMQP_FRAME_METHOD &&
+        (f->payload.method.id == AMQP_CHANNEL_CLOSE_METHOD || f->payload.method.id == AMQP_CONNECTION_CLOSE_METHOD)) {
+        amqp_rpc_reply_t r = { .reply_type = AMQP_RESPONSE_SERVER_EXCEPTION, .reply = f->payload.method };
+        rpc_err(r, what, e);
+        e->code = "unavailable";
+        pub_drop(q, e);
+        return -1;
+    }
+    return 1;
+}
+
+int queue_publish(queue_ctx_t *q, amqp_bytes_t rk, amqp_bytes_t body, amqp_basic_properties_t *props,
+                  int wait_ms, queue_err_t *e)
+{
+    uint64_t seq;
+    if (publish_send(q, rk, body, props, &seq, e) < 0) return -1;
     int64_t deadline = now_ms() + (wait_ms > 0 ? wait_ms : timeout_ms());
     for (;;) {
-        int64_t left = deadline - now_ms();
-        if (left <= 0) {
-            /* A late confirm would arrive for a sequence number we no longer wait for: start over. */
-            conn_close(q, k, 0);
-            return seterr(e, "unavailable", "amqp publish: no confirm from the broker in time (the message may or may not be queued)");
-        }
         amqp_frame_t f;
-        struct timeval tv = tv_of((int)left);
-        amqp_maybe_release_buffers(k->c);
-        st = amqp_simple_wait_frame_noblock(k->c, &f, &tv);
-        if (st == AMQP_STATUS_TIMEOUT) continue;
-        if (st != AMQP_STATUS_OK) {
-            conn_close(q, k, 0);
-            return seterr(e, "unavailable", "amqp publish, waiting for the confirm: %s", amqp_error_string2(st));
+        int rc = pub_read(q, deadline, &f, "publish, waiting for the confirm", e);
+        if (rc < 0) return -1;
+        if (rc == 0 && now_ms() >= deadline) {
+            /* A late confirm would arrive for a sequence number we no longer wait for: start over. */
+            seterr(e, "unavailable", "amqp publish: no confirm from the broker in time (the message may or may not be queued)");
+            pub_drop(q, e);
+            return -1;
         }
-        if (f.frame_type != AMQP_FRAME_METHOD) continue;
-        amqp_method_number_t id = f.payload.method.id;
-        if (id == AMQP_BASIC_ACK_METHOD) {
+        if (rc == 0 || f.frame_type != AMQP_FRAME_METHOD) continue;
+        /* Confirms of publishes made without waiting were applied by pub_read; this one's: */
+        if (f.payload.method.id == AMQP_BASIC_ACK_METHOD) {
             amqp_basic_ack_t *a = f.payload.method.decoded;
             if (a->delivery_tag == seq || (a->multiple && a->delivery_tag >= seq)) return 0;
-        } else if (id == AMQP_BASIC_NACK_METHOD) {
+        } else if (f.payload.method.id == AMQP_BASIC_NACK_METHOD) {
             amqp_basic_nack_t *n = f.payload.method.decoded;
             if (n->delivery_tag == seq || (n->multiple && n->delivery_tag >= seq))
                 return seterr(e, "unavailable", "amqp publish: the broker refused the message (nack)");
-        } else if (id == AMQP_CHANNEL_CLOSE_METHOD || id == AMQP_CONNECTION_CLOSE_METHOD) {
-            amqp_rpc_reply_t r = { .reply_type = AMQP_RESPONSE_SERVER_EXCEPTION, .reply = f.payload.method };
-            rpc_err(r, "publish", e);
-            e->code = "unavailable";
-            conn_close(q, k, 0);
-            return -1;
         }
     }
+}
+
+int queue_confirms(queue_ctx_t *q, int wait_ms, queue_confirm_t **out, size_t *n, char *why, size_t whylen,
+                   queue_err_t *e)
+{
+    *out = NULL;
+    *n = 0;
+    if (whylen) why[0] = 0;
+    int64_t deadline = now_ms() + (wait_ms > 0 ? wait_ms : timeout_ms());
+    while (q->nunconfirmed && q->pub.c) {
+        amqp_frame_t f;
+        int rc = pub_read(q, deadline, &f, "waiting for confirms", e);   /* -1: they are LOST now */
+        if (rc == 0 && now_ms() >= deadline) {
+            snprintf(q->lost_why, sizeof q->lost_why, "amqp: no confirm from the broker in %d ms (the message may or may not be queued)",
+                     wait_ms > 0 ? wait_ms : timeout_ms());
+            confirm_all(q, QUEUE_CONFIRM_TIMEOUT);
+            conn_close(q, &q->pub, 0);   /* a late confirm would name a number nobody waits for */
+        }
+    }
+    if (q->nunconfirmed) confirm_all(q, QUEUE_CONFIRM_LOST);   /* no connection: cannot happen, but never ACK */
+    int lost = 0;
+    for (size_t i = 0; i < q->nsettled; i++) lost |= q->settled[i].status >= QUEUE_CONFIRM_LOST;
+    if (lost && whylen) snprintf(why, whylen, "%s", q->lost_why);
+    q->lost_why[0] = 0;
+    if (!q->nsettled) return 0;
+    *out = malloc(q->nsettled * sizeof **out);
+    if (!*out) return seterr(e, "unavailable", "queue: out of memory");   /* kept for the next call */
+    memcpy(*out, q->settled, q->nsettled * sizeof **out);
+    *n = q->nsettled;
+    q->nsettled = 0;
+    return 0;
 }
 
 /* ---- declarations ------------------------------------------------------------------------- */
@@ -403,7 +560,7 @@ int queue_declare_consumer(queue_ctx_t *q, const char *name, const char *const *
     }
     if (!ok) {
         rpc_err(amqp_get_rpc_reply(c), what, e);
-        conn_close(q, &q->pub, 0);   /* a refused declaration closed the channel */
+        pub_drop(q, e);   /* a refused declaration closed the channel */
         return -1;
     }
     amqp_maybe_release_buffers(c);

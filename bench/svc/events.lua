@@ -1,6 +1,6 @@
 -- bench/svc/events.lua: the payment and notification scenarios of `make bench` (issues 13, 14),
 -- luacheck: max line length 160
--- run by bench/orders.sh inside `mercato lua` with the private stack's env, against the real
+-- run by bench/events.sh (after bench/svc/relay.lua) inside `mercato lua` with the private stack's env, against the real
 -- services on throw-away databases (spec/support/order_helpers):
 --   verify_webhook   stripe.verify_webhook in C, one thread, a 2 KB payload → verifications/s
 --   webhook          POST /webhooks/stripe, one signed event redelivered (wrk, c=64) → req/s, p50, p99

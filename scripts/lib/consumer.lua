@@ -42,7 +42,8 @@ local NEXT_WAIT_MS = 1000
 local DECLARE_RETRY = 1        -- seconds asleep after a failed declaration
 local HOLD_RETRY = 1           -- seconds between attempts of a held message
 local HOLD_MAX = 60            -- seconds a message is held through an outage before requeueing
-local LATENCY_BUCKETS = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300 }
+-- Milliseconds matter at the low end (issue 17: p99 under 20 ms at 200 events/s); minutes at the high end (an outage).
+local LATENCY_BUCKETS = { 0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300 }
 
 local m
 local function meters()

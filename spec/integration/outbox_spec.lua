@@ -105,6 +105,20 @@ describe("outbox, inbox and consumer", function()
     assert.is_true(H.wait_for(function() return H.metric(srv, ('events_published_total{type="%s"}'):format(etype)) >= 1 end))
   end)
 
+  it("publishes a row whose envelope has no traceparent or correlation_id (SQL NULL in the relay's row)", function()
+    local ev = events.envelope(etype, { thing_id = -2, name = "bare" }, {})
+    ev.traceparent, ev.correlation_id = nil, nil
+    H.psql(url, ("INSERT INTO outbox (id, type, payload) VALUES ('%s', '%s', %s::jsonb); SELECT pg_notify('%s', '')")
+      :format(ev.id, etype, H.q(events.encode(ev)), outbox.CHANNEL))
+    local m = assert(observe(5000), "the row was not published")
+    assert.are.equal(ev.id, m.message_id)
+    assert.is_nil(m.correlation_id)
+    assert.is_nil(m.headers.traceparent)
+    assert.is_true(H.wait_for(function()
+      return count(("SELECT 1 FROM outbox WHERE id = '%s' AND sent_at IS NOT NULL AND attempts = 0"):format(ev.id)) == 1
+    end, 5), "the row was not marked sent at its first attempt")
+  end)
+
   it("publishes nothing when the transaction rolls back", function()
     local status = H.call(srv, "POST", "/things-fail", { name = "doomed" })
     assert.are.equal(500, status)

@@ -85,6 +85,57 @@ describe("queue", function()
     assert.is_nil(queue.next(q, 300))   -- acked: gone
   end)
 
+  it("publishes a batch without waiting and reports each publish's confirm once", function()
+    local q = declare("batch", { prefetch = 100 })
+    local tags = {}
+    for i = 1, 50 do
+      local tag, err = publish("batch", ('{"n":%d}'):format(i), { message_id = "b-" .. i, wait = false })
+      assert.is_nil(err)
+      assert.is_number(tag)
+      if i > 1 then assert.are.equal(tags[i - 1] + 1, tag) end
+      tags[i] = tag
+    end
+    local confirmed, failed = queue.confirms(5000)
+    assert.are.same({}, failed)
+    for i = 1, 50 do assert.is_true(confirmed[tags[i]], "publish " .. i .. " not confirmed") end
+    local again, failed_again = queue.confirms(100)
+    assert.are.same({}, again)
+    assert.are.same({}, failed_again)
+    local seen = {}
+    for _ = 1, 50 do
+      local m = assert(queue.next(q, 5000))
+      seen[m.message_id] = true
+      assert.are.equal(2, m.delivery_mode)
+      assert.is_true(queue.ack(m.delivery_tag))
+    end
+    for i = 1, 50 do assert.is_true(seen["b-" .. i], "b-" .. i .. " not delivered") end
+  end)
+
+  it("reports the publishes of a connection lost before their confirms as failed, never confirmed", function()
+    local q = declare("lost")
+    local tags = {}
+    for i = 1, 5 do tags[i] = assert(publish("lost", "{}", { message_id = "l-" .. i, wait = false })) end
+    queue.reset()   -- the connection goes before anyone read the confirms
+    local confirmed, failed = queue.confirms(1000)
+    assert.are.same({}, confirmed)
+    for i = 1, 5 do
+      assert.is_table(failed[tags[i]], "publish " .. i .. " not reported")
+      assert.are.equal("unavailable", failed[tags[i]].code)
+    end
+    -- the next batch goes on a new connection, and its tags are new ones
+    local tag = assert(publish("lost", "{}", { message_id = "l-6", wait = false }))
+    assert.is_true(tag > tags[5])
+    confirmed = queue.confirms(5000)
+    assert.is_true(confirmed[tag])
+    -- whatever reached the queue is delivered (at least once: l-1..l-5 may or may not be there)
+    local got = {}
+    repeat
+      local m = queue.next(q, 500)
+      if m then got[m.message_id] = true; assert(queue.ack(m.delivery_tag)) end
+    until not m
+    assert.is_true(got["l-6"])
+  end)
+
   it("returns a bare nil when nothing arrives before the timeout", function()
     local q = declare("empty")
     local t0 = host.now()
@@ -178,6 +229,8 @@ describe("queue", function()
     assert.has_error(function() queue.publish("k", {}) end)
     assert.has_error(function() queue.publish("k", "{}", { message_id = 1 }) end)
     assert.has_error(function() queue.publish("k", "{}", { headers = { x = {} } }) end)
+    assert.has_error(function() queue.publish("k", "{}", { wait = "no" }) end)
+    assert.has_error(function() queue.confirms(-1) end)
     assert.has_error(function() queue.declare_consumer_queue("") end)
     assert.has_error(function() queue.declare_consumer_queue("q", { prefetch = 0 }) end)
     assert.has_error(function() queue.declare_consumer_queue("q", { bindings = { 1 } }) end)
@@ -189,7 +242,7 @@ describe("queue", function()
   teardown(function()
     -- Best effort: the run's queues are durable; delete them so runs do not accumulate.
     local names = {}
-    for _, w in ipairs({ "roundtrip", "empty", "crash", "nack", "poison", "reconnect", "conflict" }) do
+    for _, w in ipairs({ "roundtrip", "batch", "lost", "empty", "crash", "nack", "poison", "reconnect", "conflict" }) do
       names[#names + 1] = qname(w)
       names[#names + 1] = qname(w) .. ".dlq"
     end
