@@ -28,12 +28,15 @@ local function need(name)
   return v
 end
 
--- The RSA key every user-service spec signs with (made once per run).
+-- The RSA key every user-service spec signs with (made once per run). Runs side by side (make
+-- security's parts) may make it at once: each writes a file of its own and renames it into
+-- place, so whichever lands last wins whole and none finds its file gone.
 function M.key()
   local f = io.open(M.KEY)
   if f then f:close() return M.KEY end
   os.execute("mkdir -p " .. M.DIR)
-  local rc = os.execute("openssl genrsa -out " .. M.KEY .. ".tmp 2048 2>/dev/null && mv " .. M.KEY .. ".tmp " .. M.KEY)
+  -- $$: the shell's pid, a name of this run's own in the same directory (rename is atomic there)
+  local rc = os.execute(("openssl genrsa -out %s.tmp.$$ 2048 2>/dev/null && mv -f %s.tmp.$$ %s"):format(M.KEY, M.KEY, M.KEY))
   assert(rc == 0 or rc == true, "openssl genrsa failed")
   return M.KEY
 end
