@@ -25,6 +25,12 @@
 #   PG_PORT            PostgreSQL                           [29432]
 #   PG_BIN             PostgreSQL server binaries           [/usr/lib/postgresql/<newest>/bin]
 #   PG_MAX_CONNECTIONS                                      [200]
+#   PG_STAT_STATEMENTS=1  load pg_stat_statements (shared_preload_libraries; top-level
+#             statements, BEGIN and COMMIT included) and create the extension in database postgres, from
+#             which its view shows every database's statements (bench/checkout_cost.sh).
+#             Opt-in: it costs a little per statement. The setting applies when PostgreSQL
+#             starts; `up` against a server started without it fails and says to run
+#             `PG_STAT_STATEMENTS=1 scripts/dev/stack.sh restart postgres`  [0]
 #   REDIS_PORT         Redis                                [29379]
 #   AMQP_PORT          RabbitMQ AMQP listener               [29672]
 #   AMQP_DIST_PORT     RabbitMQ Erlang distribution         [29673]
@@ -48,6 +54,7 @@ LOG_DIR=$RUN_DIR/logs
 
 PG_PORT=${PG_PORT:-29432}
 PG_MAX_CONNECTIONS=${PG_MAX_CONNECTIONS:-200}
+PG_STAT_STATEMENTS=${PG_STAT_STATEMENTS:-0}
 REDIS_PORT=${REDIS_PORT:-29379}
 AMQP_PORT=${AMQP_PORT:-29672}
 AMQP_DIST_PORT=${AMQP_DIST_PORT:-29673}
@@ -181,7 +188,7 @@ pg_ready() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -t 1; }
 
 # Runs the SQL on stdin as postgres (autocommit per statement).
 psql_admin() {
-  "$(pg_bin)/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres
+  "$(pg_bin)/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres "$@"
 }
 
 # Make $PG_DIR usable by the server's user. As root, if postgres cannot reach
@@ -219,16 +226,36 @@ pg_start() {
     as_pg "$bin/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 --no-sync \
       >"$PG_DIR/log/initdb.log" 2>&1 || fail "postgres: initdb failed" "$PG_DIR/log/initdb.log"
   fi
+  local opts="-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_SOCK -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=$PG_MAX_CONNECTIONS"
+  if [ "$PG_STAT_STATEMENTS" = 1 ]; then
+    # Top-level statements only (the default track=top): what the clients sent, BEGIN and COMMIT
+    # included (track_utility), not the foreign-key checks run inside them.
+    opts+=" -c shared_preload_libraries=pg_stat_statements"
+  fi
   # -W: do not wait here; pg_wait polls while the other services start.
-  as_pg "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_DIR/log/postgres.log" -W start -o \
-    "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_SOCK -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=$PG_MAX_CONNECTIONS" \
+  as_pg "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_DIR/log/postgres.log" -W start -o "$opts" \
     >/dev/null || fail "postgres: pg_ctl start failed" "$PG_DIR/log/postgres.log"
 }
 
+# PG_STAT_STATEMENTS=1: the running server must have loaded the library (it is read at start
+# only); then the extension exists in database postgres.
+pg_stat_statements_ensure() {
+  [ "$PG_STAT_STATEMENTS" = 1 ] || return 0
+  local loaded
+  loaded=$(psql_admin -tA -c "SHOW shared_preload_libraries")
+  case ",${loaded// /}," in
+    *,pg_stat_statements,*) ;;
+    *) die "postgres on :$PG_PORT runs without pg_stat_statements; run: PG_STAT_STATEMENTS=1 $0 restart postgres" ;;
+  esac
+  psql_admin -c "SET client_min_messages = warning" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null
+}
+
 pg_wait() {
-  if [ -n "${ALREADY[pg]:-}" ]; then pg_create_dbs; return 0; fi
-  wait_for 30 pg_ready || fail "postgres did not become ready on 127.0.0.1:$PG_PORT in 30 s" "$PG_DIR/log/postgres.log"
+  if [ -z "${ALREADY[pg]:-}" ]; then
+    wait_for 30 pg_ready || fail "postgres did not become ready on 127.0.0.1:$PG_PORT in 30 s" "$PG_DIR/log/postgres.log"
+  fi
   pg_create_dbs
+  pg_stat_statements_ensure
 }
 
 pg_create_dbs() {

@@ -23,6 +23,24 @@
 --   key empty, over 255 bytes or not printable ASCII → 400
 -- The handler sees req.idempotency = { key = ..., recovered = bool } when a key was given.
 -- Database down while claiming → 503; nothing ran.
+--
+-- A handler whose work is one transaction can store its answer in that transaction instead of
+-- the separate UPDATE after it: the answer then commits with the work, or neither does (no
+-- window in which the work is done but the key is still "in flight", one commit less):
+--
+--   local answer
+--   local row, err, code = db.tx(function()
+--     local row = ...the work...
+--     answer = { idempotency.store_in_tx(req, 201, view(row), { Location = ... }) }
+--     if not answer[1] then return nil, answer[2], answer[3] end
+--     return row
+--   end)
+--   if not row then return problem.from(code, err) end
+--   return unpack(answer, 1, 3)   -- the bytes that were stored
+--
+-- wrap() then sees that the answer it is handed is the one stored and writes nothing more. If
+-- the transaction rolled back, or the handler answers something else, wrap() stores (or, for a
+-- 5xx, frees the key) as usual; a stored answer is never freed.
 local crypto = require "crypto"
 local db = require "db"
 local host = require "host"
@@ -132,6 +150,35 @@ local function claim(caller, route, key, hash)
     nil, { ["Retry-After"] = "1" })
 end
 
+-- store_in_tx(req, status, body, headers) inside the caller's db.tx: the answer (encoded here,
+-- as wrap() would) recorded for req's key in that transaction. → status, body (the stored
+-- bytes), headers | nil, err, code (the statement failed: the caller's transaction must roll
+-- back). Without a key (req.idempotency unset) nothing is written and the answer comes back
+-- encoded. A 5xx is never stored (misuse raises, as does a call outside db.tx).
+function _M.store_in_tx(req, status, body, headers)
+  if type(status) ~= "number" or status >= 500 then
+    error("idempotency.store_in_tx: a 5xx is never stored (got " .. tostring(status) .. ")", 2)
+  end
+  if not db.in_tx() then
+    error("idempotency.store_in_tx must run inside db.tx (the answer commits with the work)", 2)
+  end
+  status, body, headers = settle(status, body, headers)
+  local idem = rawget(req, "idempotency")
+  if not idem or not idem.scope then return status, body, headers end
+  local _, err, code = db.exec(SQL_STORE, idem.scope.caller, idem.scope.route, idem.key, status, json.encode(headers),
+    body or db.null)
+  if err then return nil, err, code end
+  idem.scope.stored = { status = status, body = body }
+  return status, body, headers
+end
+
+-- The answer store_in_tx recorded, if it is the one being sent (its transaction committed:
+-- the handler answers with it only then).
+local function stored_in_tx(idem, status, body)
+  local s = idem.scope.stored
+  return s ~= nil and s.status == status and s.body == body
+end
+
 -- wrap(handler, route) → a handler honouring Idempotency-Key (route: "METHOD /pattern").
 function _M.wrap(handler, route)
   assert(type(handler) == "function", "lib.idempotency.wrap: handler must be a function")
@@ -146,7 +193,8 @@ function _M.wrap(handler, route)
     local what, a, b, c = claim(tostring(caller), route, key, request_hash(req))
     if what == "answer" then return a, b, c end
     if a then outcomes:inc(1, route, "recovered") end
-    rawset(req, "idempotency", { key = key, recovered = a })
+    local idem = { key = key, recovered = a, scope = { caller = tostring(caller), route = route } }
+    rawset(req, "idempotency", idem)
 
     local ok, status, body, headers = pcall(handler, req)
     if not ok then
@@ -155,7 +203,9 @@ function _M.wrap(handler, route)
     end
     status, body, headers = settle(status, body, headers)
     local _, err
-    if status >= 500 then
+    if stored_in_tx(idem, status, body) then
+      outcomes:inc(1, route, "stored")
+    elseif status >= 500 then
       outcomes:inc(1, route, "released")
       _, err = db.exec(SQL_RELEASE, caller, route, key)
     else

@@ -83,6 +83,24 @@ function _M.add(etype, data, opts)
   return ev
 end
 
+-- outbox.insert_part(type, data, opts, first, from) → sql, id, type, payload: the event's INSERT
+-- written as a part of the caller's own statement (a data-modifying WITH), one event per row of
+-- `from` (a CTE of that statement: no row, no event) — so the event commits with the change it
+-- announces, in one statement and without a db.tx. The event takes parameters $first to
+-- $first + 2: the caller passes id, type and payload there. It wakes the relay like add.
+--   local ev, id, etype, payload = outbox.insert_part("order.created", data, nil, 4, "o")
+--   db.query_one("WITH o AS (UPDATE orders ... RETURNING ...), e AS (" .. ev .. ") " ..
+--     "SELECT o.*, (SELECT count(*) FROM e) AS announced FROM o", a, b, c, id, etype, payload)
+function _M.insert_part(etype, data, opts, first, from)
+  if type(first) ~= "number" or type(from) ~= "string" or not from:match("^[%a_][%w_]*$") then
+    error("outbox.insert_part: expecting the first parameter number and a CTE name", 2)
+  end
+  local ev = events.envelope(etype, data, opts)
+  local sql = ("INSERT INTO outbox (id, type, payload) SELECT $%d::uuid, $%d, $%d::jsonb FROM %s RETURNING pg_notify('%s', '')")
+    :format(first, first + 1, first + 2, from, _M.CHANNEL)
+  return sql, ev.id, ev.type, events.encode(ev)
+end
+
 local INSERT_MANY = "INSERT INTO outbox (id, type, payload) " ..
   "SELECT (e->>'id')::uuid, e->>'type', e FROM jsonb_array_elements($1::jsonb) AS e"
 

@@ -171,6 +171,64 @@ describe("Idempotency-Key on a route with idempotency = true", function()
     assert.equal("0", P.psql(url, "SELECT count(*) FROM idempotency_keys WHERE key = '" .. k .. "'"))
   end)
 
+  describe("with the answer stored in the handler's transaction (store_in_tx)", function()
+    local function post_tx(body, k, headers)
+      local h = { ["Content-Type"] = "application/json", Authorization = "Bearer " .. token, ["Idempotency-Key"] = k }
+      for name, v in pairs(headers or {}) do h[name] = v end
+      local res = assert(http.request { method = "POST", url = srv.url .. "/things-tx", headers = h, body = body,
+        timeout_ms = 15000 })
+      res.json = cjson.decode(res.body)
+      return res
+    end
+    local function stored(k)
+      return P.psql(url, "SELECT coalesce(status::text, 'none') FROM idempotency_keys WHERE key = '" .. k .. "'")
+    end
+
+    it("commits the answer with the work: a duplicate right after the commit is the replay, not 409", function()
+      local k, body = key(), '{"t":"' .. key() .. '"}'
+      -- the first request commits, then parks 3 s before it answers
+      os.execute(("curl -s -m 20 -o /dev/null -X POST '%s/things-tx' -H 'X-Sleep-After: 3' " ..
+        "-H 'Content-Type: application/json' -H 'Authorization: Bearer %s' -H 'Idempotency-Key: %s' --data %s &")
+        :format(srv.url, token, k, P.q(body)))
+      local committed = false
+      for _ = 1, 50 do
+        if ran(body) == 1 then committed = true break end
+        os.execute("sleep 0.05")
+      end
+      assert.is_true(committed)
+      assert.equal("201", stored(k))   -- stored by the commit, while the handler still runs
+      local res = post_tx(body, k)
+      assert.equal(201, res.status)
+      assert.equal("true", res.headers["idempotent-replayed"])
+      assert.equal(body, res.json.echo)
+      assert.equal(1, ran(body))
+      os.execute("sleep 3")
+      assert.equal(res.body, post_tx(body, k).body)   -- the first answer and every replay: the same bytes
+    end)
+
+    it("rolls the answer back with the work: nothing stored, the key freed after a 5xx, a retry runs once", function()
+      local k, body = key(), '{"u":"' .. key() .. '"}'
+      assert.equal(503, post_tx(body, k, { ["X-Fail"] = "rollback" }).status)
+      assert.equal(0, ran(body))
+      assert.equal("", stored(k))
+      local res = post_tx(body, k)
+      assert.equal(201, res.status)
+      assert.is_nil(res.headers["idempotent-replayed"])
+      assert.equal(1, ran(body))
+    end)
+
+    it("stores the answer actually sent when the transaction rolled back and the handler answered 4xx", function()
+      local k, body = key(), '{"v":"' .. key() .. '"}'
+      assert.equal(409, post_tx(body, k, { ["X-Fail"] = "rollback", ["X-Answer"] = "409" }).status)
+      assert.equal(0, ran(body))
+      assert.equal("409", stored(k))
+      local res = post_tx(body, k)
+      assert.equal(409, res.status)
+      assert.equal("true", res.headers["idempotent-replayed"])
+      assert.equal(0, ran(body))
+    end)
+  end)
+
   it("is counted in /metrics", function()
     local res = assert(http.request { method = "GET", url = srv.url .. "/metrics" })
     assert.matches('idempotency_requests_total{route="POST /things",outcome="stored"}', res.body, 1, true)

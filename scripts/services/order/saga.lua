@@ -1,20 +1,25 @@
 -- scripts/services/order/saga.lua: the checkout saga the order service orchestrates
 -- luacheck: max line length 170
--- (CONTRACT §6, ARCHITECTURE.md "Events and the saga"), each step persisted before the next:
+-- (CONTRACT §6, ARCHITECTURE.md "Events and the saga"); the row exists before any call to
+-- another service, and each call's outcome is persisted before the answer:
 --
---   checkout:  order row (step reserving) → reserve stock at the product service, reservation id
---              = order id (step reserved: items' names, prices and sellers from the reservation's
---              snapshot, so a price edit cannot race the total) → create the payment (step
---              payment_pending; order.created in the outbox: from here the order exists for
---              the buyer, the API and the other services)
+--   checkout:  order row (step reserving; one statement with its items and history) → reserve
+--              stock at the product service, reservation id = order id (its snapshot of names,
+--              prices and sellers prices the order: a price edit cannot race the total) →
+--              create the payment (idempotent per order id) → one statement: the snapshot, the
+--              total, step payment_pending and order.created in the outbox (from here the order
+--              exists for the buyer, the API and the other services), in one transaction with
+--              the Idempotency-Key's answer when the request has one
 --   then:      payment.completed → commit the reservation, paid (step done)
 --              payment.failed, a cancel, or ORDER_PAYMENT_TIMEOUT → cancel the payment, release
 --              the stock (refund if money moved), cancelled (step done)
 --
 -- A checkout that fails before its payment exists is undone: the reservation is released and the
--- row marked abandoned (nobody was told about it; its Idempotency-Key is free again). If that undo fails too, or the
--- process dies mid-way, the recovery job (jobs.lua) finds the row in step reserving or reserved
--- and does the same. A retry with the same Idempotency-Key resumes the order it created.
+-- row marked abandoned (nobody was told about it; its Idempotency-Key is free again). If that undo
+-- fails too, or the process dies mid-way, the recovery job (jobs.lua) finds the row in step
+-- reserving (or reserved, written by older releases) and does the same. A retry with the same
+-- Idempotency-Key resumes the order it created: reserving again and creating the payment again
+-- answer the same snapshot and payment (both idempotent per order id).
 --
 -- Every change to a live order (paid, cancelled, shipped, delivered) runs in one transaction
 -- that holds the order's row lock across the calls to the other services, so a cancel and a
@@ -126,7 +131,9 @@ local function undo_or_leave(order_id, why)
   end
 end
 
--- From step reserving: reserve and snapshot. → order | "insufficient"/"invalid", detail | nil, err, code
+-- Reserve the order's stock: the reservation's snapshot prices it (store.priced; nothing
+-- written: the row stays in step reserving until the payment exists too).
+-- → the priced order | "insufficient"/"invalid", detail | nil, err, code
 local function step_reserve(order)
   local outcome, detail, code = reserve(order)
   if not outcome then
@@ -139,17 +146,14 @@ local function step_reserve(order)
     transitions:inc(1, outcome)
     return outcome, detail
   end
-  local row, err, ecode = db.tx(store.reserved, order, detail)
-  if not row then
-    undo_or_leave(order.id, "snapshot failed")
-    return nil, err, ecode
-  end
   crash_point("reserved")
-  return row
+  return store.priced(order, detail)
 end
 
--- From step reserved: create the payment, announce the order. → order, payment | nil, err, code
-local function step_pay(order)
+-- Create the payment, then record both outcomes and announce the order in one statement
+-- (store.announce); with opts.record (the handler's answer, stored with the order: lib.idempotency
+-- store_in_tx) in one transaction with it. → order, payment | nil, err, code
+local function step_pay(order, opts)
   local p, err, code = payments.create(order)
   if not p then
     undo_or_leave(order.id, "payment failed")
@@ -157,7 +161,17 @@ local function step_pay(order)
     return nil, err, code == "not_found" and "unavailable" or code
   end
   local row
-  row, err, code = db.tx(store.payment_created, order, p)
+  if opts.record then
+    row, err, code = db.tx(function()
+      local r, aerr, acode = store.announce(order, p)
+      if not r then return nil, aerr, acode end
+      local ok, rerr, rcode = opts.record(r, p)
+      if not ok then return nil, rerr, rcode end
+      return r
+    end)
+  else
+    row, err, code = store.announce(order, p)
+  end
   if not row then
     -- The payment exists but the order could not say so: leave the row for the recovery job,
     -- which undoes it; a payment nobody can confirm (the buyer never got its secret) is
@@ -171,14 +185,17 @@ local function step_pay(order)
 end
 
 -- Drive an order from wherever its checkout stands to payment_pending. → order, payment |
--- "insufficient"/"invalid", detail | nil, err, code
-function _M.resume(order)
-  if order.step == "reserving" then
+-- "insufficient"/"invalid", detail | nil, err, code. opts.record: see step_pay.
+-- A row in step reserved (written by an older release, which persisted the snapshot on its
+-- own) resumes like one in reserving: the reservation and the payment are idempotent per order
+-- id, and answer the same snapshot and payment again.
+function _M.resume(order, opts)
+  opts = opts or {}
+  if order.step == "reserving" or order.step == "reserved" then
     local r, detail, code = step_reserve(order)
     if type(r) ~= "table" then return r, detail, code end
-    order = r
+    return step_pay(r, opts)
   end
-  if order.step == "reserved" then return step_pay(order) end
   -- Past checkout: the payment as the payment service has it (the same one: per order id).
   if order.status == "created" then
     local p = payments.create(order)
@@ -187,31 +204,56 @@ function _M.resume(order)
   return order
 end
 
--- saga.checkout(user_id, shipping_address, idempotency_key) → order, payment |
--- "empty" | "insufficient", list | "invalid", detail | nil, err, code
-function _M.checkout(user_id, address, key)
-  if key then
-    local existing, err, code = store.by_key(user_id, key)
-    if err then return nil, err, code end
-    if existing then return _M.resume(existing) end
+-- The order a checkout with this key made before, resumed. → as resume | false (none)
+local function resume_by_key(user_id, key, opts)
+  local existing, err, code = store.by_key(user_id, key)
+  if err then return nil, err, code end
+  if not existing then return false end
+  return _M.resume(existing, opts)
+end
+
+-- saga.checkout(user_id, shipping_address, idempotency_key, opts) → order, payment |
+-- "empty" | "insufficient", list | "invalid", detail | nil, err, code.
+-- opts.recovered: the key was taken over from a request that died (lib.idempotency): its order
+-- is looked for first. Otherwise the order's INSERT finds a key that has an order already (an
+-- earlier try answered 5xx after writing it) and that order is resumed.
+-- opts.record(order, payment) → true | nil, err, code: runs in the transaction that announces
+-- the order (the handler stores its answer there).
+function _M.checkout(user_id, address, key, opts)
+  opts = opts or {}
+  if key and opts.recovered then
+    local r, detail, code = resume_by_key(user_id, key, opts)
+    if r ~= false then return r, detail, code end
   end
   local items, err, code = cart.items(user_id)
   if not items then return nil, err, code end
-  if #items == 0 then return "empty" end
+  if #items == 0 then
+    -- An earlier try with this key may have checked the cart out, then failed to answer.
+    if key then
+      local r, detail, rcode = resume_by_key(user_id, key, opts)
+      if r ~= false then return r, detail, rcode end
+    end
+    return "empty"
+  end
   local email
   email, err, code = buyers.email(user_id)
   if not email then return nil, err, code end
 
   local order
-  order, err, code = db.tx(store.create, {
+  order, err, code = store.create {
     id = crypto.uuid7(), user_id = user_id, email = email, shipping_address = address,
     idempotency_key = key, items = items,
-  })
-  if not order then return nil, err, code end
+  }
+  if err then return nil, err, code end
+  if not order then   -- this key has its order already
+    local r, detail, rcode = resume_by_key(user_id, key, opts)
+    if r == false then return nil, "the order of this Idempotency-Key changed meanwhile; retry", "conflict" end
+    return r, detail, rcode
+  end
   order.items = items
   crash_point("reserving")
   local p
-  order, p, code = _M.resume(order)
+  order, p, code = _M.resume(order, opts)
   if type(order) == "table" then
     local ok, cerr = cart.clear(user_id)
     if not ok then log.warn("checkout: the cart could not be cleared", { user_id = user_id, error = tostring(cerr) }) end

@@ -89,60 +89,74 @@ local function history(id, status, reason, actor)
     id, status, reason or db.null, actor or "system")
 end
 
--- The checkout's first row: status created, step reserving; items with the cart's quantities.
+-- The checkout's first row, in one statement: the order (status created, step reserving), its
+-- items with the cart's quantities and its first history row. The Idempotency-Key's unique
+-- index answers "this key already has an order": then nothing is written and the answer is a
+-- bare nil (the saga resumes that order). → the row | nil (the key's order exists) | nil, err, code
+local CREATE = "WITH o AS (INSERT INTO orders (id, user_id, email, shipping_address, idempotency_key, currency) " ..
+  "VALUES ($1, $2, $3, $4::jsonb, $5, $6) " ..
+  "ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING " .. COLS .. "), " ..
+  "i AS (INSERT INTO order_items (order_id, product_id, name, quantity) " ..
+  "SELECT o.id, x.product_id, x.name, x.quantity FROM o, " ..
+  "jsonb_to_recordset($7::jsonb) AS x(product_id uuid, name text, quantity integer)), " ..
+  "h AS (INSERT INTO order_status_history (order_id, status, actor) SELECT o.id, 'created', o.user_id::text FROM o) " ..
+  "SELECT o.* FROM o"
+
 function _M.create(o)
-  local row, err, code = db.query_one("INSERT INTO orders (id, user_id, email, shipping_address, idempotency_key, currency) " ..
-    "VALUES ($1, $2, $3, $4::jsonb, $5, $6) RETURNING " .. COLS,
-    o.id, o.user_id, o.email, json.encode(o.shipping_address), o.idempotency_key or db.null, o.currency or db.null)
-  if not row then return nil, err, code end
-  for _, it in ipairs(o.items) do
-    local _, ierr, icode = db.exec("INSERT INTO order_items (order_id, product_id, name, quantity) VALUES ($1, $2, $3, $4)",
-      o.id, it.product_id, it.name or "", it.quantity)
-    if ierr then return nil, ierr, icode end
-  end
-  local _, herr, hcode = history(o.id, "created", nil, o.user_id)
-  if herr then return nil, herr, hcode end
-  return row
+  local items = json.array({})
+  for i, it in ipairs(o.items) do items[i] = { product_id = it.product_id, name = it.name or "", quantity = it.quantity } end
+  return db.query_one(CREATE, o.id, o.user_id, o.email, json.encode(o.shipping_address), o.idempotency_key or db.null,
+    o.currency or db.null, json.encode(items))
 end
 
--- Stock held: the reservation's snapshot of each item (name, unit price, seller), the total and
--- step reserved. Not announced yet. → the order with .items | nil, err, code
-function _M.reserved(order, snapshot)
-  local total, currency = 0, nil
+-- The order priced by the reservation's snapshot (name, unit price, seller of each item: a
+-- price edit cannot race the total), nothing written yet. → the order with .items, total_cents
+-- and currency set
+function _M.priced(order, snapshot)
+  local by_id, total, currency = {}, 0, nil
   for _, it in ipairs(snapshot) do
-    local _, err, code = db.exec("UPDATE order_items SET name = $3, unit_price_cents = $4, seller_id = $5 " ..
-      "WHERE order_id = $1 AND product_id = $2", order.id, it.product_id, it.name or "", it.unit_price_cents,
-      it.seller_id or db.null)
-    if err then return nil, err, code end
+    by_id[tostring(it.product_id):lower()] = it
     total = total + it.unit_price_cents * it.quantity
     currency = currency or it.currency
   end
-  local row, err, code = db.query_one("UPDATE orders SET step = 'reserved', total_cents = $2, currency = $3, " ..
-    "version = version + 1, updated_at = now() WHERE id = $1 AND step = 'reserving' RETURNING " .. COLS,
-    order.id, total, currency)
-  if not row then return nil, err or "the order is no longer reserving", code or "conflict" end
-  row.items, err, code = items_of(order.id)
-  if err then return nil, err, code end
-  return row
+  local items = {}
+  for i, it in ipairs(order.items) do
+    local snap = by_id[tostring(it.product_id):lower()] or {}
+    items[i] = { product_id = it.product_id, quantity = snap.quantity or it.quantity, name = snap.name or it.name or "",
+      unit_price_cents = snap.unit_price_cents or 0, seller_id = snap.seller_id or db.null }
+  end
+  table.sort(items, function(a, b) return a.product_id < b.product_id end)
+  order.items, order.total_cents, order.currency = items, total, currency
+  return order
 end
 
--- The payment exists: step payment_pending, and order.created in the outbox — from here the
--- order exists for everyone. → the order with .items | nil, err, code
-function _M.payment_created(order, payment)
-  local row, err, code = db.query_one("UPDATE orders SET step = 'payment_pending', payment_id = $2, payment_status = $3, " ..
-    "version = version + 1, updated_at = now() WHERE id = $1 AND step = 'reserved' RETURNING " .. COLS,
-    order.id, payment.id, payment.status or db.null)
-  if not row then return nil, err or "the order is no longer waiting for its payment", code or "conflict" end
-  row.items = order.items
-  local items = json.array({})
-  for i, it in ipairs(row.items) do
+-- Stock held and the payment made: in one statement, the items' snapshot, the total, step
+-- payment_pending with the payment, and order.created in the outbox — from here the order
+-- exists for everyone. Only from a checkout step (a lost race: nothing written, a conflict).
+-- order: from priced(). → the order with .items | nil, err, code
+local ANNOUNCE_HEAD = "WITH o AS (UPDATE orders SET step = 'payment_pending', total_cents = $2, currency = $3, " ..
+  "payment_id = $4, payment_status = $5, version = version + 1, updated_at = now() " ..
+  "WHERE id = $1 AND step IN ('reserving', 'reserved') RETURNING " .. COLS .. "), " ..
+  "s AS (SELECT * FROM jsonb_to_recordset($6::jsonb) AS s(product_id uuid, name text, unit_price_cents bigint, seller_id uuid)), " ..
+  "i AS (UPDATE order_items t SET name = s.name, unit_price_cents = s.unit_price_cents, seller_id = s.seller_id " ..
+  "FROM s, o WHERE t.order_id = o.id AND t.product_id = s.product_id), "
+
+function _M.announce(order, payment)
+  local items, snap = json.array({}), json.array({})
+  for i, it in ipairs(order.items) do
     items[i] = { product_id = it.product_id, name = it.name, quantity = it.quantity, unit_price_cents = it.unit_price_cents }
+    snap[i] = { product_id = it.product_id, name = it.name, unit_price_cents = it.unit_price_cents, seller_id = it.seller_id }
   end
-  local ok, oerr, ocode = outbox.add("order.created", {
-    order_id = row.id, user_id = row.user_id, email = row.email, items = items,
-    total_cents = row.total_cents, currency = row.currency,
-  })
-  if not ok then return nil, oerr, ocode end
+  local ev, ev_id, ev_type, ev_payload = outbox.insert_part("order.created", {
+    order_id = order.id, user_id = order.user_id, email = order.email, items = items,
+    total_cents = order.total_cents, currency = order.currency,
+  }, nil, 7, "o")
+  local row, err, code = db.query_one(ANNOUNCE_HEAD .. "e AS (" .. ev .. ") SELECT o.*, (SELECT count(*) FROM e) AS announced FROM o",
+    order.id, order.total_cents, order.currency or db.null, payment.id, payment.status or db.null, json.encode(snap),
+    ev_id, ev_type, ev_payload)
+  if not row then return nil, err or "the order is no longer checking out", code or "conflict" end
+  row.announced = nil
+  row.items = order.items
   return row
 end
 

@@ -1,7 +1,8 @@
 -- scripts/services/order/handlers/orders.lua: checkout (POST /orders, Idempotency-Key honoured
--- by the host: routes.lua), the buyer's and the admin's views, and the transitions
+-- by the host: routes.lua; its answer stored with the order), the buyer's and the admin's views, and the transitions
 -- (cancel, ship, deliver) — the saga (services.order.saga) does the work.
 local json = require "json"
+local idempotency = require "lib.idempotency"
 local pagination = require "lib.pagination"
 local problem = require "lib.problem"
 local validate = require "lib.validate"
@@ -44,14 +45,29 @@ local function refusal(why, detail, id)
   return problem.conflict(detail or "The order changed meanwhile; read it again.")
 end
 
+-- The checkout's payment as its answer shows it (with the client_secret).
+local function payment_view(p)
+  if type(p) ~= "table" then return json.null end
+  return { id = p.id, status = p.status, client_secret = p.client_secret }
+end
+
 -- POST /orders {shipping_address} → 201 order with payment {id, status, client_secret}
 function _M.create(req)
   local user = carts.buyer(req)
   if not user then return carts.not_a_buyer() end
   local doc, status, body, headers = validate.body(req, S.checkout)
   if not doc then return status, body, headers end
-  local key = req.idempotency and req.idempotency.key or nil
-  local order, detail, code = saga.checkout(user, doc.shipping_address, key)
+  local idem = req.idempotency
+  -- With a key, the answer is stored in the transaction that announces the order (it commits
+  -- with it or not at all); the bytes stored are the bytes sent.
+  local answer
+  local function record(o, p)
+    answer = { idempotency.store_in_tx(req, 201, store.public(o, payment_view(p)), { Location = "/orders/" .. o.id }) }
+    if not answer[1] then return nil, answer[2], answer[3] end
+    return true
+  end
+  local order, detail, code = saga.checkout(user, doc.shipping_address, idem and idem.key or nil,
+    { recovered = idem and idem.recovered, record = idem and record or nil })
   if order == "empty" then
     return problem.validation({ { field = "cart", message = "is empty" } }, "The cart is empty; add items before checking out.")
   end
@@ -64,11 +80,8 @@ function _M.create(req)
     if code == "not_found" then return problem.forbidden("This account cannot place orders.") end
     return problem.from(code, detail)
   end
-  local payment = json.null
-  if type(detail) == "table" then
-    payment = { id = detail.id, status = detail.status, client_secret = detail.client_secret }
-  end
-  return 201, store.public(order, payment), { Location = "/orders/" .. order.id }
+  if answer and answer[1] then return unpack(answer, 1, 3) end
+  return 201, store.public(order, payment_view(detail)), { Location = "/orders/" .. order.id }
 end
 
 -- GET /orders (own; admin: all, or ?user_id=)

@@ -23,8 +23,31 @@ local function created_body(p)
   }
 end
 
+-- Statuses a fresh PaymentIntent may have that announce nothing (store.advance writes no
+-- outbox event for them).
+local QUIET = {
+  requires_payment_method = true, requires_confirmation = true, requires_action = true, processing = true,
+  requires_capture = true,
+}
+
+-- The checkout's case in one statement (its own transaction): the row as create left it (no
+-- Stripe id, status creating) takes the intent's id, secret and a quiet status, with the
+-- history row store.advance would write. No row back: something moved it meanwhile (a webhook
+-- that came first), and the locking path below applies the intent to what is there.
+local ADOPT_FRESH = [[WITH p AS (UPDATE payments SET provider_id = $2, client_secret = $3, status = $4,
+    updated_at = clock_timestamp() WHERE id = $1 AND provider_id IS NULL AND status = 'creating' RETURNING ]] ..
+  store.COLUMNS .. [[),
+  h AS (INSERT INTO payment_status_history (payment_id, status, source) SELECT id, status, $5 FROM p)
+  SELECT * FROM p]]
+
 -- Stripe answered pi for payment p: keep its id and secret, move the status (forward only).
 local function adopt_intent(p, pi, source)
+  local st = store.status_of(pi)
+  if QUIET[st] and p.status == "creating" and (p.provider_id == nil or p.provider_id == db.null) then
+    local row, err, code = db.query_one(ADOPT_FRESH, p.id, pi.id, pi.client_secret, st, source)
+    if err then return nil, err, code end
+    if row then return row end
+  end
   return store.tx(function()
     local row = store.must(store.lock(p.id))
     if row.provider_id == nil or row.provider_id == db.null then
@@ -32,7 +55,6 @@ local function adopt_intent(p, pi, source)
         WHERE id = $1]], p.id, pi.id, pi.client_secret))
       row.provider_id, row.client_secret = pi.id, pi.client_secret
     end
-    local st = store.status_of(pi)
     store.advance(row, st, source, nil, (st == "failed" or st == "canceled") and store.reason_of(pi) or nil)
     return row
   end)

@@ -4,7 +4,7 @@
 -- 300 s tolerance, constant-time) before it is parsed; a failure is 400. Then one transaction:
 -- the event id (evt_…) into processed_events — a duplicate, even a concurrent one, finds it
 -- there and changes nothing — and the change it announces, forward only, with its outbox
--- event. Unknown types are acknowledged. A database failure answers 503 so Stripe retries.
+-- event. Types it does not act on are acknowledged without a database write. A database failure answers 503 so Stripe retries.
 local host = require "host"
 local json = require "json"
 local log = require "log"
@@ -91,6 +91,11 @@ function _M.receive(req)
   if type(evt) ~= "table" or type(evt.id) ~= "string" or #evt.id == 0 or #evt.id > 255 or type(evt.type) ~= "string"
     or type(evt.data) ~= "table" or type(evt.data.object) ~= "table" then
     return problem.bad_request("The body is not a Stripe event.")
+  end
+  if not INTENT_STATUS[evt.type] and evt.type ~= "charge.refunded" then
+    -- Nothing to apply (payment_intent.created comes with every checkout): acknowledged
+    -- without a transaction; its id needs no record, a copy would change nothing either.
+    return 200, { received = true, id = evt.id, outcome = "ignored" }
   end
   local outcome, err, code = store.tx(apply, evt)
   if not outcome then
