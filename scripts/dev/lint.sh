@@ -31,6 +31,6 @@ if command -v clang-tidy >/dev/null; then
             --checks="-*,bugprone-*,-bugprone-easily-swappable-parameters,-bugprone-reserved-identifier,-bugprone-narrowing-conversions,-bugprone-assignment-in-if-condition,clang-analyzer-*,-clang-analyzer-security.insecureAPI.*" \
             "$0" -- -std=gnu11 -D_GNU_SOURCE -DMERCATO_VERSION="\"lint\"" -Ihost -Ibuild/gen $1' {} "$cflags" || rc=1
 fi
-step shellcheck scripts/dev/*.sh bench/run.sh bench/services.sh bench/gateway.sh bench/pg_outage.sh bench/orders.sh bench/events.sh bench/footprint.sh .ci/run
+step shellcheck scripts/dev/*.sh bench/run.sh bench/services.sh bench/gateway.sh bench/pg_outage.sh bench/orders.sh bench/events.sh bench/checkout_cost.sh bench/footprint.sh .ci/run
 step shellcheck docker/*.sh docker/postgres/*.sh spec/support/deploy/*.sh
 exit $rc
