@@ -49,12 +49,17 @@ _M.CHANNEL = "mercato_outbox"
 local INSERT = "INSERT INTO outbox (id, type, payload) VALUES ($1, $2, $3::jsonb) RETURNING pg_notify('" ..
   _M.CHANNEL .. "', '')"
 local SELECT_UNSENT = [[SELECT id::text AS id, type, payload::text AS body, payload->>'correlation_id' AS correlation_id,
-  payload->>'traceparent' AS traceparent, attempts
+  payload->>'traceparent' AS traceparent, attempts,
+  extract(epoch FROM clock_timestamp() - created_at)::float8 AS age
   FROM outbox WHERE sent_at IS NULL ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED]]
 local MARK_SENT = "UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY($1::uuid[])"
 local MARK_FAILED = "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1"
 local COUNT_PENDING = "SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL"
 local PURGE = "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1)"
+
+-- outbox_relay_delay_seconds: a NOTIFY-woken relay takes a few ms; seconds mean a backlog or a
+-- broker that confirms slowly.
+local DELAY_BUCKETS = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60 }
 
 -- Metrics are process-wide and survive reloads; declared on first use (not at module load,
 -- which also runs in the scratch state that checks scripts).
@@ -65,6 +70,8 @@ local function meters()
       published = metrics.counter("events_published_total", "Events published from the outbox, by type.", { "type" }),
       failed = metrics.counter("events_publish_failures_total", "Outbox rows whose publish failed (retried).", { "type" }),
       pending = metrics.gauge("outbox_pending", "Outbox rows not yet published (refreshed by the relay)."),
+      delay = metrics.histogram("outbox_relay_delay_seconds",
+        "From an outbox row's INSERT to the broker's confirm of its publish.", nil, DELAY_BUCKETS),
     }
   end
   return m
@@ -187,13 +194,16 @@ local function pass(limit)
   local res, err, code = db.tx(function()
     local rows, qerr, qcode = db.query(SELECT_UNSENT, limit)
     if not rows then return nil, qerr, qcode end
+    local selected = host.now()
     local outcome = #rows > 0 and publish_batch(rows) or {}
+    local confirmed_after = host.now() - selected   -- the row's age when read, plus this: its delay
     local sent, broker_err = {}, nil
     for i, row in ipairs(rows) do
       local o = outcome[i]
       if o == true then
         sent[#sent + 1] = row.id
         mm.published:inc(1, row.type)
+        mm.delay:observe(math.max(0, (tonumber(row.age) or 0) + confirmed_after))
       elseif o then
         mm.failed:inc(1, row.type)
         local e = ("%s (%s)"):format(o[1], o[2])

@@ -103,6 +103,10 @@ describe("outbox, inbox and consumer", function()
     assert.is_string(row.sent_at)
     assert.are.equal(0, row.attempts)
     assert.is_true(H.wait_for(function() return H.metric(srv, ('events_published_total{type="%s"}'):format(etype)) >= 1 end))
+    -- written → confirmed by the broker, per row: what an operator watches for a slow relay
+    assert.is_true(H.metric(srv, "outbox_relay_delay_seconds_count") >= 1)
+    local sum = H.metric(srv, "outbox_relay_delay_seconds_sum")
+    assert.is_true(sum > 0 and sum < 30 * H.metric(srv, "outbox_relay_delay_seconds_count"))
   end)
 
   it("publishes a row whose envelope has no traceparent or correlation_id (SQL NULL in the relay's row)", function()

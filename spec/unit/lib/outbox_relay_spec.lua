@@ -9,7 +9,7 @@ local function new_world(rows, plan)
   -- plan[message_id]: "nack" | "missing" (no confirm reported) | "down" (the publish fails,
   -- the connection is lost: the batch's earlier publishes are reported lost) | "raise" |
   -- "invalid"; anything else is confirmed.
-  local w = { calls = {}, execs = {}, published = {}, counters = {}, warnings = 0 }
+  local w = { calls = {}, execs = {}, published = {}, counters = {}, delays = {}, warnings = 0 }
   local next_tag, batch = 1000, {}
 
   w.db = {
@@ -76,6 +76,7 @@ local function new_world(rows, plan)
   w.metrics = {
     counter = function(name) return counter(name) end,
     gauge = function(name) return counter(name) end,
+    histogram = function() return { observe = function(_, v) w.delays[#w.delays + 1] = v end } end,
   }
   w.log = { warn = function() w.warnings = w.warnings + 1 end, info = function() end, debug = function() end,
     error = function() end }
@@ -92,7 +93,7 @@ local function load_outbox(w)
 end
 
 local function row(id, etype)
-  return { id = id, type = etype or "order.created", body = '{"id":"' .. id .. '"}', attempts = 2 }
+  return { id = id, type = etype or "order.created", body = '{"id":"' .. id .. '"}', attempts = 2, age = 0.25 }
 end
 
 -- The ids a MARK_SENT statement marked, and the (id, error) of each MARK_FAILED.
@@ -125,6 +126,9 @@ describe("lib.outbox relay pass", function()
     assert.are.same({}, failed)
     assert.are.equal(1, #w.execs)
     assert.are.equal(5, w.counters["events_published_total order.created"])
+    -- each confirmed row's delay: its age when read (0.25 s here) plus the publish and confirms
+    assert.are.equal(5, #w.delays)
+    for _, d in ipairs(w.delays) do assert.is_true(d >= 0.25 and d < 5) end
     -- every property still goes with the message
     assert.are.equal("a", w.published[1].message_id)
     assert.are.equal("order.created", w.published[1].type)
@@ -142,6 +146,7 @@ describe("lib.outbox relay pass", function()
     assert.are.same({ { "b", "amqp publish: the broker refused the message (nack) (unavailable)" } }, failed)
     assert.are.equal(1, w.counters["events_publish_failures_total order.paid"])
     assert.are.equal(2, w.counters["events_published_total order.created"])
+    assert.are.equal(2, #w.delays)   -- the nacked row has no delay: it has not left
     assert.are.equal(1, w.warnings)
   end)
 
