@@ -8,6 +8,9 @@
 # FUZZ_CPU_SECONDS=N makes each target's budget N seconds of its own CPU time (user + system)
 # instead of wall time, so a run on a shared or loaded machine still gets its full share: the
 # target is stopped with SIGINT once it has used N (run it under `nice` to fuzz with idle CPU).
+# libFuzzer's per-input -timeout is wall-clock time: FUZZ_TIMEOUT seconds (default 10, and 120 with
+# FUZZ_CPU_SECONDS, where other work may hold the CPU for seconds — at nice 19 behind a test run,
+# inputs that take 1 ms alone were reported as 13-22 s timeouts). A hang is still one.
 # Exit status: 0 when no target found anything.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -44,11 +47,13 @@ for t in "${targets[@]}"; do
         continue
     fi
     log=$out/$t.log
-    # -rss_limit_mb: ASan's shadow counts; -timeout: a single input taking 10 s is a finding.
+    # -rss_limit_mb: ASan's shadow counts; -timeout: a single input taking that long is a finding.
+    timeout=${FUZZ_TIMEOUT:-10}
+    [ -n "${FUZZ_CPU_SECONDS:-}" ] && timeout=${FUZZ_TIMEOUT:-120}
     wall=$seconds
     [ -n "${FUZZ_CPU_SECONDS:-}" ] && wall=$((FUZZ_CPU_SECONDS * 100))
     started=$SECONDS
-    "$bin" -max_total_time="$wall" -timeout=10 -rss_limit_mb=2048 -max_len=8192 -print_final_stats=1 \
+    "$bin" -max_total_time="$wall" -timeout="$timeout" -rss_limit_mb=2048 -max_len=8192 -print_final_stats=1 \
         -artifact_prefix="$out/crashes/$t/" "$work" "tests/fuzz/corpus/$t" >"$log" 2>&1 &
     pid=$!
     cpu=0
