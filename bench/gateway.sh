@@ -14,12 +14,15 @@
 #   BENCH_GW_DURATION       wrk -d per run [5s]
 #   BENCH_GW_CONNECTIONS    wrk -c, one pass each ["64 256"]
 #   BENCH_PORT_GW           the mercato gateway; nginx on the next port [28210]
+#   BENCH_GW_KEEPALIVE      idle upstream connections kept per worker: nginx's `keepalive`, the
+#                           gateway's GATEWAY_UPSTREAM_KEEPALIVE [128]
 
 BENCH_GW=${BENCH_GW:-1}
 BENCH_GW_ROUNDS=${BENCH_GW_ROUNDS:-3}
 BENCH_GW_DURATION=${BENCH_GW_DURATION:-5s}
 BENCH_GW_CONNECTIONS=${BENCH_GW_CONNECTIONS:-64 256}
 BENCH_PORT_GW=${BENCH_PORT_GW:-28210}
+BENCH_GW_KEEPALIVE=${BENCH_GW_KEEPALIVE:-128}
 GW_ROWS=()
 
 gw_start_nginx() {
@@ -28,7 +31,7 @@ gw_start_nginx() {
   mkdir -p "$p/logs" "$p/tmp"
   port_free "$port" || die "port $port for the nginx proxy is in use (set BENCH_PORT_GW)"
   sed -e "s|@PREFIX@|$p|g" -e "s|@PORT@|$port|g" -e "s|@WORKERS@|$BENCH_SVC_WORKERS|g" \
-    -e "s|@UPSTREAM@|$up|g" -e "s|@ACCESS_LOG@|$p/logs/access.log|g" bench/nginx/gateway.conf.in >"$p/nginx.conf"
+    -e "s|@UPSTREAM@|$up|g" -e "s|@KEEPALIVE@|$BENCH_GW_KEEPALIVE|g" -e "s|@ACCESS_LOG@|$p/logs/access.log|g" bench/nginx/gateway.conf.in >"$p/nginx.conf"
   nginx -q -t -p "$p" -c "$p/nginx.conf" >"$BENCH_DIR/gw-nginx.out" 2>&1 ||
     die "nginx proxy config test failed: $(cat "$BENCH_DIR/gw-nginx.out")"
   nginx -p "$p" -c "$p/nginx.conf" -g 'daemon off;' >>"$BENCH_DIR/gw-nginx.out" 2>&1 &
@@ -52,7 +55,7 @@ gw_run() {
   [[ $BENCH_GW == 1 ]] || return 0
   local path=/products/$SVC_PRODUCT_ID c r name scen BENCH_DURATION=$BENCH_GW_DURATION BENCH_CONNECTIONS body
   svc_start gw-mercato "mercato gateway" "$BENCH_PORT_GW" gateway \
-    PRODUCT_SERVICE_URL="${SERVER_URL[svc-product]}" RATE_LIMIT_GLOBAL=off
+    PRODUCT_SERVICE_URL="${SERVER_URL[svc-product]}" RATE_LIMIT_GLOBAL=off GATEWAY_UPSTREAM_KEEPALIVE="$BENCH_GW_KEEPALIVE"
   svc_ready gw-mercato
   gw_start_nginx
   for name in gw-mercato gw-nginx; do

@@ -60,8 +60,8 @@ struct upstream_req {
 struct upstream {
     loop_t *loop;
     upstream_opts_t o;
-    conn_t *conns, *idle;
-    int nconns;
+    conn_t *conns, *idle, *idle_tail;   /* idle: most recently used first */
+    int nconns, nidle;
     upstream_req_t *wait_head, *wait_tail;
     unsigned addr_gen;           /* bumped by upstream_set_addr */
     int sending;                 /* inside upstream_send: callbacks are deferred to the loop */
@@ -84,8 +84,21 @@ static void idle_unlink(conn_t *c)
 {
     upstream_t *u = c->u;
     if (c->iprev) c->iprev->inext = c->inext; else u->idle = c->inext;
-    if (c->inext) c->inext->iprev = c->iprev;
+    if (c->inext) c->inext->iprev = c->iprev; else u->idle_tail = c->iprev;
     c->inext = c->iprev = NULL;
+    u->nidle--;
+}
+
+/* Take the most recently used idle connection off the list (u->idle non-empty). */
+static conn_t *idle_pop(upstream_t *u)
+{
+    conn_t *c = u->idle;
+    u->idle = c->inext;
+    if (u->idle) u->idle->iprev = NULL; else u->idle_tail = NULL;
+    c->inext = c->iprev = NULL;
+    u->nidle--;
+    c->state = C_BUSY;
+    return c;
 }
 
 static void conn_close(conn_t *c)
@@ -207,9 +220,11 @@ static void req_done(upstream_req_t *q)
         c->idle_since = loop_now_ns();
         c->inext = u->idle;
         c->iprev = NULL;
-        if (u->idle) u->idle->iprev = c;
+        if (u->idle) u->idle->iprev = c; else u->idle_tail = c;
         u->idle = c;
+        u->nidle++;
         watch(c, LOOP_READ);   /* a close by the server is seen while idle */
+        if (u->nidle > u->o.max_idle) conn_close(u->idle_tail);   /* the least recently used */
     } else {
         conn_close(c);
     }
@@ -529,12 +544,8 @@ static void dispatch(upstream_t *u, upstream_req_t *q)
 {
     uint64_t now = loop_now_ns();
     while (u->idle) {
-        conn_t *c = u->idle;   /* the most recently used: the head, so iprev is NULL */
-        u->idle = c->inext;
-        if (u->idle) u->idle->iprev = NULL;
-        c->inext = NULL;
-        if ((now - c->idle_since) / 1000000 >= (uint64_t)u->o.idle_ms) { c->state = C_BUSY; conn_close(c); continue; }
-        c->state = C_BUSY;
+        conn_t *c = idle_pop(u);
+        if ((now - c->idle_since) / 1000000 >= (uint64_t)u->o.idle_ms) { conn_close(c); continue; }
         c->req = q;
         q->c = c;
         do_write(c);
@@ -578,6 +589,7 @@ upstream_t *upstream_new(loop_t *loop, const upstream_opts_t *opts)
     u->loop = loop;
     u->o = *opts;
     if (u->o.max_conns < 1) u->o.max_conns = 1;
+    if (u->o.max_idle < 1 || u->o.max_idle > u->o.max_conns) u->o.max_idle = u->o.max_conns;
     return u;
 }
 
@@ -643,14 +655,7 @@ void upstream_set_addr(upstream_t *u, const struct sockaddr_storage *addr, sockl
     memcpy(&u->o.addr, addr, sizeof u->o.addr);
     u->o.addrlen = addrlen;
     u->addr_gen++;
-    conn_t *c = u->idle, *next;
-    u->idle = NULL;
-    for (; c; c = next) {   /* the idle list taken whole: each closed as a busy one would be */
-        next = c->inext;
-        c->inext = c->iprev = NULL;
-        c->state = C_BUSY;
-        conn_close(c);
-    }
+    while (u->idle) conn_close(idle_pop(u));   /* idle ones to the old address */
 }
 
 int upstream_connections(const upstream_t *u) { return u ? u->nconns : 0; }

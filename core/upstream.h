@@ -53,6 +53,8 @@ typedef struct upstream_opts {
     long connect_ms;                /* connect deadline */
     size_t max_body;                /* answers larger fail with UPSTREAM_TOO_LARGE */
     long idle_ms;                   /* an idle connection is closed after this long */
+    int max_idle;                   /* idle connections kept at most, the least recently used
+                                     * past it closed (nginx's `keepalive N`); 0: max_conns */
 } upstream_opts_t;
 
 upstream_t *upstream_new(struct loop *loop, const upstream_opts_t *opts);

@@ -146,6 +146,7 @@ typedef struct {
 } gw_origin_t;
 static gw_origin_t g_origin[GW_NUPSTREAMS];
 static long g_max_conns = 256;             /* HTTP_MAX_CONNS_PER_HOST: per thread and upstream */
+static long g_keepalive = 64;              /* GATEWAY_UPSTREAM_KEEPALIVE: idle ones kept, the same */
 static long g_timeout_ms = 15000;          /* GATEWAY_TIMEOUT_MS */
 static long g_connect_ms = 1000;           /* GATEWAY_CONNECT_TIMEOUT_MS */
 static size_t g_max_response = 16u << 20;  /* GATEWAY_MAX_RESPONSE_BYTES */
@@ -249,6 +250,7 @@ static void load_config(void)
     if (g_connect_ms > g_timeout_ms) g_connect_ms = g_timeout_ms;
     g_max_response = (size_t)env_number("GATEWAY_MAX_RESPONSE_BYTES", 16l << 20, 1);
     g_max_conns = env_number("HTTP_MAX_CONNS_PER_HOST", 256, 0);
+    g_keepalive = env_number("GATEWAY_UPSTREAM_KEEPALIVE", 64, 0);
     int names_to_refresh = 0;
     for (int i = 0; i < GW_NUPSTREAMS; i++) {
         gw_origin_t *o = &g_origin[i];
@@ -534,7 +536,7 @@ static upstream_t *thread_upstream(worker_t *w, int up)
     }
     if (!set->up[up]) {
         upstream_opts_t opts = { .max_conns = (int)g_max_conns, .timeout_ms = g_timeout_ms, .connect_ms = g_connect_ms,
-                                 .max_body = g_max_response, .idle_ms = 60000 };
+                                 .max_body = g_max_response, .idle_ms = 60000, .max_idle = (int)g_keepalive };
         pthread_mutex_lock(&o->lock);
         int ok = o->resolved;
         memcpy(&opts.addr, &o->addr, sizeof opts.addr);

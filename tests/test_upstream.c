@@ -112,9 +112,10 @@ static void on_done(upstream_req_t *q, enum upstream_err err, const char *why, u
     }
 }
 
-static upstream_t *new_upstream(loop_t *l, int max_conns, long timeout_ms)
+static upstream_t *new_upstream_idle(loop_t *l, int max_conns, long timeout_ms, int max_idle)
 {
-    upstream_opts_t o = { .max_conns = max_conns, .timeout_ms = timeout_ms, .connect_ms = 1000, .max_body = 30, .idle_ms = 60000 };
+    upstream_opts_t o = { .max_conns = max_conns, .timeout_ms = timeout_ms, .connect_ms = 1000, .max_body = 30, .idle_ms = 60000,
+                          .max_idle = max_idle };
     struct sockaddr_in *a = (struct sockaddr_in *)&o.addr;
     a->sin_family = AF_INET;
     a->sin_port = htons((uint16_t)g_port);
@@ -122,6 +123,8 @@ static upstream_t *new_upstream(loop_t *l, int max_conns, long timeout_ms)
     o.addrlen = sizeof *a;
     return upstream_new(l, &o);
 }
+
+static upstream_t *new_upstream(loop_t *l, int max_conns, long timeout_ms) { return new_upstream_idle(l, max_conns, timeout_ms, 0); }
 
 static upstream_req_t *send_get(upstream_t *u, const char *method, const char *path, got_t *g)
 {
@@ -239,6 +242,33 @@ TEST(past_the_cap_requests_wait_for_a_connection)
     for (int i = 0; i < 3; i++) CHECK_INT(g[i].err, UPSTREAM_OK);
     CHECK_STR(g[1].body, "hello world");
     CHECK_INT(upstream_connections(u), 1);
+    upstream_free(u);
+    loop_free(l);
+}
+
+TEST(idle_connections_past_max_idle_are_closed_least_recently_used_first)
+{
+    /* nginx's `keepalive N`: after a burst, at most max_idle connections stay open idle; the
+     * others close at once instead of holding the upstream's memory until its idle timeout. */
+    loop_t *l = loop_new();
+    upstream_t *u = new_upstream_idle(l, 8, 2000, 2);
+    got_t g[6];
+    memset(g, 0, sizeof g);
+    for (int i = 0; i < 6; i++) send_get(u, "GET", "/len", &g[i]);
+    CHECK_INT(upstream_connections(u), 6);
+    run_until(l, g, 6);
+    for (int i = 0; i < 6; i++) CHECK_INT(g[i].err, UPSTREAM_OK);
+    CHECK_INT(upstream_connections(u), 2);
+    /* the two kept serve the next requests: no new connection */
+    int before = __atomic_load_n(&g_accepts, __ATOMIC_SEQ_CST);
+    got_t h[2];
+    memset(h, 0, sizeof h);
+    send_get(u, "GET", "/len", &h[0]);
+    send_get(u, "GET", "/chunked", &h[1]);
+    run_until(l, h, 2);
+    CHECK_STR(h[1].body, "hello world");
+    CHECK_INT(__atomic_load_n(&g_accepts, __ATOMIC_SEQ_CST) - before, 0);
+    CHECK_INT(upstream_connections(u), 2);
     upstream_free(u);
     loop_free(l);
 }
@@ -442,6 +472,7 @@ int main(void)
     RUN(connections_are_reused_and_a_stale_one_is_retried);
     RUN(deadlines_malformed_and_oversized_answers_fail);
     RUN(past_the_cap_requests_wait_for_a_connection);
+    RUN(idle_connections_past_max_idle_are_closed_least_recently_used_first);
     RUN(a_cancelled_request_is_never_called_back);
     RUN(a_moved_origin_gets_the_new_connections);
     RUN(a_refused_connection_fails_from_the_loop);
