@@ -118,18 +118,32 @@ function M.post_form(srv, path, form, opts)
   return M.request(srv, "POST", path, opts)
 end
 
+-- POST JSON as a client that honours a 503's Retry-After would: at most 4 more tries. The
+-- argon2id pool answers 503 "busy" when a hash waited past ARGON2_WAIT_MS, which a machine busy
+-- with other work (a CI neighbour) can cause in a spec's set-up; a lasting 503 still fails.
+local function post_json_retrying(srv, path, doc)
+  local res
+  for _ = 1, 5 do
+    res = M.post_json(srv, path, doc)
+    if res.status ~= 503 then return res end
+    local wait = res.headers and tonumber(res.headers["retry-after"] or res.headers["Retry-After"])
+    os.execute("sleep " .. math.min(wait or 1, 2))
+  end
+  return res
+end
+
 -- Register a user (201 asserted); returns the user document and its password.
 function M.register(srv, over)
   local doc = { email = M.email(), password = M.PASSWORD, name = "Spec User" }
   for k, v in pairs(over or {}) do doc[k] = v end
-  local res = M.post_json(srv, "/auth/register", doc)
+  local res = post_json_retrying(srv, "/auth/register", doc)
   assert(res.status == 201, "register: " .. res.status .. " " .. tostring(res.body))
   return res.json, doc.password
 end
 
 -- Log in (200 asserted); returns the token response.
 function M.login(srv, email, password)
-  local res = M.post_json(srv, "/auth/login", { email = email, password = password or M.PASSWORD })
+  local res = post_json_retrying(srv, "/auth/login", { email = email, password = password or M.PASSWORD })
   assert(res.status == 200, "login: " .. res.status .. " " .. tostring(res.body))
   return res.json
 end
