@@ -16,7 +16,9 @@
 CC       ?= cc
 BUILD    ?= build
 JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
-PKGS     := luajit libmicrohttpd libpq hiredis librabbitmq libcurl libjwt openssl libargon2
+PKGS     := luajit libpq hiredis librabbitmq libcurl libjwt openssl libargon2
+# The C tests' stand-in servers only (tests/test_http.c and others); the host serves HTTP itself.
+TEST_PKGS := libmicrohttpd
 VERSION  := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -27,6 +29,8 @@ CFLAGS   := $(OPT) -g -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -fn
             -D_GNU_SOURCE -DMERCATO_VERSION='"$(VERSION)"' -I$(BUILD)/gen -Ihost $(PKG_CFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS  := -pthread -Wl,--dynamic-list=host/ffi.syms $(EXTRA_LDFLAGS)
 LDLIBS   := $(PKG_LIBS) -lm
+TEST_CFLAGS := $(shell pkg-config --cflags $(TEST_PKGS) 2>/dev/null)
+TEST_LIBS   := $(shell pkg-config --libs $(TEST_PKGS) 2>/dev/null)
 
 ifeq ($(V),1)
 Q :=
@@ -73,7 +77,7 @@ $(BUILD)/mercato: $(MAIN_OBJ) $(LIB)
 $(BUILD)/tests/%: tests/%.c tests/test.h $(LIB)
 	@mkdir -p $(@D)
 	@echo "  TEST    $@"
-	$(Q)$(CC) $(CFLAGS) -Itests -o $@ $< $(LIB) $(LDFLAGS) $(LDLIBS)
+	$(Q)$(CC) $(CFLAGS) $(TEST_CFLAGS) -Itests -o $@ $< $(LIB) $(LDFLAGS) $(LDLIBS) $(TEST_LIBS)
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 

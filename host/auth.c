@@ -77,7 +77,7 @@ int auth_check(request_t *r, const route_info_t *ri, revocation_cb done, revocat
     *wait = NULL;
     if (ri->auth == AUTH_NONE) return 0;
     size_t len = 0;
-    const char *token = bearer_token(MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization"), &len);
+    const char *token = bearer_token(request_header(r, "Authorization"), &len);
     if (!token) return ri->auth == AUTH_OPTIONAL ? 0 : unauthorized(r, NULL);
     if (len > JWT_MAX_TOKEN) return unauthorized(r, "malformed token");
 

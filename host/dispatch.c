@@ -81,7 +81,7 @@ static void send_lua_response(request_t *r, int base)
         handler_failed(r, "handler returned a body that is neither a table, a string nor nil", lua_typename(L, bt));
         return;
     }
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)(body ? body : ""), MHD_RESPMEM_MUST_COPY);
+    response_t *resp = response_new(body, len, RESPONSE_COPY);
     if (!resp) { server_problem(r, 503, "Service Unavailable", "out of memory", NULL, NULL); return; }
     int has_ctype = 0;
     if (lua_type(L, base + 2) == LUA_TTABLE) {
@@ -91,12 +91,12 @@ static void send_lua_response(request_t *r, int base)
                 const char *k = lua_tostring(L, -2);
                 if (strcasecmp(k, "Content-Type") == 0) has_ctype = 1;
                 else if (rl && strcasecmp(k, "RateLimit-Limit") == 0) rl = NULL;   /* the handler's own policy */
-                MHD_add_response_header(resp, k, lua_tostring(L, -1));
+                response_add_header(resp, k, lua_tostring(L, -1));
             }
             lua_pop(L, 1);
         }
     }
-    if (!has_ctype && body) MHD_add_response_header(resp, "Content-Type", "application/json");
+    if (!has_ctype && body) response_add_header(resp, "Content-Type", "application/json");
     if (rl) ratelimit_add_headers(resp, rl);
     server_queue(r, status, resp, len);
 }
@@ -207,7 +207,6 @@ static void run_coroutine(request_t *r, int nargs)
     w->cur = NULL;
     if (rc == LUA_YIELD && r->wait_cancel) {   /* parked by a binding: wait for worker_wake */
         if (r->park == REQ_SERVED) {
-            MHD_suspend_connection(r->conn);
             r->park = REQ_PARKED;
             park_link(w, r);
         }
@@ -232,7 +231,7 @@ static void run_coroutine(request_t *r, int nargs)
     if (r->park == REQ_PARKED) {
         park_unlink(w, r);
         r->park = REQ_RESUMED;
-        MHD_resume_connection(r->conn);
+        server_resumed(r);
     }
 }
 
@@ -247,7 +246,6 @@ void server_park(request_t *r, void (*cancel)(void *arg), void *arg)
     r->wait_cancel = cancel;
     r->wait_arg = arg;
     if (r->park == REQ_PARKED) return;   /* already parked (a rate-limit check came first) */
-    MHD_suspend_connection(r->conn);
     r->park = REQ_PARKED;
     park_link(r->w, r);
 }
@@ -258,11 +256,10 @@ void server_unpark(request_t *r)
     r->wait_arg = NULL;
     park_unlink(r->w, r);
     r->park = REQ_RESUMED;
-    MHD_resume_connection(r->conn);
+    server_resumed(r);
 }
 
-/* Shutdown deadline: forget every parked request and hand its connection back to MHD, which
- * closes it (MHD must not be stopped with connections still suspended). */
+/* Shutdown deadline: forget every parked request; its connection closes unanswered. */
 void dispatch_cancel_parked(worker_t *w)
 {
     while (w->waiting) {
@@ -271,7 +268,7 @@ void dispatch_cancel_parked(worker_t *w)
         park_unlink(w, r);
         release_coroutine(r, 0);
         r->park = REQ_RESUMED;
-        MHD_resume_connection(r->conn);
+        server_resumed(r);
     }
 }
 

@@ -23,25 +23,23 @@ void dispatch_route(request_t *r);
 /* worker_t.resume: a parked handler's I/O is done (worker_wake). */
 void dispatch_resume(request_t *r);
 
-/* r goes away while parked (the daemon is stopping): forget its wait and its coroutine. */
+/* r goes away while parked (its connection closed, or stopping): forget its wait and its coroutine. */
 void dispatch_forget(request_t *r);
 
-/* The shutdown deadline: forget every parked request of w and hand its connection back to
- * MHD, which closes it. */
+/* The shutdown deadline: forget every parked request of w; its connection closes unanswered. */
 void dispatch_cancel_parked(struct worker *w);
 
-/* Park r while C-level work runs on the loop (the gateway's forward): its connection is
- * suspended; cancel(arg) is called if r goes away first (shutdown), after which the work must
+/* Park r while C-level work runs on the loop (the gateway's forward); cancel(arg) is called if r goes away first (shutdown), after which the work must
  * never touch r. The work ends with server_unpark. Parking a parked request only replaces
  * its cancel hook. */
 void server_park(request_t *r, void (*cancel)(void *arg), void *arg);
 
-/* The parked work queued r's response (server_queue/server_problem) or gave up: hand the
- * connection back to MHD, which sends it (or closes the connection when there is none). */
+/* The parked work answered r (server_queue/server_problem) or gave up: r is no longer parked
+ * (its connection closes when there is no answer). */
 void server_unpark(request_t *r);
 
 /* r is parked, and nothing works on it any more (no handler coroutine, no wait): its answer
- * is queued, or it gave up — hand the connection back to MHD (server_unpark). A no-op
+ * is queued, or it gave up — unpark it (server_unpark). A no-op
  * otherwise (not parked, or a forward or handler still under way). */
 void server_settle(request_t *r);
 

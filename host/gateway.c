@@ -5,7 +5,7 @@
  * through the worker's libcurl handle (keep-alive to every upstream). Both directions are
  * buffered: the request body is already in r->body (capped by gateway_max_body), and the
  * upstream's answer is collected (capped by GATEWAY_MAX_RESPONSE_BYTES, default 16 MiB) before
- * it is queued. Buffering keeps one thread's MHD loop simple and is fine at these sizes;
+ * it is queued. Buffering keeps one thread's loop simple and is fine at these sizes;
  * streaming is the change to make if bodies grow. */
 #include "gateway.h"
 
@@ -336,33 +336,28 @@ static int named_in_connection(const char *connection, const char *name)
     return 0;
 }
 
-static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+static void collect_header(fwd_headers_t *h, const char *key, const char *value)
 {
-    fwd_headers_t *h = cls;
-    (void)kind;
-    if (!key || !value) return MHD_YES;
-    if (gateway_hop_by_hop(key) || named_in_connection(h->connection, key)) return MHD_YES;
+    if (gateway_hop_by_hop(key) || named_in_connection(h->connection, key)) return;
     /* Set below by the gateway itself, or computed by libcurl from the body. */
     if (strcasecmp(key, "Host") == 0 || strcasecmp(key, "Content-Length") == 0 || strcasecmp(key, "Expect") == 0 ||
         strcasecmp(key, "X-Request-Id") == 0 || strcasecmp(key, "X-Forwarded-For") == 0 ||
         strcasecmp(key, "X-Forwarded-Host") == 0 || strcasecmp(key, "traceparent") == 0)
-        return MHD_YES;
+        return;
     if (strcasecmp(key, "Content-Type") == 0) h->has_ctype = 1;
     else if (strcasecmp(key, "Accept") == 0) h->has_accept = 1;
     else if (strcasecmp(key, "X-Forwarded-Proto") == 0) {
-        if (!h->peer_trusted) return MHD_YES;   /* a client's own claim: replaced below */
+        if (!h->peer_trusted) return;   /* a client's own claim: replaced below */
         h->has_xfp = 1;                         /* set by a TLS terminator in front */
     }
     add_line(h, key, value);
-    return MHD_YES;
 }
 
 static void client_addr(request_t *r, char *out, size_t outlen)
 {
     out[0] = 0;
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-    if (!ci || !ci->client_addr) return;
-    const struct sockaddr *sa = ci->client_addr;
+    const struct sockaddr *sa = request_peer(r);
+    if (!sa) return;
     if (sa->sa_family == AF_INET) inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)outlen);
     else if (sa->sa_family == AF_INET6) inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)outlen);
 }
@@ -372,13 +367,13 @@ static struct curl_slist *build_headers(request_t *r, buf_t *raw, int *oom)
 {
     fwd_headers_t h = { 0 };
     h.raw = raw;
-    h.xff = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Forwarded-For");
-    h.host = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Host");
-    h.connection = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Connection");
+    h.xff = request_header(r, "X-Forwarded-For");
+    h.host = request_header(r, "Host");
+    h.connection = request_header(r, "Connection");
     char addr[64];
     client_addr(r, addr, sizeof addr);
     h.peer_trusted = addr[0] && ratelimit_trusted(addr);
-    MHD_get_connection_values(r->conn, MHD_HEADER_KIND, collect_header, &h);
+    for (int i = 0; i < r->nfields; i++) collect_header(&h, r->fields[i].name, r->fields[i].value);
 
     add_line(&h, "X-Request-Id", r->id);
     char tp[HTTPC_TRACEPARENT_SIZE];
@@ -448,11 +443,9 @@ static void relay_answer(request_t *r, int status, const char *head, size_t head
 {
     size_t len = bodybuf->len;
     char *body = len ? buf_take(bodybuf, NULL) : NULL;
-    /* MHD frees the body with free() once sent: no copy of a large answer. */
-    struct MHD_Response *mr = body ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE)
-                                   : MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    /* The response frees the body once sent: no copy of a large answer. */
+    response_t *mr = body ? response_new(body, len, RESPONSE_TAKE) : response_new("", 0, RESPONSE_STATIC);
     if (!mr) {
-        free(body);
         server_problem(r, 503, "Service Unavailable", "out of memory", NULL, NULL);
         return;
     }
@@ -465,7 +458,7 @@ static void relay_answer(request_t *r, int status, const char *head, size_t head
         if (nlen >= sizeof k || vlen >= sizeof v) continue;
         memcpy(k, name, nlen); k[nlen] = 0;
         memcpy(v, value, vlen); v[vlen] = 0;
-        if (!drop_response_header(k)) MHD_add_response_header(mr, k, v);
+        if (!drop_response_header(k)) response_add_header(mr, k, v);
         if (strcasecmp(k, "RateLimit-Limit") == 0) own_limit = 1;   /* the service's own, stricter policy */
     }
     if (r->has_rl && !own_limit) ratelimit_add_headers(mr, &r->rl);
@@ -563,7 +556,7 @@ static int retry_safe(request_t *r)
     static const char *const idem[] = { "GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE" };
     for (size_t i = 0; i < sizeof idem / sizeof idem[0]; i++)
         if (strcmp(r->method, idem[i]) == 0) return 1;
-    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Idempotency-Key") != NULL;
+    return request_header(r, "Idempotency-Key") != NULL;
 }
 
 /* Forward r over this thread's keep-alive connections to a plain-http upstream. */

@@ -192,8 +192,8 @@ static int cmd_serve(const config_t *cfg)
     log_info("%s listening on %s:%d with %d workers (version %s)", cfg->service, cfg->listen_addr, cfg->port,
              cfg->workers, MERCATO_VERSION);
     /* Main waits for SIGTERM or SIGINT. Meanwhile, once a crowd of connections has gone, it
-     * hands the heap's free pages back to the kernel: MHD's per-connection pools are malloc'd,
-     * and 256 connections left ~4 MB resident for good. */
+     * hands the heap's free pages back to the kernel: connection buffers are malloc'd, and 256
+     * connections left ~4 MB resident for good. */
     int sig;
     for (;;) {
         struct timespec tick = { .tv_sec = TRIM_CHECK_S };

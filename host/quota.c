@@ -1,12 +1,13 @@
 /* quota: what clients may hold of the process — connections in all and per client IP,
  * buffered request-body bytes, and how long a request may take to arrive.
  *
- * Every HTTP thread runs its own daemon, so MHD's own limits (per daemon) cannot say "the
+ * Every HTTP thread has its own connections, so a limit per thread cannot say "the
  * process": the counts here are shared — atomics, and one mutex around the per-IP table, taken
  * once when a connection opens and once when it closes. A connection past a limit is closed at
- * accept (MHD's accept policy), before it costs a memory pool. */
+ * accept (quota_admit), before it costs a buffer. */
 #include "quota.h"
 #include "ratelimit_http.h"
+#include "conn.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -211,39 +212,35 @@ long quota_connections_settled(void)
     return peak > now ? peak - now : 0;
 }
 
-enum MHD_Result quota_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+int quota_admit(const struct sockaddr *addr)
 {
-    (void)cls; (void)addrlen;
     if (g.max_conns && atomic_load_explicit(&g.conns, memory_order_relaxed) >= (long)g.max_conns) {
         metrics_cell_add(g.refused_total, 1);
-        return MHD_NO;
+        return 0;
     }
     unsigned char key[9];
     if (g.per_ip && addr && ip_key(addr, key) && quota_ip_count(key) >= g.per_ip) {
         metrics_cell_add(g.refused_ip, 1);
-        return MHD_NO;
+        return 0;
     }
-    return MHD_YES;
+    return 1;
 }
 
-void quota_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
-                       enum MHD_ConnectionNotificationCode code)
+void quota_opened(struct conn *conn, int opened)
 {
-    (void)cls;
-    int opened = code == MHD_CONNECTION_NOTIFY_STARTED;
     long now = atomic_fetch_add_explicit(&g.conns, opened ? 1 : -1, memory_order_relaxed) + (opened ? 1 : -1);
     long peak = atomic_load_explicit(&g.peak, memory_order_relaxed);
     while (now > peak && !atomic_compare_exchange_weak_explicit(&g.peak, &peak, now, memory_order_relaxed,
                                                                  memory_order_relaxed)) {}
     metrics_cell_add(g.open, opened ? 1 : -1);
-    if (!g.per_ip) return;
-    /* The socket context marks a connection counted per IP, so that only those are uncounted. */
-    if (!opened && !*socket_context) return;
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (!g.per_ip || !conn) return;
+    /* The connection's tag marks it counted per IP, so that only those are uncounted. */
+    void **counted = conn_tag(conn);
+    if (!opened && !*counted) return;
     unsigned char key[9];
-    if (!ci || !ci->client_addr || !ip_key(ci->client_addr, key)) return;
+    if (!ip_key(conn_peer(conn), key)) return;
     quota_ip_add(key, opened ? 1 : -1);
-    if (opened) *socket_context = (void *)&g;
+    if (opened) *counted = (void *)&g;
 }
 
 /* ---- request bodies ------------------------------------------------------------------------ */
@@ -287,24 +284,34 @@ void quota_body_drop(request_t *r)
 
 /* ---- the read deadline --------------------------------------------------------------------- */
 
-/* The request is late: shut its socket down. MHD sees the end of the stream on its next run
- * and closes the connection as if the client had (the completion callback frees r). */
+int quota_read_timeout_ms(void)
+{
+    return g.read_timeout_ms > 0 ? g.read_timeout_ms : 0;
+}
+
+void quota_read_timed_out(void)
+{
+    metrics_cell_add(g.read_timeouts, 1);
+    log_debug("closing a connection whose request did not arrive within %d ms", g.read_timeout_ms);
+}
+
+/* The request is late: shut its socket down. The connection sees the end of the stream and
+ * closes as if the client had (its done hook frees r). */
 static void read_deadline(loop_t *loop, void *arg)
 {
     request_t *r = arg;
     (void)loop;
     r->read_timer = NULL;
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (!ci) return;
-    shutdown(ci->connect_fd, SHUT_RDWR);
-    metrics_cell_add(g.read_timeouts, 1);
-    log_debug("closing a connection whose request did not arrive within %d ms", g.read_timeout_ms);
+    shutdown(conn_fd(r->conn), SHUT_RDWR);
+    quota_read_timed_out();
 }
 
 void quota_read_start(request_t *r)
 {
     if (g.read_timeout_ms <= 0 || !r->w->loop || !r->conn) return;
-    r->read_timer = loop_timer_add(r->w->loop, (uint64_t)g.read_timeout_ms, read_deadline, r);
+    uint64_t spent = (request_now_ns() - r->start_ns) / 1000000ull;
+    uint64_t left = spent < (uint64_t)g.read_timeout_ms ? (uint64_t)g.read_timeout_ms - spent : 0;
+    r->read_timer = loop_timer_add(r->w->loop, left, read_deadline, r);
 }
 
 void quota_read_done(request_t *r)

@@ -4,12 +4,13 @@
 #ifndef MERCATO_QUOTA_H
 #define MERCATO_QUOTA_H
 
-#include <microhttpd.h>
 #include <stddef.h>
 #include <sys/socket.h>
 
 #include "config.h"
 #include "request.h"
+
+struct conn;
 
 /* Raise the soft open-file limit to the hard one (idle connections are file descriptors).
  * Returns the soft limit now in force. */
@@ -28,14 +29,18 @@ unsigned quota_max_connections(void);
 /* How many connections closed since the last call: the most open at once in between minus the
  * open now (the peak restarts from now). */
 long quota_connections_settled(void);
-/* MHD's accept policy: MHD_NO (the connection is closed at once) past MAX_CONNECTIONS in the
+/* The accept policy: 0 (the connection is closed at once) past MAX_CONNECTIONS in the
  * process, or past MAX_CONNECTIONS_PER_IP from one client address (IPv6 by its /64) unless it
- * is a trusted proxy (TRUSTED_PROXIES). */
-enum MHD_Result quota_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen);
+ * is a trusted proxy (TRUSTED_PROXIES); else 1. */
+int quota_admit(const struct sockaddr *addr);
 
-/* MHD_OPTION_NOTIFY_CONNECTION: counts connections as they open and close. */
-void quota_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
-                       enum MHD_ConnectionNotificationCode code);
+/* Counts connections as they open (open 1) and close (open 0). */
+void quota_opened(struct conn *c, int open);
+
+/* REQUEST_READ_TIMEOUT_MS (0: none): a request head's deadline, kept by host/conn.c. */
+int quota_read_timeout_ms(void);
+/* A head missed it and its connection is closed: counted. */
+void quota_read_timed_out(void);
 
 /* Append n bytes to r's body buffer within the process's BODY_BUFFER_BUDGET. 0; -1 when the
  * budget has no room (nothing appended: the caller drops the body and answers 503); -2 out of
@@ -45,8 +50,8 @@ int quota_body_append(request_t *r, const char *data, size_t n);
 /* Free r's body buffer and give its bytes back to the budget (idempotent). */
 void quota_body_drop(request_t *r);
 
-/* The request line of r is in: its headers and body must arrive within
- * REQUEST_READ_TIMEOUT_MS, or its connection is shut down. r->conn must be set. */
+/* The head of r is in: its body must arrive within REQUEST_READ_TIMEOUT_MS of r's first byte
+ * (r->start_ns), or its connection is shut down. r->conn must be set. */
 void quota_read_start(request_t *r);
 
 /* The whole request is in (or it ends): no more deadline. */

@@ -3,7 +3,6 @@
  * handler, the gateway's global per-IP limit, and the 429 problem with its headers. */
 #include <arpa/inet.h>
 #include <lauxlib.h>
-#include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -155,23 +154,11 @@ int ratelimit_trusted(const char *addr)
 
 static int peer_addr(request_t *r, addr_t *a)
 {
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-    if (!ci || !ci->client_addr) return -1;
-    const struct sockaddr *sa = ci->client_addr;
+    const struct sockaddr *sa = request_peer(r);
+    if (!sa) return -1;
     if (sa->sa_family == AF_INET) { a->v6 = 0; memcpy(a->b, &((const struct sockaddr_in *)sa)->sin_addr, 4); return 0; }
     if (sa->sa_family == AF_INET6) { from_v6(a, (const unsigned char *)&((const struct sockaddr_in6 *)sa)->sin6_addr); return 0; }
     return -1;
-}
-
-static enum MHD_Result collect_xff(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
-{
-    buf_t *b = cls;
-    (void)kind;
-    if (key && value && strcasecmp(key, "X-Forwarded-For") == 0) {
-        if (b->len) buf_add(b, ",", 1);
-        buf_adds(b, value);
-    }
-    return MHD_YES;
 }
 
 /* The right-most untrusted address of X-Forwarded-For (every header, in order), starting from
@@ -182,7 +169,11 @@ static int client_addr(request_t *r, addr_t *out)
     if (!trusted(out)) return 0;
     buf_t b;
     buf_init(&b);
-    MHD_get_connection_values(r->conn, MHD_HEADER_KIND, collect_xff, &b);
+    for (int i = 0; i < r->nfields; i++) {
+        if (strcasecmp(r->fields[i].name, "X-Forwarded-For") != 0) continue;
+        if (b.len) buf_add(&b, ",", 1);
+        buf_adds(&b, r->fields[i].value);
+    }
     size_t end = b.failed ? 0 : b.len;
     while (end > 0) {
         size_t start = end;
@@ -217,15 +208,15 @@ static size_t ip_key(request_t *r, char *out, size_t outlen)
 
 /* ---- responses -------------------------------------------------------------------------- */
 
-void ratelimit_add_headers(struct MHD_Response *resp, const ratelimit_result_t *res)
+void ratelimit_add_headers(response_t *resp, const ratelimit_result_t *res)
 {
     char v[24];
     snprintf(v, sizeof v, "%lld", (long long)res->limit);
-    MHD_add_response_header(resp, "RateLimit-Limit", v);
+    response_add_header(resp, "RateLimit-Limit", v);
     snprintf(v, sizeof v, "%lld", (long long)res->remaining);
-    MHD_add_response_header(resp, "RateLimit-Remaining", v);
+    response_add_header(resp, "RateLimit-Remaining", v);
     snprintf(v, sizeof v, "%lld", (long long)ratelimit_seconds(res->reset_after_us));
-    MHD_add_response_header(resp, "RateLimit-Reset", v);
+    response_add_header(resp, "RateLimit-Reset", v);
 }
 
 void ratelimit_reject(request_t *r, const char *name, const ratelimit_result_t *res)
@@ -238,12 +229,12 @@ void ratelimit_reject(request_t *r, const char *name, const ratelimit_result_t *
                      "\"detail\":\"Too many requests (limit '%s'); retry in %lld s.\",\"request_id\":\"%s\"}",
                      name, (long long)retry, r->id);
     ratelimit_count_rejection(name);
-    struct MHD_Response *resp = MHD_create_response_from_buffer((size_t)n, body, MHD_RESPMEM_MUST_COPY);
+    response_t *resp = response_new(body, (size_t)n, RESPONSE_COPY);
     if (!resp) { server_problem(r, 503, "Service Unavailable", "out of memory", NULL, NULL); return; }
     char v[24];
     snprintf(v, sizeof v, "%lld", (long long)retry);
-    MHD_add_response_header(resp, "Content-Type", "application/problem+json");
-    MHD_add_response_header(resp, "Retry-After", v);
+    response_add_header(resp, "Content-Type", "application/problem+json");
+    response_add_header(resp, "Retry-After", v);
     ratelimit_add_headers(resp, res);
     server_queue(r, 429, resp, (size_t)n);
 }

@@ -44,8 +44,8 @@ void ratelimit_refuse(struct request *r, const char *name, const ratelimit_resul
 void ratelimit_reject(struct request *r, const char *name, const ratelimit_result_t *res);
 
 /* Add RateLimit-Limit/Remaining/Reset for res to a response being built. */
-struct MHD_Response;
-void ratelimit_add_headers(struct MHD_Response *resp, const ratelimit_result_t *res);
+struct response;
+void ratelimit_add_headers(struct response *resp, const ratelimit_result_t *res);
 
 /* The gateway's global per-client limit (RATE_LIMIT_GLOBAL), as ratelimit_route: 0 go on, -1
  * 429 queued, 1 answer later through done (a refusal then sent by the caller, name "global"). */

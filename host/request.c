@@ -1,10 +1,26 @@
-/* request: helpers on a request's raw bytes — the clock, percent-decoding, text checks. */
+/* request: helpers on a request's raw bytes — its header fields, the clock, percent-decoding,
+ * text checks. */
 #include "request.h"
 
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
+#include "conn.h"
+
 #include "../core/utf8.h"
+
+const char *request_header(const request_t *r, const char *name)
+{
+    for (int i = 0; i < r->nfields; i++)
+        if (strcasecmp(r->fields[i].name, name) == 0) return r->fields[i].value;
+    return NULL;
+}
+
+const struct sockaddr *request_peer(const request_t *r)
+{
+    return r->conn ? conn_peer(r->conn) : NULL;
+}
 
 uint64_t request_now_ns(void)
 {

@@ -2,10 +2,10 @@
 #ifndef MERCATO_REQUEST_H
 #define MERCATO_REQUEST_H
 
-#include <microhttpd.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../core/http1.h"
 #include "../core/ratelimit.h"
 #include "../core/loop.h"
 #include "router.h"
@@ -13,16 +13,20 @@
 struct worker;
 struct lua_State;
 struct loop_timer;
+struct conn;
 
-/* A request's connection while its answer is awaited: served as usual, suspended
- * (MHD_suspend_connection) while its handler or forward waits, then resumed with the answer
- * kept in `pending` for the next access call. */
+/* Whether a request waits on I/O: served as usual, parked (linked in its worker's list, the
+ * bindings' callbacks come back to it) while its handler or forward waits, resumed once done.
+ * Its connection is not touched by parking: the answer is written when it is made. */
 enum request_park { REQ_SERVED = 0, REQ_PARKED, REQ_RESUMED };
 
 typedef struct request {
     struct worker *w;
-    struct MHD_Connection *conn;
-    char *uri;                  /* raw request target as sent: path[?query] (owned) */
+    struct conn *conn;
+    char *head;                 /* the request head as received (owned): what uri and fields point into */
+    const http1_field_t *fields;
+    int nfields;
+    char *uri;                  /* raw request target as sent: path[?query] (in head) */
     size_t path_len;            /* the path is uri[0, path_len) */
     const char *query;          /* after '?', NUL-terminated, or NULL */
     char method[8];
@@ -57,8 +61,6 @@ typedef struct request {
     void *wait_arg;
     int resume_n;               /* values the binding pushed onto co for the resume */
     loop_defer_t resume_defer;            /* the scheduled resume (worker_wake), when queued */
-    struct MHD_Response *pending;         /* made while suspended; queued on the resumed call */
-    unsigned pending_status;
     struct request *wnext, *wprev;        /* the worker's list of parked requests */
     int retired;                /* its coroutine lives in the worker's previous generation */
     ratelimit_result_t rl;      /* the route's rate-limit answer, kept for a resumed response */
@@ -71,6 +73,12 @@ typedef struct request {
 enum { BUILTIN_HEALTH = -10, BUILTIN_READY, BUILTIN_METRICS, BUILTIN_OPENAPI, ROUTER_GATEWAY = -20 };
 
 static inline int request_is_builtin(int route) { return route >= BUILTIN_HEALTH && route <= BUILTIN_OPENAPI; }
+
+/* The first header field `name` (ASCII case-insensitive) as received, or NULL. */
+const char *request_header(const request_t *r, const char *name);
+
+/* The client's address (AF_INET or AF_INET6), or NULL. */
+const struct sockaddr *request_peer(const request_t *r);
 
 /* Monotonic clock in nanoseconds. */
 uint64_t request_now_ns(void);

@@ -1,7 +1,7 @@
 /* secure_headers: the API's fixed browser-hardening headers (OWASP REST Security / Secure
  * Headers project): nothing here is HTML, so nothing may be sniffed, framed, scripted, cached
  * when it carries credentials, or sent on with a Referer. No Server or X-Powered-By header is
- * ever added (libmicrohttpd adds none). HSTS only when configured: the host speaks plain HTTP
+ * ever added. HSTS only when configured: the host speaks plain HTTP
  * behind a TLS-terminating proxy, and only the operator knows whether there is one. */
 #include "secure_headers.h"
 
@@ -10,6 +10,8 @@
 #include <strings.h>
 
 #include "config.h"
+#include "request.h"
+#include "response.h"
 
 static char g_hsts[64];   /* "max-age=N; includeSubDomains", or "" (set once before any thread) */
 
@@ -28,21 +30,21 @@ void secure_headers_init(const config_t *cfg)
         g_hsts[0] = 0;
 }
 
-int secure_headers_private(struct MHD_Connection *conn, const char *method, int status)
+int secure_headers_private(const request_t *r, int status)
 {
     if (status < 200 || status >= 400) return 1;
-    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) return 1;
-    return MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization") != NULL ||
-           MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Cookie") != NULL;
+    if (strcmp(r->method, "GET") != 0 && strcmp(r->method, "HEAD") != 0) return 1;
+    return request_header(r, "Authorization") != NULL || request_header(r, "Cookie") != NULL;
 }
 
 /* Add name: value unless resp has that header already. */
-static void add_missing(struct MHD_Response *resp, const char *name, const char *value)
+static void add_missing(response_t *resp, const char *name, const char *value)
 {
-    if (!MHD_get_response_header(resp, name)) MHD_add_response_header(resp, name, value);
+    char have[8];
+    if (!response_header(resp, name, have, sizeof have)) response_add_header(resp, name, value);
 }
 
-void secure_headers_add(struct MHD_Response *resp, int private_)
+void secure_headers_add(response_t *resp, int private_)
 {
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) add_missing(resp, fixed[i][0], fixed[i][1]);
     if (private_) add_missing(resp, "Cache-Control", "no-store");

@@ -1,10 +1,12 @@
-/* server: the HTTP front — N worker threads, each running its own libmicrohttpd daemon in
- * external-epoll mode on one shared listening socket, each with its own Lua state.
+/* server: the HTTP front — N worker threads, each with its own event loop, its own
+ * connections (host/conn.c) on one shared listening socket (or one socket each with
+ * LISTEN_MODE=reuseport) and its own Lua state; and what a request goes through, from its head
+ * to its access line.
  *
- * Owning the loop (rather than MHD's internal pool) pins every connection, request and Lua
- * call to one thread we created, gives each thread an idle moment to flush its access log,
- * and leaves room to park requests on I/O later. A connection is accepted by whichever idle
- * thread wins the accept, so a thread busy in a handler does not collect new clients. */
+ * One loop per thread pins every connection, request and Lua call to one thread we created,
+ * gives each thread an idle moment to flush its access log, and lets a request park on I/O at
+ * no cost. A connection is accepted by whichever idle thread wins the accept, so a thread busy
+ * in a handler does not collect new clients. */
 #include "server.h"
 
 #include <arpa/inet.h>
@@ -26,8 +28,10 @@
 #include "access_log.h"
 #include "bindings.h"
 #include "builtins.h"
+#include "conn.h"
 #include "dispatch.h"
 #include "gateway.h"
+#include "response.h"
 #include "quota.h"
 #include "secure_headers.h"
 #include "../core/log.h"
@@ -42,7 +46,7 @@ typedef struct http_thread {
     int index;
     pthread_t thread;
     worker_t *w;
-    struct MHD_Daemon *daemon;
+    conn_set_t *conns;
     int wake_fd;                 /* eventfd: wakes the loop to notice a stop */
     int listen_fd;               /* this thread's SO_REUSEPORT socket, or the shared one */
     long inflight;               /* requests begun and not completed (this thread only) */
@@ -51,7 +55,7 @@ typedef struct http_thread {
 } http_thread_t;
 
 static _Atomic int g_stopping;   /* one server per process: read when building responses */
-static int g_fail_worker = -1;   /* SERVER_TEST_FAIL_WORKER (specs): this worker fails once its daemon is up */
+static int g_fail_worker = -1;   /* SERVER_TEST_FAIL_WORKER (specs): this worker fails once its connections are set up */
 static int g_builtin_slot[4];   /* metrics slots of /health, /ready, /metrics, /openapi.json */
 
 struct server {
@@ -70,35 +74,22 @@ int server_stopping(void)
 
 /* ---- responses ------------------------------------------------------------------------- */
 
-int server_queue(request_t *r, int status, struct MHD_Response *resp, size_t len)
+int server_queue(request_t *r, int status, response_t *resp, size_t len)
 {
-    MHD_add_response_header(resp, "X-Request-Id", r->id);
-    secure_headers_add(resp, secure_headers_private(r->conn, r->method, status));
-    if (atomic_load_explicit(&g_stopping, memory_order_relaxed))
-        MHD_add_response_header(resp, "Connection", "close");
-    if (r->park == REQ_PARKED) {
-        /* The handler finished while parked: MHD takes it on the resumed access call. */
-        if (r->pending) MHD_destroy_response(r->pending);
-        r->pending = resp;
-        r->pending_status = (unsigned)status;
-        r->status = status;
-        r->resp_bytes = len;
-        return 0;
-    }
-    int rc = MHD_queue_response(r->conn, (unsigned)status, resp) == MHD_YES ? 0 : -1;
-    MHD_destroy_response(resp);
-    if (rc == 0) {
-        r->status = status;
-        r->resp_bytes = len;
-    }
-    return rc;
+    response_add_header(resp, "X-Request-Id", r->id);
+    secure_headers_add(resp, secure_headers_private(r, status));
+    if (atomic_load_explicit(&g_stopping, memory_order_relaxed)) resp->close = 1;
+    if (conn_respond(r->conn, status, resp) != 0) return -1;
+    r->status = status;
+    r->resp_bytes = len;
+    return 0;
 }
 
 int server_respond(request_t *r, int status, const char *ctype, const char *body, size_t len)
 {
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)(body ? body : ""), MHD_RESPMEM_MUST_COPY);
+    response_t *resp = response_new(body, len, RESPONSE_COPY);
     if (!resp) return -1;
-    if (ctype) MHD_add_response_header(resp, "Content-Type", ctype);
+    if (ctype) response_add_header(resp, "Content-Type", ctype);
     return server_queue(r, status, resp, len);
 }
 
@@ -111,25 +102,19 @@ int server_problem(request_t *r, int status, const char *title, const char *deta
     int n = snprintf(body, sizeof body,
                      "{\"type\":\"about:blank\",\"title\":\"%s\",\"status\":%d%s%s%s,\"request_id\":\"%s\"}",
                      t, status, detail ? ",\"detail\":\"" : "", detail ? d : "", detail ? "\"" : "", r->id);
-    struct MHD_Response *resp = MHD_create_response_from_buffer((size_t)n, body, MHD_RESPMEM_MUST_COPY);
+    response_t *resp = response_new(body, (size_t)n, RESPONSE_COPY);
     if (!resp) return -1;
-    MHD_add_response_header(resp, "Content-Type", "application/problem+json");
-    if (header) MHD_add_response_header(resp, header, value);
+    response_add_header(resp, "Content-Type", "application/problem+json");
+    if (header) response_add_header(resp, header, value);
     return server_queue(r, status, resp, (size_t)n);
 }
 
-/* The resumed access call of a request that was parked: queue what its handler made, or
- * close the connection when there is nothing (cancelled at shutdown, out of memory). */
-static enum MHD_Result queue_pending(request_t *r)
+void server_resumed(request_t *r)
 {
-    if (!r->pending) return MHD_NO;
-    enum MHD_Result rc = MHD_queue_response(r->conn, r->pending_status, r->pending);
-    MHD_destroy_response(r->pending);
-    r->pending = NULL;
-    return rc;
+    if (!r->status) conn_abort(r->conn);   /* cancelled, or its answer could not be made */
 }
 
-/* ---- MHD callbacks --------------------------------------------------------------------- */
+/* ---- a request, from its head to its access line ---------------------------------------- */
 
 static int valid_request_id(const char *v)
 {
@@ -143,102 +128,94 @@ static int valid_request_id(const char *v)
     return n > 0;
 }
 
-/* Called with the raw request target before anything else: its return value becomes the
- * connection's per-request pointer, so this is where the request is born. */
-static void *uri_cb(void *cls, const char *uri, struct MHD_Connection *conn)
+/* The head is in: the request is born, matched to a route, and refused at once when its
+ * Content-Length says its body is too large. */
+static request_t *on_begin(void *arg, conn_t *c, conn_head_t *head)
 {
-    http_thread_t *t = cls;
+    http_thread_t *t = arg;
+    worker_t *w = t->w;
     request_t *r = calloc(1, sizeof *r);
-    if (!r) return NULL;
-    r->uri = strdup(uri ? uri : "/");
-    if (!r->uri) { free(r); return NULL; }
+    if (!r) { free(head->mem); return NULL; }
+    r->head = head->mem;
+    r->fields = head->fields;
+    r->nfields = head->nfields;
+    r->uri = (char *)head->target;   /* in head: ours to cut at the '?' */
     char *q = strchr(r->uri, '?');
     if (q) { *q = 0; r->query = q + 1; }
     r->path_len = strlen(r->uri);
-    r->w = t->w;
-    r->start_ns = request_now_ns();
+    r->w = w;
+    r->start_ns = head->start_ns;
     r->claims_ref = LUA_NOREF;
-    r->conn = conn;
-    quota_read_start(r);   /* headers and body must follow within REQUEST_READ_TIMEOUT_MS */
+    r->conn = c;
+    r->started = 1;
     t->inflight++;
-    metrics_shard_add_inflight(t->w->metrics, 1);
+    metrics_shard_add_inflight(w->metrics, 1);
+    quota_read_start(r);   /* the body must follow within REQUEST_READ_TIMEOUT_MS of the first byte */
+
+    /* A method longer than any this server knows stays empty (501 below), never cut down to
+     * one it knows ("OPTIONSX" is not OPTIONS). */
+    if (head->method_len < sizeof r->method) memcpy(r->method, head->method, head->method_len + 1);
+    else r->method[0] = 0;
+    const char *rid = request_header(r, "X-Request-Id");
+    if (rid && valid_request_id(rid)) snprintf(r->id, sizeof r->id, "%s", rid);
+    else worker_request_id(w, r->id);
+    int builtin = builtins_match(r);
+    if (builtin) {
+        r->route = builtin;
+        r->slot = g_builtin_slot[builtin - BUILTIN_HEALTH];
+    } else if (w->cfg->service && strcmp(w->cfg->service, "gateway") == 0) {
+        r->route = ROUTER_GATEWAY;
+    } else {
+        dispatch_match(r, NULL, 0);
+    }
+    r->max_body = w->cfg->max_body;
+    if (r->route >= 0 && w->snap->routes[r->route].max_body) r->max_body = w->snap->routes[r->route].max_body;
+    if (r->route == ROUTER_GATEWAY) r->max_body = gateway_max_body(w->cfg);
+    const char *cl = request_header(r, "Content-Length");
+    if (cl && strtoull(cl, NULL, 10) > r->max_body) {
+        r->body_too_large = 1;
+        server_problem(r, 413, "Content Too Large", "The request body is larger than this endpoint accepts.", NULL, NULL);
+    }
     return r;
 }
 
-static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
-                                 const char *version, const char *upload_data, size_t *upload_data_size,
-                                 void **con_cls)
+static void on_body(request_t *r, const char *data, size_t n)
 {
-    http_thread_t *t = cls;
-    worker_t *w = t->w;
-    request_t *r = *con_cls;
-    (void)url; (void)version;
-    if (!r) return MHD_NO;   /* out of memory in uri_cb: drop the connection */
-    if (r->park == REQ_RESUMED) return queue_pending(r);   /* back from a parked handler */
-
-    if (!r->started) {
-        /* First call: headers are in. Answer nothing yet unless refusing the body: a response
-         * queued here would make MHD close the connection. */
-        r->started = 1;
-        r->conn = conn;
-        /* A method longer than any this server knows stays empty (501 below), never cut down
-         * to one it knows ("OPTIONSX" is not OPTIONS). */
-        if (strlen(method) < sizeof r->method) memcpy(r->method, method, strlen(method) + 1);
-        else r->method[0] = 0;
-        const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
-        if (rid && valid_request_id(rid)) snprintf(r->id, sizeof r->id, "%s", rid);
-        else worker_request_id(w, r->id);
-        int builtin = builtins_match(r);
-        if (builtin) {
-            r->route = builtin;
-            r->slot = g_builtin_slot[builtin - BUILTIN_HEALTH];
-        } else if (w->cfg->service && strcmp(w->cfg->service, "gateway") == 0) {
-            r->route = ROUTER_GATEWAY;
-        } else {
-            dispatch_match(r, NULL, 0);
-        }
-        r->max_body = w->cfg->max_body;
-        if (r->route >= 0 && w->snap->routes[r->route].max_body) r->max_body = w->snap->routes[r->route].max_body;
-        if (r->route == ROUTER_GATEWAY) r->max_body = gateway_max_body(w->cfg);
-        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
-        if (cl && strtoull(cl, NULL, 10) > r->max_body) {
-            r->body_too_large = 1;
-            server_problem(r, 413, "Content Too Large", "The request body is larger than this endpoint accepts.", NULL, NULL);
-        }
-        return MHD_YES;
+    if (r->body_too_large || r->body_over_budget || r->status) return;
+    if (r->body_len + n > r->max_body) {
+        /* Chunks past the limit: what came is dropped, the rest read and dropped as it
+         * arrives (REQUEST_READ_TIMEOUT_MS bounds it), 413 at the end. */
+        r->body_too_large = 1;
+        quota_body_drop(r);
+        return;
     }
-
-    if (*upload_data_size) {
-        size_t n = *upload_data_size;
-        *upload_data_size = 0;
-        if (r->body_too_large || r->body_over_budget) return MHD_YES;
-        if (r->body_len + n > r->max_body) {
-            /* MHD 0.9.75 cannot queue a response mid-upload: drop what came, discard the
-             * rest as it arrives, answer 413 at the end (REQUEST_READ_TIMEOUT_MS bounds it). */
-            r->body_too_large = 1;
-            quota_body_drop(r);
-            return MHD_YES;
-        }
-        int rc = quota_body_append(r, upload_data, n);
-        if (rc == -2) return MHD_NO;
-        if (rc == -1) {   /* the process buffers all it may: the same, answered 503 */
-            r->body_over_budget = 1;
-            quota_body_drop(r);
-        }
-        return MHD_YES;
+    int rc = quota_body_append(r, data, n);
+    if (rc == -1 || rc == -2) {   /* the process buffers all it may, or no memory: answered 503 */
+        r->body_over_budget = 1;
+        quota_body_drop(r);
     }
+}
 
-    /* Final call: the whole request is here. */
+static void on_bad(request_t *r, int status)
+{
     quota_read_done(r);
-    if (r->status) return MHD_YES;   /* already answered (413 by Content-Length) */
+    server_problem(r, status, "Bad Request", "The request body's chunked framing is malformed.", NULL, NULL);
+}
+
+/* The whole request is in: the checks no handler should have to make, then its route. */
+static void on_end(request_t *r)
+{
+    worker_t *w = r->w;
+    quota_read_done(r);
+    if (r->status) return;   /* already answered */
     if (r->body_too_large) {
         server_problem(r, 413, "Content Too Large", "The request body is larger than this endpoint accepts.", NULL, NULL);
-        return MHD_YES;
+        return;
     }
     if (r->body_over_budget) {
         server_problem(r, 503, "Service Unavailable", "The server is buffering as many request bodies as it may; retry shortly.",
                        "Retry-After", "1");
-        return MHD_YES;
+        return;
     }
     worker_maybe_reload(w);
     if (r->generation != w->generation &&
@@ -247,74 +224,61 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
 
     if (!r->method[0]) {
         server_problem(r, 501, "Not Implemented", "This server does not implement this method.", NULL, NULL);
-        return MHD_YES;
+        return;
     }
-    if (request_is_builtin(r->route)) { builtins_serve(r); return MHD_YES; }
-    if (r->route == ROUTER_GATEWAY) { gateway_handle(r); return MHD_YES; }
+    if (request_is_builtin(r->route)) { builtins_serve(r); return; }
+    if (r->route == ROUTER_GATEWAY) { gateway_handle(r); return; }
     if (r->route == ROUTER_NOT_FOUND) {
         server_problem(r, 404, "Not Found", "No resource lives at this path.", NULL, NULL);
-        return MHD_YES;
+        return;
     }
     if (r->route == ROUTER_METHOD_NOT_ALLOWED && !router_method_valid(r->method)) {
         server_problem(r, 501, "Not Implemented", "This server does not implement this method.", NULL, NULL);
-        return MHD_YES;
+        return;
     }
     if (r->route == ROUTER_METHOD_NOT_ALLOWED) {
         char allow[128];
         dispatch_match(r, allow, sizeof allow);
         server_problem(r, 405, "Method Not Allowed", "This resource does not answer this method.", "Allow", allow);
-        return MHD_YES;
+        return;
     }
     /* Client text reaches handlers as UTF-8 only: a path that is not is no resource here, a
      * query string that is not a bad request (the handler never sees either). */
     if (!request_text_valid(r->uri, r->path_len)) {
         server_problem(r, 404, "Not Found", "No resource lives at this path.", NULL, NULL);
-        return MHD_YES;
+        return;
     }
     if (r->query && !request_text_valid(r->query, strlen(r->query))) {
         server_problem(r, 400, "Bad Request", "The query string is not valid UTF-8 once percent-decoded.", NULL, NULL);
-        return MHD_YES;
+        return;
     }
     dispatch_route(r);
-    return MHD_YES;
+    if (!r->status && r->park != REQ_PARKED && !r->co) conn_abort(r->conn);   /* no answer could be made */
 }
 
-static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe)
+/* The request is over: its answer written, or its connection gone. */
+static void on_done(request_t *r)
 {
-    http_thread_t *t = cls;
-    request_t *r = *con_cls;
-    (void)conn; (void)toe;
-    if (!r) return;
-    *con_cls = NULL;
-    if (r->co || r->park == REQ_PARKED) {   /* parked (the daemon is stopping): nothing may resume it */
+    worker_t *w = r->w;
+    http_thread_t *t = w->http;
+    if (r->co || r->park == REQ_PARKED) {   /* still waiting (client gone, stopping): nothing may resume it */
         dispatch_forget(r);
     }
-    if (r->pending) MHD_destroy_response(r->pending);
-    if (r->db) bindings_request_end(t->w, r);
+    if (r->db) bindings_request_end(w, r);
     uint64_t ns = request_now_ns() - r->start_ns;
     int status = r->status ? r->status : 499;   /* the client went away before an answer */
-    if (r->started) {
-        /* Slots are process-wide, so a slot matched in an older generation is still right. */
-        metrics_observe_request(t->w->metrics, r->slot, status, ns);
-        if (t->w->cfg->access_log) access_log_write(t->w, r, status, ns);
-    }
-    metrics_shard_add_inflight(t->w->metrics, -1);
+    /* Slots are process-wide, so a slot matched in an older generation is still right. */
+    metrics_observe_request(w->metrics, r->slot, status, ns);
+    if (w->cfg->access_log) access_log_write(w, r, status, ns);
+    metrics_shard_add_inflight(w->metrics, -1);
     t->inflight--;
     quota_read_done(r);
     quota_body_drop(r);
-    free(r->uri);
+    free(r->head);
     free(r);
 }
 
-static void mhd_logger(void *cls, const char *fmt, va_list ap)
-{
-    (void)cls;
-    char msg[1024];
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    size_t n = strlen(msg);
-    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = 0;
-    log_line(LOG_DEBUG, NULL, "libmicrohttpd: %s", msg);
-}
+static const conn_hooks_t g_hooks = { on_begin, on_body, on_end, on_bad, on_done };
 
 /* ---- threads --------------------------------------------------------------------------- */
 
@@ -324,12 +288,6 @@ static void report_started(http_thread_t *t, int started)
     t->started = started;
     pthread_cond_broadcast(&t->srv->cond);
     pthread_mutex_unlock(&t->srv->lock);
-}
-
-/* The daemon's epoll fd is ready: MHD_run, called on every iteration, takes it from here. */
-static void on_mhd_ready(loop_t *loop, int fd, int events, void *arg)
-{
-    (void)loop; (void)fd; (void)events; (void)arg;
 }
 
 /* server_stop's nudge: drain the eventfd; g_stopping is what counts. */
@@ -342,22 +300,19 @@ static void on_wake(loop_t *loop, int fd, int events, void *arg)
 
 /* How long a stopping reuseport process keeps its open connections for requests (ms). */
 #define DRAIN_LINGER_MS 500
-
-static unsigned open_connections(http_thread_t *t)
-{
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(t->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
-    return di ? di->num_connections : 0;
-}
+/* A keep-alive connection with no request (or a client that stopped reading) is closed after. */
+#define IDLE_TIMEOUT_MS 75000
 
 /* LISTEN_MODE=reuseport, at SIGTERM: this thread's socket leaves the port's group at once, so
  * the kernel sends new connections to the process that replaces this one. Connections already
- * queued on it (handshake done, never accepted) are handed to MHD first — a closed listener
+ * queued on it (handshake done, never accepted) are taken over first — a closed listener
  * resets them — and served like the open ones. Between the last accept and the close a
  * connection can still land here (microseconds; none with net.ipv4.tcp_migrate_req=1, which
  * moves them to another socket of the group). Returns how many were taken over. */
 static int release_listener(http_thread_t *t)
 {
     int n = 0;
+    conn_set_unlisten(t->conns);
     for (;;) {
         struct sockaddr_storage sa;
         socklen_t len = sizeof sa;
@@ -366,7 +321,7 @@ static int release_listener(http_thread_t *t)
             if (errno == EINTR || errno == ECONNABORTED) continue;
             break;   /* EAGAIN: the queue is empty */
         }
-        if (MHD_add_connection(t->daemon, fd, (struct sockaddr *)&sa, len) == MHD_YES) n++;   /* MHD owns fd */
+        if (conn_set_adopt(t->conns, fd, (struct sockaddr *)&sa, len) == 0) n++;   /* the set owns fd */
     }
     close(t->listen_fd);
     t->listen_fd = -1;
@@ -379,30 +334,19 @@ static void *http_thread_main(void *arg)
     server_t *s = t->srv;
     t->w = worker_new(t->index, "http", s->cfg, NULL, t->err, sizeof t->err);
     if (!t->w) { report_started(t, -1); return NULL; }
-    unsigned flags = MHD_USE_EPOLL | MHD_USE_TURBO | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;   /* parked handlers, forwards */
-    t->daemon = MHD_start_daemon(flags, 0, quota_accept, NULL, access_cb, t,
-                                 MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
-                                 MHD_OPTION_NOTIFY_CONNECTION, quota_connection, NULL,
-                                 MHD_OPTION_CONNECTION_LIMIT, quota_max_connections(),   /* process-wide in quota.c */
-                                 MHD_OPTION_LISTEN_SOCKET, t->listen_fd,
-                                 MHD_OPTION_STRICT_FOR_CLIENT, (int)1,   /* HTTP/1.1 without Host → 400 */
-                                 MHD_OPTION_URI_LOG_CALLBACK, uri_cb, t,
-                                 MHD_OPTION_NOTIFY_COMPLETED, completed_cb, t,
-                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)75,
-                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(16 * 1024),   /* MHD zeroes it per request */
-                                 MHD_OPTION_END);
-    const union MHD_DaemonInfo *di = t->daemon ? MHD_get_daemon_info(t->daemon, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
+    t->w->http = t;
     loop_t *loop = loop_new();
-    if (!t->daemon || !di || !loop || loop_watch(loop, di->epoll_fd, LOOP_READ, on_mhd_ready, t) < 0 ||
+    conn_limits_t lim = {
+        .idle_timeout_ms = IDLE_TIMEOUT_MS, .head_timeout_ms = quota_read_timeout_ms(),
+        .admit = quota_admit, .opened = quota_opened, .head_late = quota_read_timed_out,
+    };
+    t->conns = loop ? conn_set_new(loop, &g_hooks, t, &lim) : NULL;
+    if (!t->conns || conn_set_listen(t->conns, t->listen_fd) < 0 ||
         loop_watch(loop, t->wake_fd, LOOP_READ, on_wake, t) < 0 || t->index == g_fail_worker) {
         snprintf(t->err, sizeof t->err, "cannot start the HTTP daemon on worker %d", t->index);
+        conn_set_free(t->conns);   /* the listening socket is the server's: not closed */
+        t->conns = NULL;
         loop_free(loop);
-        /* Quiesce first: MHD_stop_daemon would close the listening socket, which belongs to
-         * the server (shared by the other threads, or closed by server_stop). */
-        if (t->daemon) {
-            MHD_quiesce_daemon(t->daemon);
-            MHD_stop_daemon(t->daemon);
-        }
         worker_free(t->w);
         t->w = NULL;
         report_started(t, -1);
@@ -416,12 +360,8 @@ static void *http_thread_main(void *arg)
     int own_socket = t->listen_fd != s->listen_fd;   /* LISTEN_MODE=reuseport */
     uint64_t deadline = 0, linger_until = 0, last_flush = request_now_ns();
     for (;;) {
-        MHD_UNSIGNED_LONG_LONG mhd_to;
-        int timeout = 1000;
-        if (MHD_get_timeout(t->daemon, &mhd_to) == MHD_YES && mhd_to < (MHD_UNSIGNED_LONG_LONG)timeout) timeout = (int)mhd_to;
-        if (quiesced && timeout > 50) timeout = 50;
-        int n = loop_run_once(loop, timeout);   /* bindings' sockets and timers, resumes */
-        MHD_run(t->daemon);                     /* then HTTP: new requests, resumed connections */
+        int timeout = quiesced ? 50 : 1000;
+        int n = loop_run_once(loop, timeout);   /* connections, bindings' sockets and timers, resumes */
         uint64_t now = request_now_ns();
         /* Access lines go out when the buffer fills, when the loop idles, or once a second. */
         if (t->w->access.len && (n == 0 || now - last_flush > 1000000000ull)) {
@@ -430,8 +370,8 @@ static void *http_thread_main(void *arg)
         }
         if (atomic_load(&g_stopping)) {
             if (!quiesced) {
-                MHD_quiesce_daemon(t->daemon);
                 quiesced = 1;
+                conn_set_draining(t->conns);
                 deadline = now + (uint64_t)s->cfg->shutdown_timeout_ms * 1000000ull;
                 /* reuseport: another process may be taking over this port. Connections taken
                  * from the queue and keep-alive ones get DRAIN_LINGER_MS to send their request
@@ -441,15 +381,18 @@ static void *http_thread_main(void *arg)
                     if (taken) log_info("worker %d: took over %d queued connections", t->index, taken);
                     int linger = DRAIN_LINGER_MS < s->cfg->shutdown_timeout_ms ? DRAIN_LINGER_MS : s->cfg->shutdown_timeout_ms;
                     linger_until = now + (uint64_t)linger * 1000000ull;
+                } else {
+                    conn_set_unlisten(t->conns);
                 }
             }
-            if ((t->inflight == 0 && (now >= linger_until || open_connections(t) == 0)) || now >= deadline) break;
+            if (now >= linger_until) conn_set_close_idle(t->conns);
+            if ((t->inflight == 0 && (now >= linger_until || conn_set_count(t->conns) == 0)) || now >= deadline) break;
         }
     }
     dispatch_cancel_parked(t->w);
     if (t->inflight) log_warn("worker %d: stopping with %ld requests still in flight", t->index, t->inflight);
-    MHD_stop_daemon(t->daemon);
-    t->daemon = NULL;
+    conn_set_free(t->conns);   /* requests still in flight end as 499 */
+    t->conns = NULL;
     worker_free(t->w);   /* frees the loop after the bindings' async connections */
     t->w = NULL;
     return NULL;

@@ -1,5 +1,5 @@
-/* server: the HTTP front — N worker threads, each running its own libmicrohttpd daemon in
- * external-epoll mode on one shared listening socket, each with its own Lua state. */
+/* server: the HTTP front — N worker threads, each with its own event loop, connections and Lua
+ * state, on one shared listening socket (or one each with LISTEN_MODE=reuseport). */
 #ifndef MERCATO_SERVER_H
 #define MERCATO_SERVER_H
 
@@ -7,6 +7,7 @@
 
 #include "config.h"
 #include "request.h"
+#include "response.h"
 
 typedef struct server server_t;
 
@@ -18,9 +19,10 @@ server_t *server_start(const config_t *cfg, char *err, size_t errlen);
  * threads and free everything. */
 void server_stop(server_t *s);
 
-/* Queue resp for r with the host's own headers (X-Request-Id, Connection: close while
- * draining), then drop the caller's reference to resp. Records status and length. */
-int server_queue(request_t *r, int status, struct MHD_Response *resp, size_t len);
+/* Answer r with resp (taken) and the host's own headers (X-Request-Id, security headers,
+ * Connection: close while draining). Records status and length; -1 when r was answered
+ * already or its connection is gone. */
+int server_queue(request_t *r, int status, response_t *resp, size_t len);
 
 /* Queue a response for r: body copied; ctype may be NULL when there is no body. */
 int server_respond(request_t *r, int status, const char *ctype, const char *body, size_t len);
@@ -28,6 +30,10 @@ int server_respond(request_t *r, int status, const char *ctype, const char *body
 /* Queue an RFC 9457 problem; `header`/`value` add one header (Allow, WWW-Authenticate, ...). */
 int server_problem(request_t *r, int status, const char *title, const char *detail,
                    const char *header, const char *value);
+
+/* r waited on I/O and is done waiting: when it has no answer (cancelled, out of memory), its
+ * connection closes. */
+void server_resumed(request_t *r);
 
 /* True once the server is stopping (SIGTERM): /ready says so, answers close their connection. */
 int server_stopping(void);

@@ -113,29 +113,25 @@ static int l_req_header(lua_State *L)
 {
     request_t *r = current(L);
     const char *name = luaL_checkstring(L, 1);
-    const char *v = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+    const char *v = request_header(r, name);
     if (v) lua_pushstring(L, v); else lua_pushnil(L);
     return 1;
 }
 
-static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
-{
-    (void)kind;
-    lua_State *L = cls;
-    char lower[256];
-    size_t n = strlen(key);
-    if (n >= sizeof lower) return MHD_YES;
-    for (size_t i = 0; i <= n; i++) lower[i] = (char)((key[i] >= 'A' && key[i] <= 'Z') ? key[i] + 32 : key[i]);
-    lua_pushstring(L, value ? value : "");
-    lua_setfield(L, -2, lower);
-    return MHD_YES;
-}
-
+/* Every header field by its lower-cased name (a repeated one: the last). */
 static int l_req_headers(lua_State *L)
 {
     request_t *r = current(L);
-    lua_newtable(L);
-    MHD_get_connection_values(r->conn, MHD_HEADER_KIND, collect_header, L);
+    lua_createtable(L, 0, r->nfields);
+    for (int i = 0; i < r->nfields; i++) {
+        const http1_field_t *f = &r->fields[i];
+        char lower[256];
+        if (f->name_len >= sizeof lower) continue;
+        for (size_t k = 0; k <= f->name_len; k++)
+            lower[k] = (char)((f->name[k] >= 'A' && f->name[k] <= 'Z') ? f->name[k] + 32 : f->name[k]);
+        lua_pushlstring(L, f->value, f->value_len);
+        lua_setfield(L, -2, lower);
+    }
     return 1;
 }
 
@@ -156,10 +152,9 @@ static int l_req_body(lua_State *L)
 static int l_req_remote_addr(lua_State *L)
 {
     request_t *r = current(L);
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr *sa = request_peer(r);
     char addr[INET6_ADDRSTRLEN] = "";
-    if (ci && ci->client_addr) {
-        const struct sockaddr *sa = ci->client_addr;
+    if (sa) {
         if (sa->sa_family == AF_INET) inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, addr, sizeof addr);
         else if (sa->sa_family == AF_INET6) inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, addr, sizeof addr);
     }
@@ -567,7 +562,7 @@ void worker_traceparent(worker_t *w, const request_t *r, char *out)
     char span[33];
     do worker_request_id(w, span); while (memcmp(span, "0000000000000000", 16) == 0);
     span[16] = 0;
-    const char *in = r->conn ? MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "traceparent") : NULL;
+    const char *in = r->conn ? request_header(r, "traceparent") : NULL;
     httpc_traceparent(in, r->id, span, out);
 }
 

@@ -47,6 +47,7 @@ typedef struct worker {
     struct request *waiting;     /* requests whose handler coroutine is parked on I/O */
     int nwaiting;
     void (*resume)(struct request *r);   /* server.c: resume r->co with r->resume_n values */
+    void *http;                          /* server.c: the HTTP thread running this worker */
     /* Finished handler coroutines kept for reuse (registry refs of w->L; emptied on reload). */
     struct { lua_State *co; int ref; } co_pool[WORKER_CO_POOL];
     int nco_pool;

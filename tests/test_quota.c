@@ -64,14 +64,13 @@ TEST(connections_settled_counts_the_crowd_that_went)
 {
     config_t cfg = { .max_connections = 1000 };   /* no per-IP limit: no client address needed */
     quota_init(&cfg);
-    void *ctx = NULL;
     quota_connections_settled();
-    for (int i = 0; i < 300; i++) quota_connection(NULL, NULL, &ctx, MHD_CONNECTION_NOTIFY_STARTED);
-    for (int i = 0; i < 290; i++) quota_connection(NULL, NULL, &ctx, MHD_CONNECTION_NOTIFY_CLOSED);
+    for (int i = 0; i < 300; i++) quota_opened(NULL, 1);
+    for (int i = 0; i < 290; i++) quota_opened(NULL, 0);
     CHECK_INT(quota_connections_settled(), 290);   /* peak 300, 10 open */
     CHECK_INT(quota_connections_settled(), 0);     /* the peak restarted from 10 */
-    for (int i = 0; i < 5; i++) quota_connection(NULL, NULL, &ctx, MHD_CONNECTION_NOTIFY_STARTED);
-    for (int i = 0; i < 15; i++) quota_connection(NULL, NULL, &ctx, MHD_CONNECTION_NOTIFY_CLOSED);
+    for (int i = 0; i < 5; i++) quota_opened(NULL, 1);
+    for (int i = 0; i < 15; i++) quota_opened(NULL, 0);
     CHECK_INT(quota_connections_settled(), 15);    /* peak 15, none open */
     quota_free();
 }
