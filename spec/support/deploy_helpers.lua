@@ -69,8 +69,13 @@ function M.render(values_files)
   end
   local cmd = "scripts/dev/helm.sh template mercato " .. M.CHART .. " --namespace mercato"
   for _, v in ipairs(values_files or {}) do cmd = cmd .. " -f " .. q(v) end
-  local text, rc = M.sh(cmd)
-  assert(rc == 0, "helm template failed:\n" .. text)
+  -- stdout only: on a fresh checkout helm.sh installs helm first and says so on stderr, which
+  -- would otherwise begin the YAML (and be cached with it)
+  local err = os.tmpname()
+  local text, rc = M.sh("(" .. cmd .. " 2>" .. q(err) .. ")")
+  local log = M.read(err) or ""
+  os.remove(err)
+  assert(rc == 0, "helm template failed:\n" .. log .. text)
   local objects = M.yaml(nil, text)
   os.execute("mkdir -p " .. dir)
   for path, body in pairs { [cached_text] = text, [cached_json] = cjson.encode(objects) } do
